@@ -1,4 +1,18 @@
 //! The quiesce API: the `RolloutPolicy` custom resource and the names (conditions, labels,
 //! annotations, ports) that the operator, the sidecar and the e2e suite must agree on.
+//!
+//! - [`RolloutPolicy`] / [`RolloutPolicySpec`] / [`RolloutPolicyStatus`]: the CRD types.
+//! - [`constants`]: condition types, reasons, labels, annotations, ports.
+//! - [`defaults`]: the default of every optional field and the schema's bounds.
+//! - [`crd`]: the generated CustomResourceDefinition and where its YAML is committed.
 
 pub mod constants;
+pub mod crd;
+pub mod defaults;
+mod rollout_policy;
+
+pub use rollout_policy::{
+    ADMIT_PERCENT_PATTERN, Admit, DrainMode, DrainSpec, DrainStats, FailureAction, FailureSpec,
+    InvalidAdmit, PauseStep, Phase, ReadinessSpec, RolloutPolicy, RolloutPolicySpec,
+    RolloutPolicyStatus, Step, StepAction, TargetRef, messages,
+};
