@@ -1,0 +1,303 @@
+//! Admin server: `/livez`, `/readyz`, the drain endpoint (preStop target), `/status`,
+//! `/metrics`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use quiesce_api::constants::SIDECAR_DRAIN_PATH;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::{config::RunMode, drainer::Drainer, metrics::Metrics, pod::OwnPod, sockets};
+
+/// The app's health as last probed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// Healthy per thresholds.
+    pub healthy: bool,
+    /// Last probe's error, if it failed.
+    pub last_error: Option<String>,
+    /// Probes run so far.
+    pub probes: u64,
+}
+
+/// Who may start a drain.
+#[derive(Debug, Clone)]
+pub enum Authorizer {
+    /// Only callers on loopback.
+    Loopback,
+    /// Anyone, but only while the API says the pod is terminating (`None`: no API access, so
+    /// every call is refused).
+    PodTerminating(Option<Box<OwnPod>>),
+}
+
+/// Why a drain call was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not from loopback in standalone mode.
+    NotLoopback(SocketAddr),
+    /// The pod is not terminating.
+    NotTerminating,
+    /// The API could not tell.
+    Unverifiable(String),
+}
+
+impl Authorizer {
+    /// Decides on a drain call from `peer`.
+    pub async fn check(&self, peer: SocketAddr) -> Result<(), Refusal> {
+        match self {
+            Authorizer::Loopback => loopback_only(peer),
+            Authorizer::PodTerminating(None) => {
+                Err(Refusal::Unverifiable("no Kubernetes API access".into()))
+            }
+            Authorizer::PodTerminating(Some(pod)) => match pod.is_terminating().await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Refusal::NotTerminating),
+                Err(e) => Err(Refusal::Unverifiable(e)),
+            },
+        }
+    }
+}
+
+/// Standalone mode's rule: loopback callers only (IPv4-mapped loopback included).
+pub fn loopback_only(peer: SocketAddr) -> Result<(), Refusal> {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(peer.ip()),
+        ip => ip,
+    };
+    if ip.is_loopback() {
+        Ok(())
+    } else {
+        Err(Refusal::NotLoopback(peer))
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Run mode, shown in `/status`.
+    pub mode: RunMode,
+    /// App ports.
+    pub ports: Vec<u16>,
+    /// The drain.
+    pub drainer: Drainer,
+    /// App health.
+    pub health: watch::Receiver<Health>,
+    /// Drain authorization.
+    pub auth: Arc<Authorizer>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admin router; needs `ConnectInfo<SocketAddr>`.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route(SIDECAR_DRAIN_PATH, get(drain).post(drain))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.drainer.started() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !s.health.borrow().healthy {
+        (StatusCode::SERVICE_UNAVAILABLE, "app unhealthy\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn drain(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    // Once a drain started, joining it needs no new check: it cannot be started twice.
+    if !s.drainer.started()
+        && let Err(r) = s.auth.check(peer).await
+    {
+        let (code, why) = match &r {
+            Refusal::NotLoopback(p) => (
+                StatusCode::FORBIDDEN,
+                format!("drain refused: {p} is not loopback (standalone mode)"),
+            ),
+            Refusal::NotTerminating => (
+                StatusCode::FORBIDDEN,
+                "drain refused: the pod is not terminating".to_string(),
+            ),
+            Refusal::Unverifiable(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("drain refused: cannot verify the pod is terminating: {e}"),
+            ),
+        };
+        tracing::warn!(%peer, "{why}");
+        s.metrics
+            .drain_requests
+            .get_or_create(&vec![("trigger", "http"), ("result", "refused")])
+            .inc();
+        return (code, Json(json!({"error": why}))).into_response();
+    }
+    s.metrics
+        .drain_requests
+        .get_or_create(&vec![("trigger", "http"), ("result", "accepted")])
+        .inc();
+    let report = s.drainer.drain("prestop").await;
+    (
+        StatusCode::OK,
+        Json(json!({"drained": true, "report": report, "message": report.message()})),
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<AdminState>) -> Response {
+    let connections = match sockets::snapshot().await {
+        Ok(snap) => json!(snap.counts(&s.ports)),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    let health = s.health.borrow().clone();
+    Json(json!({
+        "mode": s.mode,
+        "app_ports": s.ports,
+        "health": health,
+        "ready": health.healthy && !s.drainer.started(),
+        "drain": s.drainer.state(),
+        "connections": connections,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::atomic::AtomicU64, time::Duration};
+
+    use axum::{body::Body, extract::connect_info::MockConnectInfo, http::Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::{DrainConfig, NewConnectionSignal};
+
+    fn state(healthy: bool) -> AdminState {
+        let metrics = Arc::new(Metrics::default());
+        let cfg = DrainConfig {
+            endpoint_timeout: Duration::from_secs(1),
+            quiet_period: Duration::from_millis(50),
+            drain_timeout: Duration::from_secs(2),
+            signal: NewConnectionSignal::Ports,
+            poll_interval: Duration::from_millis(10),
+            exit_timeout: Duration::from_secs(1),
+            report_timeout: Duration::from_secs(1),
+        };
+        // Port 1: nothing listens there, so the drain has nothing to wait for.
+        let drainer = Drainer::new(
+            cfg,
+            vec![1],
+            None,
+            metrics.clone(),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (_tx, health) = watch::channel(Health {
+            healthy,
+            ..Default::default()
+        });
+        AdminState {
+            mode: RunMode::Standalone,
+            ports: vec![1],
+            drainer,
+            health,
+            auth: Arc::new(Authorizer::Loopback),
+            metrics,
+        }
+    }
+
+    async fn get(app: Router, peer: &str, path: &str) -> (StatusCode, String) {
+        let app = app.layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        let res = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let code = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn drain_from_outside_loopback_is_refused_in_standalone_mode() {
+        let s = state(true);
+        let (code, body) = get(router(s.clone()), "10.0.0.7:5555", SIDECAR_DRAIN_PATH).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("not loopback"), "{body}");
+        assert!(!s.drainer.started());
+        assert_eq!(
+            get(router(s.clone()), "10.0.0.7:5555", "/readyz").await.0,
+            StatusCode::OK
+        );
+        // IPv4-mapped loopback is loopback.
+        assert_eq!(
+            loopback_only("[::ffff:127.0.0.1]:1".parse().unwrap()),
+            Ok(())
+        );
+        assert!(loopback_only("[::ffff:10.0.0.1]:1".parse().unwrap()).is_err());
+    }
+
+    #[tokio::test]
+    async fn drain_from_loopback_turns_readiness_off_and_reports() {
+        let s = state(true);
+        let (code, body) = get(router(s.clone()), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["report"]["forced"], false);
+        assert_eq!(
+            get(router(s.clone()), "127.0.0.1:5555", "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (_, status) = get(router(s.clone()), "127.0.0.1:5555", "/status").await;
+        assert!(status.contains("\"state\":\"done\""), "{status}");
+        // Repeated call: same drain, same report, even from elsewhere once it started.
+        let (code, again) = get(router(s.clone()), "10.0.0.7:1", SIDECAR_DRAIN_PATH).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&again).unwrap()["report"],
+            v["report"]
+        );
+        let (_, m) = get(router(s), "127.0.0.1:5555", "/metrics").await;
+        assert!(
+            m.contains("quiesce_sidecar_drains_total{result=\"completed\"} 1"),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_app_health() {
+        assert_eq!(
+            get(router(state(false)), "127.0.0.1:1", "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(router(state(false)), "127.0.0.1:1", "/livez").await.0,
+            StatusCode::OK
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! Configuration: command-line flags, each also settable through a `QUIESCE_*` environment
+//! variable, validated once at start so a bad value never surprises at drain time.
+//!
+//! Run `quiesce-sidecar --help` for the full list with defaults.
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use quiesce_api::constants::SIDECAR_ADMIN_PORT;
+
+/// Where the sidecar runs, which decides who may trigger a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// In a pod: a drain is honoured only when the API says the pod is terminating; the drain
+    /// waits for EndpointSlices and reports a pod condition.
+    Kubernetes,
+    /// Without Kubernetes (local runs, tests): a drain is honoured only from loopback.
+    Standalone,
+}
+
+/// How the app's health is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// HTTP/1.1 GET of `--probe-path`, healthy when the status is in `--probe-status`.
+    Http,
+    /// TCP connect to the probe port.
+    Tcp,
+    /// gRPC health v1 `Check` (h2c), healthy when the answer is `SERVING`.
+    Grpc,
+    /// No check: the app is taken as healthy.
+    None,
+}
+
+/// How in-flight work is found during a drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainMode {
+    /// Read the shared network namespace's socket table.
+    Observe,
+    /// Sit in front of the app (not implemented yet).
+    Proxy,
+}
+
+/// Which evidence of new inbound connections the quiet period uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NewConnectionSignal {
+    /// The network namespace's TCP `PassiveOpens` counter (minus the sidecar's own admin
+    /// connections) plus new sockets on app ports. Catches a connection that opened and closed
+    /// between two observations; counts inbound connections to any other listener of the pod
+    /// too (conservative).
+    Netns,
+    /// Only new sockets on app ports seen in the socket table. Misses a connection that opened
+    /// and closed between two observations; for namespaces shared with unrelated traffic.
+    Ports,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Plain,
+}
+
+/// Command-line flags and their environment variables.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "quiesce-sidecar",
+    version,
+    about = "quiesce sidecar: app health checks and connection drain before SIGTERM"
+)]
+pub struct Args {
+    /// Run mode.
+    #[arg(long, env = "QUIESCE_MODE", value_enum, default_value = "kubernetes")]
+    pub mode: RunMode,
+    /// The app's listening TCP ports, comma-separated.
+    #[arg(
+        long,
+        env = "QUIESCE_APP_PORTS",
+        value_delimiter = ',',
+        default_value = "8080"
+    )]
+    pub app_ports: Vec<u16>,
+    /// Address the admin server binds.
+    #[arg(long, env = "QUIESCE_ADMIN_BIND", default_value = "0.0.0.0")]
+    pub admin_bind: IpAddr,
+    /// Admin server port (`/livez`, `/readyz`, drain, `/status`, `/metrics`); 0 picks a free one.
+    #[arg(long, env = "QUIESCE_ADMIN_PORT", default_value_t = SIDECAR_ADMIN_PORT)]
+    pub admin_port: u16,
+
+    /// App health check kind.
+    #[arg(long, env = "QUIESCE_PROBE", value_enum, default_value = "http")]
+    pub probe: ProbeKind,
+    /// Port probed; defaults to the first app port.
+    #[arg(long, env = "QUIESCE_PROBE_PORT")]
+    pub probe_port: Option<u16>,
+    /// Address probed (the app shares the pod's network namespace).
+    #[arg(long, env = "QUIESCE_PROBE_HOST", default_value = "127.0.0.1")]
+    pub probe_host: IpAddr,
+    /// HTTP probe path.
+    #[arg(long, env = "QUIESCE_PROBE_PATH", default_value = "/")]
+    pub probe_path: String,
+    /// HTTP probe expected status: one code (`200`) or an inclusive range (`200-399`).
+    #[arg(long, env = "QUIESCE_PROBE_STATUS", default_value = "200-399")]
+    pub probe_status: String,
+    /// gRPC health service name (empty: the whole server).
+    #[arg(long, env = "QUIESCE_PROBE_GRPC_SERVICE", default_value = "")]
+    pub probe_grpc_service: String,
+    /// Time between probes (e.g. `500ms`, `2s`, `1m`).
+    #[arg(long, env = "QUIESCE_PROBE_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub probe_period: Duration,
+    /// Time one probe may take.
+    #[arg(long, env = "QUIESCE_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub probe_timeout: Duration,
+    /// Consecutive successes to become healthy.
+    #[arg(long, env = "QUIESCE_PROBE_SUCCESS_THRESHOLD", default_value_t = 1)]
+    pub probe_success_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    #[arg(long, env = "QUIESCE_PROBE_FAILURE_THRESHOLD", default_value_t = 3)]
+    pub probe_failure_threshold: u32,
+
+    /// Drain mode.
+    #[arg(
+        long,
+        env = "QUIESCE_DRAIN_MODE",
+        value_enum,
+        default_value = "observe"
+    )]
+    pub drain_mode: DrainMode,
+    /// Bound of the wait for the pod's IP to leave the ready EndpointSlice endpoints.
+    #[arg(long, env = "QUIESCE_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub endpoint_timeout: Duration,
+    /// A drain goes on only after no new inbound connection arrived for this long.
+    #[arg(long, env = "QUIESCE_QUIET_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    pub quiet_period: Duration,
+    /// Bound of the quiet period and in-flight wait together; a drain reaching it is `forced`.
+    #[arg(long, env = "QUIESCE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Evidence of new connections used by the quiet period.
+    #[arg(
+        long,
+        env = "QUIESCE_NEW_CONNECTION_SIGNAL",
+        value_enum,
+        default_value = "netns"
+    )]
+    pub new_connection_signal: NewConnectionSignal,
+    /// Time between two socket-table observations during a drain.
+    #[arg(long, env = "QUIESCE_POLL_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// On SIGTERM: longest wait for the app's ports to close before exiting.
+    #[arg(long, env = "QUIESCE_EXIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub exit_timeout: Duration,
+    /// Longest time the drain answer waits for its pod-condition report.
+    #[arg(long, env = "QUIESCE_REPORT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub report_timeout: Duration,
+
+    /// Pod name (downward API `metadata.name`); required in kubernetes mode.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Pod namespace (downward API `metadata.namespace`); required in kubernetes mode.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Pod IP (downward API `status.podIP`); required in kubernetes mode.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+
+    /// Log format.
+    #[arg(long, env = "QUIESCE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// The pod the sidecar runs in (kubernetes mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodIdentity {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod IP.
+    pub ip: IpAddr,
+}
+
+/// App health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// What is checked.
+    pub kind: ProbeKind,
+    /// Probed address.
+    pub host: IpAddr,
+    /// Probed port.
+    pub port: u16,
+    /// HTTP path.
+    pub path: String,
+    /// Inclusive range of healthy HTTP statuses.
+    pub status: (u16, u16),
+    /// gRPC service name.
+    pub grpc_service: String,
+    /// Time between probes.
+    pub period: Duration,
+    /// Time one probe may take.
+    pub timeout: Duration,
+    /// Consecutive successes to become healthy.
+    pub success_threshold: u32,
+    /// Consecutive failures to become unhealthy.
+    pub failure_threshold: u32,
+}
+
+/// Drain settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// Bound of the EndpointSlice wait.
+    pub endpoint_timeout: Duration,
+    /// Required time without new connections.
+    pub quiet_period: Duration,
+    /// Bound of quiet period + in-flight wait.
+    pub drain_timeout: Duration,
+    /// New-connection evidence.
+    pub signal: NewConnectionSignal,
+    /// Observation period.
+    pub poll_interval: Duration,
+    /// Bound of the wait for the app's ports to close on SIGTERM.
+    pub exit_timeout: Duration,
+    /// Bound of the wait for the final report.
+    pub report_timeout: Duration,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Run mode.
+    pub mode: RunMode,
+    /// App ports, deduplicated.
+    pub app_ports: Vec<u16>,
+    /// Admin bind address.
+    pub admin_bind: IpAddr,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Health check.
+    pub probe: ProbeConfig,
+    /// Drain.
+    pub drain: DrainConfig,
+    /// Own pod, `Some` in kubernetes mode.
+    pub pod: Option<PodIdentity>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the configuration, reported together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Args {
+    /// Checks every value and builds the [`Config`]; all problems are reported at once.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut errs = Vec::new();
+        let mut app_ports = self.app_ports.clone();
+        app_ports.sort_unstable();
+        app_ports.dedup();
+        if app_ports.is_empty() {
+            errs.push("--app-ports: at least one app port is needed".to_string());
+        }
+        if app_ports.contains(&0) {
+            errs.push("--app-ports: port 0 is not a port an app listens on".to_string());
+        }
+        if self.admin_port != 0 && app_ports.contains(&self.admin_port) {
+            errs.push(format!(
+                "--admin-port {} is also an app port; pick another admin port",
+                self.admin_port
+            ));
+        }
+        let status = match parse_status_range(&self.probe_status) {
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(format!("--probe-status: {e}"));
+                (200, 399)
+            }
+        };
+        if self.probe == ProbeKind::Http && !self.probe_path.starts_with('/') {
+            errs.push(format!(
+                "--probe-path {:?} must start with '/'",
+                self.probe_path
+            ));
+        }
+        if self.probe_port == Some(0) {
+            errs.push("--probe-port: 0 is not a port".to_string());
+        }
+        if self.probe_period.is_zero() {
+            errs.push("--probe-period must be more than 0".to_string());
+        }
+        if self.probe_timeout.is_zero() {
+            errs.push("--probe-timeout must be more than 0".to_string());
+        }
+        if self.probe_timeout > self.probe_period {
+            errs.push(format!(
+                "--probe-timeout ({:?}) must not exceed --probe-period ({:?})",
+                self.probe_timeout, self.probe_period
+            ));
+        }
+        if self.probe_success_threshold == 0 || self.probe_failure_threshold == 0 {
+            errs.push(
+                "--probe-success-threshold and --probe-failure-threshold must be at least 1"
+                    .to_string(),
+            );
+        }
+        if self.drain_mode == DrainMode::Proxy {
+            errs.push("--drain-mode proxy is not implemented yet; use observe".to_string());
+        }
+        if self.poll_interval.is_zero() {
+            errs.push("--poll-interval must be more than 0".to_string());
+        }
+        if self.drain_timeout.is_zero() {
+            errs.push("--drain-timeout must be more than 0".to_string());
+        }
+        if self.quiet_period >= self.drain_timeout {
+            errs.push(format!(
+                "--quiet-period ({:?}) must be shorter than --drain-timeout ({:?}), which bounds it",
+                self.quiet_period, self.drain_timeout
+            ));
+        }
+        if self.poll_interval > self.quiet_period && !self.quiet_period.is_zero() {
+            errs.push(format!(
+                "--poll-interval ({:?}) must not exceed --quiet-period ({:?})",
+                self.poll_interval, self.quiet_period
+            ));
+        }
+        let pod = match self.mode {
+            RunMode::Standalone => None,
+            RunMode::Kubernetes => {
+                let mut missing = Vec::new();
+                if self.pod_name.as_deref().unwrap_or("").is_empty() {
+                    missing.push("POD_NAME");
+                }
+                if self.pod_namespace.as_deref().unwrap_or("").is_empty() {
+                    missing.push("POD_NAMESPACE");
+                }
+                if self.pod_ip.is_none() {
+                    missing.push("POD_IP");
+                }
+                if missing.is_empty() {
+                    Some(PodIdentity {
+                        name: self.pod_name.clone().unwrap_or_default(),
+                        namespace: self.pod_namespace.clone().unwrap_or_default(),
+                        ip: self.pod_ip.expect("checked above"),
+                    })
+                } else {
+                    errs.push(format!(
+                        "kubernetes mode needs {} from the downward API (or use --mode standalone)",
+                        missing.join(", ")
+                    ));
+                    None
+                }
+            }
+        };
+        if !errs.is_empty() {
+            return Err(ConfigError(errs));
+        }
+        Ok(Config {
+            mode: self.mode,
+            admin_bind: self.admin_bind,
+            admin_port: self.admin_port,
+            probe: ProbeConfig {
+                kind: self.probe,
+                host: self.probe_host,
+                port: self.probe_port.unwrap_or(app_ports[0]),
+                path: self.probe_path,
+                status,
+                grpc_service: self.probe_grpc_service,
+                period: self.probe_period,
+                timeout: self.probe_timeout,
+                success_threshold: self.probe_success_threshold,
+                failure_threshold: self.probe_failure_threshold,
+            },
+            drain: DrainConfig {
+                endpoint_timeout: self.endpoint_timeout,
+                quiet_period: self.quiet_period,
+                drain_timeout: self.drain_timeout,
+                signal: self.new_connection_signal,
+                poll_interval: self.poll_interval,
+                exit_timeout: self.exit_timeout,
+                report_timeout: self.report_timeout,
+            },
+            app_ports,
+            pod,
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 1m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+/// Parses `200` or `200-399` into an inclusive range of HTTP statuses.
+pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
+    let parse = |p: &str| -> Result<u16, String> {
+        match p.trim().parse::<u16>() {
+            Ok(v) if (100..=599).contains(&v) => Ok(v),
+            _ => Err(format!("{s:?} is not an HTTP status or range like 200-399")),
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let v = parse(s)?;
+            (v, v)
+        }
+    };
+    if lo > hi {
+        return Err(format!("{s:?}: range is empty"));
+    }
+    Ok((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["quiesce-sidecar"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_fit_a_typical_http_app_in_standalone_mode() {
+        let c = args(&["--mode", "standalone"]).validate().unwrap();
+        assert_eq!(c.app_ports, vec![8080]);
+        assert_eq!(c.admin_port, SIDECAR_ADMIN_PORT);
+        assert_eq!(c.probe.kind, ProbeKind::Http);
+        assert_eq!(c.probe.port, 8080);
+        assert_eq!(c.probe.status, (200, 399));
+        assert_eq!(c.drain.quiet_period, Duration::from_secs(1));
+        assert_eq!(c.drain.drain_timeout, Duration::from_secs(30));
+        assert!(c.pod.is_none());
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_the_downward_api() {
+        // Flags set explicitly so the test does not depend on the environment.
+        let err = args(&["--pod-name", "", "--pod-namespace", ""])
+            .validate()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("POD_NAME, POD_NAMESPACE"), "{msg}");
+        let ok = args(&[
+            "--pod-name",
+            "web-1",
+            "--pod-namespace",
+            "ns",
+            "--pod-ip",
+            "10.1.2.3",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(ok.pod.unwrap().ip.to_string(), "10.1.2.3");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_start() {
+        let err = args(&[
+            "--mode",
+            "standalone",
+            "--app-ports",
+            "8080,9901",
+            "--probe-status",
+            "abc",
+            "--probe-timeout",
+            "5s",
+            "--probe-period",
+            "1s",
+            "--drain-mode",
+            "proxy",
+            "--quiet-period",
+            "40s",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        let msg = err.to_string();
+        for needle in [
+            "--admin-port 9901",
+            "--probe-status",
+            "--probe-timeout",
+            "proxy",
+            "--quiet-period",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing in {msg}");
+        }
+    }
+
+    #[test]
+    fn bad_values_fail_to_parse() {
+        let v = ["quiesce-sidecar", "--quiet-period", "1 fortnight"];
+        assert!(Args::try_parse_from(v).is_err());
+        let v = ["quiesce-sidecar", "--app-ports", "http"];
+        assert!(Args::try_parse_from(v).is_err());
+    }
+
+    #[test]
+    fn durations_and_status_ranges() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_status_range("204").unwrap(), (204, 204));
+        assert_eq!(parse_status_range("200-299").unwrap(), (200, 299));
+        assert!(parse_status_range("300-200").is_err());
+        assert!(parse_status_range("700").is_err());
+    }
+}

@@ -1,0 +1,330 @@
+//! The drain's I/O shell: runs one [`DrainMachine`] with real time, real socket snapshots, the
+//! EndpointSlice watch and the pod-condition reporter. One drain per process: every caller —
+//! concurrent or repeated preStop calls, SIGTERM — waits for the same drain and gets the same
+//! report.
+//!
+//! The sidecar must never block the app because of its own failure: a drain task that panics or
+//! overruns its bounds still releases every caller, with a forced report.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::{
+    config::{DrainConfig, NewConnectionSignal},
+    drain::{DrainMachine, DrainReport, Observation, Phase, Timings},
+    endpoints::{EndpointWatch, watch_pod_ip},
+    metrics::Metrics,
+    pod::Reporter,
+    sockets::{self, ArrivalTracker, ConnCounts},
+};
+
+/// Where the drain is, for `/readyz`, `/status` and waiting callers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DrainState {
+    /// No drain yet.
+    Idle,
+    /// Draining.
+    Running {
+        /// Current phase.
+        phase: Phase,
+        /// What started it.
+        trigger: String,
+    },
+    /// Finished.
+    Done {
+        /// The report.
+        report: DrainReport,
+        /// What started it.
+        trigger: String,
+    },
+}
+
+/// Kubernetes side of a drain (kubernetes mode only).
+#[derive(Clone)]
+pub struct KubeDrain {
+    /// Client for the EndpointSlice watch.
+    pub client: kube::Client,
+    /// Own namespace.
+    pub namespace: String,
+    /// Own IP.
+    pub pod_ip: String,
+    /// Condition reporter.
+    pub reporter: Reporter,
+}
+
+impl std::fmt::Debug for KubeDrain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeDrain")
+            .field("namespace", &self.namespace)
+            .field("pod_ip", &self.pod_ip)
+            .finish()
+    }
+}
+
+/// Handle on the process's drain.
+#[derive(Clone, Debug)]
+pub struct Drainer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: DrainConfig,
+    ports: Vec<u16>,
+    kube: Option<KubeDrain>,
+    metrics: Arc<Metrics>,
+    admin_accepts: Arc<AtomicU64>,
+    started: AtomicBool,
+    state: watch::Sender<DrainState>,
+}
+
+impl Drainer {
+    /// A drainer for the app `ports`; `admin_accepts` counts the admin server's connections.
+    pub fn new(
+        cfg: DrainConfig,
+        ports: Vec<u16>,
+        kube: Option<KubeDrain>,
+        metrics: Arc<Metrics>,
+        admin_accepts: Arc<AtomicU64>,
+    ) -> Self {
+        let (state, _) = watch::channel(DrainState::Idle);
+        Self {
+            inner: Arc::new(Inner {
+                cfg,
+                ports,
+                kube,
+                metrics,
+                admin_accepts,
+                started: AtomicBool::new(false),
+                state,
+            }),
+        }
+    }
+
+    /// Whether a drain started (readiness is then 503 for good).
+    pub fn started(&self) -> bool {
+        self.inner.started.load(Ordering::SeqCst)
+    }
+
+    /// Current state.
+    pub fn state(&self) -> DrainState {
+        self.inner.state.borrow().clone()
+    }
+
+    fn timings(&self) -> Timings {
+        let c = &self.inner.cfg;
+        Timings {
+            endpoint_timeout: self.inner.kube.as_ref().map(|_| c.endpoint_timeout),
+            quiet_period: c.quiet_period,
+            drain_timeout: c.drain_timeout,
+        }
+    }
+
+    /// Upper bound of a whole drain, after which callers are released whatever happens.
+    fn hard_bound(&self) -> Duration {
+        let c = &self.inner.cfg;
+        self.timings().endpoint_timeout.unwrap_or_default()
+            + c.drain_timeout
+            + c.report_timeout
+            + c.poll_interval * 4
+            + Duration::from_secs(2)
+    }
+
+    /// Starts the drain if none started, then waits for it; every caller gets the same report.
+    pub async fn drain(&self, trigger: &str) -> DrainReport {
+        if !self.inner.started.swap(true, Ordering::SeqCst) {
+            tracing::info!(trigger, "drain starting");
+            self.inner.state.send_replace(DrainState::Running {
+                phase: if self.inner.kube.is_some() {
+                    Phase::Endpoints
+                } else {
+                    Phase::Quiet
+                },
+                trigger: trigger.to_string(),
+            });
+            self.inner.metrics.draining.set(1);
+            let this = self.clone();
+            let trigger = trigger.to_string();
+            tokio::spawn(async move {
+                let worker = tokio::spawn(run(this.clone(), trigger.clone()));
+                let bound = this.hard_bound();
+                let report = match tokio::time::timeout(bound, worker).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "drain task failed; releasing callers");
+                        failed_report()
+                    }
+                    Err(_) => {
+                        tracing::error!(?bound, "drain overran its bounds; releasing callers");
+                        failed_report()
+                    }
+                };
+                this.inner.state.send_if_modified(|s| {
+                    if matches!(s, DrainState::Done { .. }) {
+                        false
+                    } else {
+                        *s = DrainState::Done { report, trigger };
+                        true
+                    }
+                });
+            });
+        }
+        let mut rx = self.inner.state.subscribe();
+        let state = rx
+            .wait_for(|s| matches!(s, DrainState::Done { .. }))
+            .await
+            .map(|s| s.clone());
+        match state {
+            Ok(DrainState::Done { report, .. }) => report,
+            _ => failed_report(),
+        }
+    }
+}
+
+fn failed_report() -> DrainReport {
+    DrainReport {
+        duration_ms: 0,
+        endpoints_ms: 0,
+        quiet_ms: 0,
+        in_flight_ms: 0,
+        connections_at_start: 0,
+        busy_at_start: 0,
+        busy_at_end: 0,
+        forced: true,
+        forced_phases: vec![],
+    }
+}
+
+/// Observes the socket table for one drain.
+struct Observer {
+    ports: Vec<u16>,
+    tracker: ArrivalTracker,
+    use_passive: bool,
+    admin_accepts: Arc<AtomicU64>,
+    last: ConnCounts,
+}
+
+impl Observer {
+    async fn observe(&mut self, metrics: &Metrics) -> (ConnCounts, bool) {
+        match sockets::snapshot().await {
+            Ok(snap) => {
+                let admin = self
+                    .use_passive
+                    .then(|| self.admin_accepts.load(Ordering::SeqCst));
+                let arrived = self.tracker.observe(&snap, &self.ports, admin);
+                self.last = snap.counts(&self.ports);
+                metrics.app_connections.set(self.last.established as i64);
+                metrics.app_busy_connections.set(self.last.busy as i64);
+                (self.last, arrived)
+            }
+            Err(e) => {
+                // Unknown: keep the last counts (busy holds until the bound), no new arrivals.
+                tracing::warn!(error = %e, "reading the socket table failed");
+                (self.last, false)
+            }
+        }
+    }
+}
+
+async fn run(d: Drainer, trigger: String) -> DrainReport {
+    let inner = &d.inner;
+    let cfg = &inner.cfg;
+    if let Some(k) = &inner.kube {
+        k.reporter.draining();
+    }
+    let endpoints: Option<EndpointWatch> = inner.kube.as_ref().map(|k| {
+        watch_pod_ip(
+            k.client.clone(),
+            &k.namespace,
+            k.pod_ip.clone(),
+            inner.metrics.clone(),
+        )
+    });
+
+    let mut observer = Observer {
+        ports: inner.ports.clone(),
+        tracker: ArrivalTracker::default(),
+        use_passive: cfg.signal == NewConnectionSignal::Netns,
+        admin_accepts: inner.admin_accepts.clone(),
+        last: ConnCounts::default(),
+    };
+    let (start, _) = observer.observe(&inner.metrics).await;
+    let at_start = Observation {
+        endpoints_ready: None,
+        new_connections: false,
+        established: start.established,
+        busy: start.busy,
+    };
+    let mut machine = DrainMachine::new(d.timings(), Instant::now(), at_start);
+    let mut phase = machine.phase();
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let report = loop {
+        tick.tick().await;
+        let (counts, arrived) = observer.observe(&inner.metrics).await;
+        let obs = Observation {
+            endpoints_ready: endpoints.as_ref().and_then(|e| *e.ready.borrow()),
+            new_connections: arrived,
+            established: counts.established,
+            busy: counts.busy,
+        };
+        let done = machine.observe(Instant::now(), obs).cloned();
+        if machine.phase() != phase {
+            phase = machine.phase();
+            tracing::info!(
+                phase = phase.as_str(),
+                established = counts.established,
+                busy = counts.busy,
+                "drain phase"
+            );
+            if phase != Phase::Done {
+                inner.state.send_replace(DrainState::Running {
+                    phase,
+                    trigger: trigger.clone(),
+                });
+            }
+        }
+        if let Some(r) = done {
+            break r;
+        }
+    };
+    drop(endpoints);
+
+    let message = report.message();
+    let result = if report.forced { "forced" } else { "completed" };
+    inner
+        .metrics
+        .drains
+        .get_or_create(&vec![("result", result)])
+        .inc();
+    inner
+        .metrics
+        .drain_duration
+        .observe(report.duration_ms as f64 / 1000.0);
+    tracing::info!(
+        forced = report.forced,
+        duration_ms = report.duration_ms,
+        connections_at_start = report.connections_at_start,
+        busy_at_end = report.busy_at_end,
+        "{message}"
+    );
+    if let Some(k) = &inner.kube
+        && !k
+            .reporter
+            .drained(report.forced, &message, cfg.report_timeout)
+            .await
+    {
+        tracing::warn!("drained condition not confirmed in time; answering anyway");
+    }
+    report
+}

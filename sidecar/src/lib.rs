@@ -1,0 +1,18 @@
+//! quiesce sidecar: checks the app's health, and on the preStop call drains the pod's
+//! connections before the kubelet sends SIGTERM to the app.
+//!
+//! Modules, one concern each: [`config`] (flags/env, validation), [`probe`] (health checks),
+//! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
+//! shell), [`endpoints`] (EndpointSlice watch), [`pod`] (own pod: terminating check and the
+//! drained condition), [`admin`] (HTTP endpoints), [`metrics`], [`run`] (process wiring).
+
+pub mod admin;
+pub mod config;
+pub mod drain;
+pub mod drainer;
+pub mod endpoints;
+pub mod metrics;
+pub mod pod;
+pub mod probe;
+pub mod run;
+pub mod sockets;

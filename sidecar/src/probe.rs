@@ -1,0 +1,288 @@
+//! App health checks (HTTP GET, TCP connect, gRPC health v1) and the threshold logic that turns
+//! single results into a healthy/unhealthy state.
+//!
+//! Probes go to the app over loopback of the shared network namespace. They pause while a
+//! drain runs: readiness is 503 anyway, and a probe connection would count as new traffic.
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::config::{ProbeConfig, ProbeKind};
+
+/// Consecutive-result thresholds, like the kubelet's: starts unhealthy.
+#[derive(Debug, Clone)]
+pub struct HealthTracker {
+    success_threshold: u32,
+    failure_threshold: u32,
+    healthy: bool,
+    successes: u32,
+    failures: u32,
+}
+
+impl HealthTracker {
+    /// A tracker with the given thresholds (at least 1).
+    pub fn new(success_threshold: u32, failure_threshold: u32) -> Self {
+        Self {
+            success_threshold: success_threshold.max(1),
+            failure_threshold: failure_threshold.max(1),
+            healthy: false,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records one result; returns the resulting state.
+    pub fn record(&mut self, ok: bool) -> bool {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            if self.successes >= self.success_threshold {
+                self.healthy = true;
+            }
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            if self.failures >= self.failure_threshold {
+                self.healthy = false;
+            }
+        }
+        self.healthy
+    }
+
+    /// Current state.
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+}
+
+/// Runs one probe, bounded by the configured timeout. `Err` carries a short reason.
+pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), String> {
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let fut = async {
+        match cfg.kind {
+            ProbeKind::None => Ok(()),
+            ProbeKind::Tcp => TcpStream::connect(addr)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            ProbeKind::Http => http_probe(addr, &cfg.path, cfg.status).await,
+            ProbeKind::Grpc => grpc_probe(addr, &cfg.grpc_service).await,
+        }
+    };
+    match tokio::time::timeout(cfg.timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {:?}", cfg.timeout)),
+    }
+}
+
+async fn http_probe(addr: SocketAddr, path: &str, status: (u16, u16)) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, "quiesce-sidecar")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let res = send.send_request(req).await.map_err(|e| e.to_string());
+    conn.abort();
+    let code = res?.status().as_u16();
+    if (status.0..=status.1).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!(
+            "HTTP status {code}, expected {}-{}",
+            status.0, status.1
+        ))
+    }
+}
+
+/// Encodes a `grpc.health.v1.HealthCheckRequest { service }` as one gRPC length-prefixed frame.
+pub fn grpc_health_request(service: &str) -> Vec<u8> {
+    let mut msg = Vec::new();
+    if !service.is_empty() {
+        msg.push(0x0a); // field 1, length-delimited
+        let mut len = service.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                msg.push(b);
+                break;
+            }
+            msg.push(b | 0x80);
+        }
+        msg.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    frame
+}
+
+/// Decodes the `status` field of a framed `HealthCheckResponse` (1 = SERVING).
+pub fn grpc_health_status(frame: &[u8]) -> Option<u64> {
+    let len = u32::from_be_bytes(frame.get(1..5)?.try_into().ok()?) as usize;
+    let mut msg = frame.get(5..5 + len)?;
+    let mut status = 0; // absent field = UNKNOWN
+    while let Some((&tag, rest)) = msg.split_first() {
+        let (value, rest) = read_varint(rest)?;
+        match (tag >> 3, tag & 7) {
+            (1, 0) => {
+                status = value;
+                msg = rest;
+            }
+            (_, 0) => msg = rest,
+            (_, 2) => msg = rest.get(value as usize..)?,
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+fn read_varint(b: &[u8]) -> Option<(u64, &[u8])> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+async fn grpc_probe(addr: SocketAddr, service: &str) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "quiesce-sidecar")
+        .body(Full::new(Bytes::from(grpc_health_request(service))))
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+        if res.status() != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", res.status()));
+        }
+        let header_status = res.headers().get("grpc-status").cloned();
+        let collected = res.into_body().collect().await.map_err(|e| e.to_string())?;
+        let grpc_status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(header_status);
+        match grpc_status.as_ref().and_then(|v| v.to_str().ok()) {
+            Some("0") => {}
+            Some(other) => return Err(format!("grpc-status {other}")),
+            None => return Err("no grpc-status".to_string()),
+        }
+        match grpc_health_status(&collected.to_bytes()) {
+            Some(1) => Ok(()),
+            Some(s) => Err(format!("health status {s}, not SERVING")),
+            None => Err("malformed HealthCheckResponse".to_string()),
+        }
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn thresholds_like_the_kubelet() {
+        let mut t = HealthTracker::new(2, 3);
+        assert!(!t.healthy());
+        assert!(!t.record(true));
+        assert!(t.record(true));
+        assert!(t.record(false));
+        assert!(t.record(false));
+        assert!(t.record(true), "a success resets the failure streak");
+        assert!(t.record(false));
+        assert!(t.record(false));
+        assert!(!t.record(false));
+        assert!(!t.record(true));
+        assert!(t.record(true));
+    }
+
+    #[test]
+    fn grpc_health_frames() {
+        assert_eq!(grpc_health_request(""), vec![0, 0, 0, 0, 0]);
+        assert_eq!(
+            grpc_health_request("ab"),
+            vec![0, 0, 0, 0, 4, 0x0a, 2, b'a', b'b']
+        );
+        let long = "x".repeat(200);
+        let f = grpc_health_request(&long);
+        assert_eq!(&f[5..8], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 0]), Some(0));
+        assert_eq!(grpc_health_status(&[0, 0, 0, 0, 9]), None);
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_against_a_loopback_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let code = if req.starts_with("GET /ok ") {
+                        "200 OK"
+                    } else {
+                        "503 Unavailable"
+                    };
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {code}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        let mut cfg = ProbeConfig {
+            kind: ProbeKind::Http,
+            host: addr.ip(),
+            port: addr.port(),
+            path: "/ok".into(),
+            status: (200, 399),
+            grpc_service: String::new(),
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 1,
+        };
+        assert_eq!(probe_once(&cfg).await, Ok(()));
+        cfg.path = "/bad".into();
+        assert!(probe_once(&cfg).await.unwrap_err().contains("503"));
+        cfg.kind = ProbeKind::Tcp;
+        assert_eq!(probe_once(&cfg).await, Ok(()));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        cfg.port = closed.port();
+        assert!(probe_once(&cfg).await.is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! Process wiring: health-probe loop, admin server, signals.
+//!
+//! SIGTERM (or SIGINT): if no drain happened (no preStop configured), drain now — unless the
+//! app's ports are already closed — then exit once the app's ports are closed or
+//! `--exit-timeout` is spent. A second signal exits at once.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+
+use crate::{
+    admin::{self, AdminState, Authorizer, Health},
+    config::{Config, ProbeKind, RunMode},
+    drainer::{Drainer, KubeDrain},
+    metrics::Metrics,
+    pod::{OwnPod, Reporter},
+    probe::{HealthTracker, probe_once},
+    sockets,
+};
+
+/// Runs the sidecar until a signal ends it.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let admin_accepts = Arc::new(AtomicU64::new(0));
+
+    let (kube, auth) = match (&cfg.mode, &cfg.pod) {
+        (RunMode::Kubernetes, Some(pod)) => match kube::Client::try_default().await {
+            Ok(client) => {
+                let own = OwnPod::new(client.clone(), pod.clone(), metrics.clone());
+                let kube = KubeDrain {
+                    client,
+                    namespace: pod.namespace.clone(),
+                    pod_ip: pod.ip.to_string(),
+                    reporter: Reporter::spawn(own.clone()),
+                };
+                (Some(kube), Authorizer::PodTerminating(Some(Box::new(own))))
+            }
+            Err(e) => {
+                // Keep serving health: the app must not suffer from the sidecar's problem.
+                tracing::error!(error = %e, "no Kubernetes API access: preStop drains will be refused, SIGTERM still drains");
+                (None, Authorizer::PodTerminating(None))
+            }
+        },
+        _ => (None, Authorizer::Loopback),
+    };
+
+    let drainer = Drainer::new(
+        cfg.drain.clone(),
+        cfg.app_ports.clone(),
+        kube,
+        metrics.clone(),
+        admin_accepts.clone(),
+    );
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    tokio::spawn(probe_loop(
+        cfg.clone(),
+        drainer.clone(),
+        health_tx,
+        metrics.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.admin_bind, cfg.admin_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin server to {}:{}",
+                cfg.admin_bind, cfg.admin_port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode = ?cfg.mode, app_ports = ?cfg.app_ports, "admin server listening");
+    let accepts = admin_accepts.clone();
+    let m = metrics.clone();
+    let listener = listener.tap_io(move |_| {
+        accepts.fetch_add(1, Ordering::SeqCst);
+        m.admin_connections.inc();
+    });
+    let state = AdminState {
+        mode: cfg.mode,
+        ports: cfg.app_ports.clone(),
+        drainer: drainer.clone(),
+        health: health_rx,
+        auth: Arc::new(auth),
+        metrics,
+    };
+    let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let which = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+        res = server => {
+            return match res {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("admin server failed"),
+                Err(e) => Err(e).context("admin server task failed"),
+            };
+        }
+    };
+    tracing::info!(
+        signal = which,
+        "signal received; a second one exits at once"
+    );
+    let shutdown = async {
+        shutdown(&cfg, &drainer).await;
+    };
+    tokio::select! {
+        () = shutdown => {}
+        _ = sigterm.recv() => tracing::warn!("second signal: exiting now"),
+        _ = sigint.recv() => tracing::warn!("second signal: exiting now"),
+    }
+    Ok(())
+}
+
+async fn listening_app_ports(ports: &[u16]) -> Option<usize> {
+    sockets::snapshot()
+        .await
+        .ok()
+        .map(|s| s.counts(ports).listening_ports)
+}
+
+async fn shutdown(cfg: &Config, drainer: &Drainer) {
+    // A native sidecar gets SIGTERM after the app exited: nothing left to drain then.
+    let app_up = listening_app_ports(&cfg.app_ports).await.unwrap_or(1) > 0;
+    if drainer.started() || app_up {
+        drainer.drain("sigterm").await;
+    }
+    let deadline = Instant::now() + cfg.drain.exit_timeout;
+    loop {
+        match listening_app_ports(&cfg.app_ports).await {
+            Some(0) => {
+                tracing::info!("app ports closed; exiting");
+                return;
+            }
+            None => {
+                tracing::warn!("cannot read the socket table; exiting");
+                return;
+            }
+            Some(_) if Instant::now() >= deadline => {
+                tracing::warn!("app still listening after --exit-timeout; exiting");
+                return;
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn probe_loop(
+    cfg: Config,
+    drainer: Drainer,
+    tx: watch::Sender<Health>,
+    metrics: Arc<Metrics>,
+) {
+    let p = cfg.probe;
+    let mut tracker = HealthTracker::new(p.success_threshold, p.failure_threshold);
+    let mut tick = tokio::time::interval(p.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut count = 0u64;
+    loop {
+        tick.tick().await;
+        if drainer.started() {
+            // No probe traffic during a drain: it would count as a new connection.
+            continue;
+        }
+        let result = if p.kind == ProbeKind::None {
+            Ok(())
+        } else {
+            probe_once(&p).await
+        };
+        count += 1;
+        let was = tracker.healthy();
+        let healthy = tracker.record(result.is_ok());
+        let label = if result.is_ok() { "success" } else { "failure" };
+        metrics.probes.get_or_create(&vec![("result", label)]).inc();
+        metrics.app_healthy.set(i64::from(healthy));
+        if was != healthy {
+            tracing::info!(healthy, error = result.as_ref().err(), "app health changed");
+        }
+        tx.send_replace(Health {
+            healthy,
+            last_error: result.err(),
+            probes: count,
+        });
+    }
+}
