@@ -86,7 +86,10 @@ async fn hello(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let version = HeaderValue::from_str(&state.version).unwrap_or(HeaderValue::from_static("?"));
     (
         [(HeaderName::from_static("x-demo-version"), version)],
-        format!("demo-app version={} pod={}\n", state.version, state.pod_name),
+        format!(
+            "demo-app version={} pod={}\n",
+            state.version, state.pod_name
+        ),
     )
 }
 
