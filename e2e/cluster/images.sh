@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Container images without a registry: static Rust binaries put into FROM-scratch images by
+# buildah from the Dockerfiles in the repo, saved as docker-archive tarballs in the cache and
+# loaded into the cluster by the provider (`ctr images import` for local, `kind load` for kind).
+#
+#   images.sh build                 build the project images into $CACHE/images/project/
+#   images.sh build-pause BIN REF TAR
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+CACHE="${QUIESCE_CACHE:-$HOME/.cache/quiesce}"
+TAG="${QUIESCE_IMAGE_TAG:-dev}"
+REGISTRY="${QUIESCE_IMAGE_REGISTRY:-quiesce.local}"
+TARGET=x86_64-unknown-linux-gnu
+
+log() { printf '[images %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+buildah_() {
+  # chroot isolation: the Dockerfiles only COPY, no RUN needs a runtime; vfs needs no kernel help.
+  buildah --storage-driver vfs "$@"
+}
+
+build_image() { # dockerfile context ref tar
+  local dockerfile=$1 context=$2 ref=$3 tar=$4
+  buildah_ bud --quiet --isolation chroot --pull-never -f "$dockerfile" -t "$ref" "$context" >/dev/null
+  rm -f "$tar"
+  buildah_ push --quiet "$ref" "docker-archive:$tar:$ref" >/dev/null
+  buildah_ rmi "$ref" >/dev/null 2>&1 || true
+}
+
+build_pause() { # bin ref tar
+  local ctx; ctx=$(mktemp -d)
+  cp "$1" "$ctx/pause"
+  build_image "$here/images/pause/Dockerfile" "$ctx" "$2" "$3"
+  rm -rf "$ctx"
+  log "built $2"
+}
+
+# name:crate-binary:dockerfile
+PROJECT_IMAGES=(
+  "operator:quiesce-operator:operator/Dockerfile"
+  "sidecar:quiesce-sidecar:sidecar/Dockerfile"
+  "demo-app:demo-app:examples/demo-app/Dockerfile"
+)
+
+build_project() {
+  command -v buildah >/dev/null || "$here/local/install-deps.sh"
+  local bins=()
+  for spec in "${PROJECT_IMAGES[@]}"; do bins+=(--bin "$(cut -d: -f2 <<<"$spec")"); done
+  log "building static binaries (release, $TARGET, crt-static)"
+  (cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --target "$TARGET" "${bins[@]}")
+  mkdir -p "$CACHE/images/project"
+  for spec in "${PROJECT_IMAGES[@]}"; do
+    IFS=: read -r name bin dockerfile <<<"$spec"
+    local ctx; ctx=$(mktemp -d)
+    cp "$root/target/$TARGET/release/$bin" "$ctx/$bin"
+    build_image "$root/$dockerfile" "$ctx" "$REGISTRY/$name:$TAG" "$CACHE/images/project/$name.tar"
+    rm -rf "$ctx"
+    log "built $REGISTRY/$name:$TAG"
+  done
+}
+
+case "${1:-}" in
+  build) build_project ;;
+  build-pause) shift; build_pause "$@" ;;
+  list) ls "$CACHE/images/project/"*.tar ;;
+  *) echo "usage: $0 build|build-pause BIN REF TAR|list" >&2; exit 2 ;;
+esac

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The "kind" cluster provider: same contract as local/cluster.sh, backed by `kind` on Docker.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../../.." && pwd)
+NAME="${QUIESCE_KIND_NAME:-quiesce}"
+STATE="${QUIESCE_STATE:-$HOME/.cache/quiesce/kind}"
+export KUBECONFIG="$STATE/kubeconfig"
+KIND="${KIND:-kind}"
+
+ensure_kind() {
+  command -v "$KIND" >/dev/null && return 0
+  # kind is a Go module; installed into the project's tools directory.
+  GOBIN="$root/.tools/bin" go install sigs.k8s.io/kind@v0.29.0
+  KIND="$root/.tools/bin/kind"
+}
+
+running() { "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; }
+
+case "${1:-}" in
+  up)
+    ensure_kind; "$here/../tools.sh" >/dev/null
+    mkdir -p "$STATE"
+    if running; then "$KIND" export kubeconfig --name "$NAME" --kubeconfig "$KUBECONFIG"; exit 0; fi
+    "$KIND" create cluster --name "$NAME" --config "$here/kind-config.yaml" \
+      --kubeconfig "$KUBECONFIG" --wait 120s
+    ;;
+  down) ensure_kind; running && "$KIND" delete cluster --name "$NAME"; rm -rf "$STATE" ;;
+  status)
+    ensure_kind; running || { echo "kind cluster $NAME: absent"; exit 1; }
+    echo "kind cluster $NAME"; "$root/.tools/bin/kubectl" get nodes ;;
+  kubeconfig) echo "$KUBECONFIG" ;;
+  exec) shift; export PATH="$root/.tools/bin:$PATH"; exec "$@" ;;
+  load-image)
+    ensure_kind
+    "$KIND" load image-archive "$2" --name "$NAME" ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR" >&2; exit 2 ;;
+esac

