@@ -37,6 +37,9 @@ pub mod messages {
     pub const STEP_ONE_OF: &str = "each step must set exactly one of admit or pause";
     /// An integer `admit` below 1.
     pub const ADMIT_COUNT: &str = "an admit count must be at least 1";
+    /// A string `admit` that is not a percentage from 1% to 100%.
+    pub const ADMIT_PERCENT: &str =
+        "an admit percentage must be a whole number from 1% to 100%, like '25%'";
     /// Admit counts decrease from one step to a later one.
     pub const ADMIT_COUNTS_ORDER: &str = "admit counts must not decrease from one step to the next";
     /// Admit percentages decrease from one step to a later one.
@@ -47,6 +50,48 @@ pub mod messages {
     /// `failOpenAfterSeconds` is not longer than `minHealthySeconds`.
     pub const FAIL_OPEN_AFTER_MIN_HEALTHY: &str =
         "readiness.failOpenAfterSeconds must be greater than readiness.minHealthySeconds";
+}
+
+/// The CEL rules of `spec.steps`.
+///
+/// `admit` is `x-kubernetes-int-or-string`, which the apiserver's cost estimator sizes as a
+/// string of the maximum request size (3 MiB): any string function on it (`replace`, `matches`,
+/// `int()`) exceeds the CRD's cost budget. Percentages are therefore only compared for equality
+/// and looked up in a literal table `{'1%': 1, ..., '100%': 100}`, which costs per entry, not per
+/// byte. `maxItems: 32` on `steps` bounds the rest.
+mod cel {
+    /// Integer admit values are at least 1.
+    pub const ADMIT_COUNTS_POSITIVE: &str =
+        "self.all(s, !has(s.admit) || type(s.admit) != int || s.admit >= 1)";
+    /// Integer admit values never decrease.
+    pub const ADMIT_COUNTS_SORTED: &str =
+        "self.filter(s, has(s.admit) && type(s.admit) == int).map(s, s.admit).isSorted()";
+    /// The last step is `admit: 100%`.
+    pub const LAST_STEP_FULL: &str = "size(self) == 0 || (has(self[size(self) - 1].admit) && \
+         type(self[size(self) - 1].admit) == string && self[size(self) - 1].admit == '100%')";
+
+    /// `{'1%': 1, '2%': 2, ..., '100%': 100}`.
+    fn percent_table() -> String {
+        let entries: Vec<String> = (1..=100).map(|p| format!("'{p}%': {p}")).collect();
+        format!("{{{}}}", entries.join(", "))
+    }
+
+    /// String admit values are percentages from 1% to 100%.
+    pub fn admit_percents_valid() -> String {
+        format!(
+            "self.all(s, !has(s.admit) || type(s.admit) != string || s.admit in {})",
+            percent_table()
+        )
+    }
+
+    /// Percentage admit values never decrease.
+    pub fn admit_percents_sorted() -> String {
+        let table = percent_table();
+        format!(
+            "self.filter(s, has(s.admit) && type(s.admit) == string && s.admit in {table})\
+             .map(s, {table}[s.admit]).isSorted()"
+        )
+    }
 }
 
 /// Regular expression of an admit percentage: `1%` to `100%`.
@@ -118,9 +163,11 @@ pub struct RolloutPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     #[x_kube(
-        validation = Rule::new("self.filter(s, has(s.admit) && type(s.admit) == int).map(s, s.admit).isSorted()").message(messages::ADMIT_COUNTS_ORDER),
-        validation = Rule::new("self.filter(s, has(s.admit) && type(s.admit) == string).map(s, int(s.admit.replace('%', ''))).isSorted()").message(messages::ADMIT_PERCENTS_ORDER),
-        validation = Rule::new("size(self) == 0 || (has(self[size(self) - 1].admit) && type(self[size(self) - 1].admit) == string && self[size(self) - 1].admit == '100%')").message(messages::LAST_STEP_FULL),
+        validation = Rule::new(cel::ADMIT_COUNTS_POSITIVE).message(messages::ADMIT_COUNT),
+        validation = Rule::new(cel::admit_percents_valid()).message(messages::ADMIT_PERCENT),
+        validation = Rule::new(cel::ADMIT_COUNTS_SORTED).message(messages::ADMIT_COUNTS_ORDER),
+        validation = Rule::new(cel::admit_percents_sorted()).message(messages::ADMIT_PERCENTS_ORDER),
+        validation = Rule::new(cel::LAST_STEP_FULL).message(messages::LAST_STEP_FULL),
     )]
     pub steps: Vec<Step>,
 
@@ -199,7 +246,6 @@ pub struct Step {
     /// replicas, rounded up. Counts above the desired replicas mean all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = ADMIT_PERCENT_PATTERN))]
-    #[x_kube(validation = Rule::new("type(self) != int || self >= 1").message(messages::ADMIT_COUNT))]
     pub admit: Option<IntOrString>,
 
     /// Hold admission: for `durationSeconds`, or until promoted (annotation `quiesce.dev/promote`)
