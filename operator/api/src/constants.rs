@@ -37,6 +37,16 @@ pub const OPERATOR_FIELD_MANAGER: &str = "quiesce-operator";
 /// Field manager of the sidecar's pod-status patches (the drained condition).
 pub const SIDECAR_FIELD_MANAGER: &str = "quiesce-sidecar";
 
+/// Finalizer the operator puts on a RolloutPolicy: on deletion every held pod of the target is
+/// admitted before the policy goes away, so nothing stays stuck behind the readiness gate.
+pub const POLICY_FINALIZER: &str = "quiesce.dev/release-pods";
+
+/// Environment variable of the injected sidecar: seconds after which the sidecar admits its
+/// own pod (readiness gate `True`, reason `FailOpen`) when the operator has not decided — the
+/// condition is absent, or `False` with a `lastProbeTime` (the operator's heartbeat) older than
+/// this. The value is the policy's `spec.readiness.failOpenAfterSeconds`.
+pub const SIDECAR_FAIL_OPEN_ENV: &str = "QUIESCE_FAIL_OPEN_AFTER_SECONDS";
+
 /// Condition types of a `RolloutPolicy`'s `status.conditions` (a list-map keyed by `type`).
 ///
 /// Pod condition types (the readiness gate and the drain report) are
@@ -144,6 +154,11 @@ pub mod reasons {
     pub const WAITING_FOR_DRAIN: &str = "WaitingForDrain";
     /// Gate `False`: the rollout is paused.
     pub const PAUSED: &str = "Paused";
+    /// Gate `True`: the policy was deleted, so every ready pod is let in.
+    pub const POLICY_DELETED: &str = "PolicyDeleted";
+    /// `Progressing=False`: the target went back to the stable revision without quiesce
+    /// (`kubectl rollout undo` or a re-apply of the old template) before the rollout finished.
+    pub const ROLLOUT_ABANDONED: &str = "RolloutAbandoned";
 
     // --- pod condition quiesce.dev/drained (sidecar) ---
     /// Drained `False`: the drain is in progress.
