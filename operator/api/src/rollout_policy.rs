@@ -99,6 +99,8 @@ pub const ADMIT_PERCENT_PATTERN: &str = "^([1-9][0-9]?|100)%$";
 
 /// Specification of a RolloutPolicy: how rolling updates of one Deployment are paced and how
 /// its old pods are drained.
+// clippy reads repeated `type_ = "integer"` keys of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "quiesce.dev",
@@ -161,7 +163,7 @@ pub struct RolloutPolicySpec {
     /// be `admit: 100%`. Empty or absent: every healthy new pod is admitted (readiness gate and
     /// drain only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = defaults::MAX_STEPS))]
     #[x_kube(
         validation = Rule::new(cel::ADMIT_COUNTS_POSITIVE).message(messages::ADMIT_COUNT),
         validation = Rule::new(cel::admit_percents_valid()).message(messages::ADMIT_PERCENT),
@@ -260,7 +262,7 @@ pub struct Step {
 pub struct PauseStep {
     /// How long to hold admission, in seconds (1..86400). Absent: until promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = defaults::MAX_LONG_SECONDS))]
     pub duration_seconds: Option<i32>,
 }
 
@@ -270,13 +272,13 @@ pub struct PauseStep {
 pub struct ReadinessSpec {
     /// Seconds a new pod's containers must have been ready before the pod may be admitted
     /// (0..3600, default 0). Like a Deployment's `minReadySeconds`, but before traffic.
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = 0, max = defaults::MAX_SECONDS))]
     pub min_healthy_seconds: i32,
 
     /// Seconds after which a pod whose readiness gate is still undecided (operator down,
     /// rollout stuck) is admitted anyway, so quiesce never blocks a workload forever
     /// (1..86400, default 600).
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = defaults::MAX_LONG_SECONDS))]
     pub fail_open_after_seconds: i32,
 }
 
@@ -318,17 +320,17 @@ pub enum DrainMode {
 #[serde(rename_all = "camelCase", default)]
 pub struct DrainSpec {
     /// Seconds to wait for the pod's address to leave every EndpointSlice (1..3600, default 10).
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = defaults::MAX_SECONDS))]
     pub endpoint_timeout_seconds: i32,
 
     /// Milliseconds without a new inbound connection after which traffic counts as stopped
     /// (0..60000, default 1000). Bounded by `endpointTimeoutSeconds` + `timeoutSeconds`.
-    #[schemars(range(min = 0, max = 60000))]
+    #[schemars(range(min = 0, max = defaults::MAX_QUIET_PERIOD_MILLIS))]
     pub quiet_period_millis: i32,
 
     /// Seconds to wait for in-flight work to finish before the app is stopped anyway
     /// (1..3600, default 30).
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = defaults::MAX_SECONDS))]
     pub timeout_seconds: i32,
 
     /// Admit the next step's pods only after the old pods removed by the previous step have
@@ -406,12 +408,12 @@ pub enum FailureAction {
 pub struct FailureSpec {
     /// Seconds without progress (a pod admitted or a step completed) after which the rollout
     /// fails (1..86400, default 600). Time spent in pause steps does not count.
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = defaults::MAX_LONG_SECONDS))]
     pub progress_deadline_seconds: i32,
 
     /// Container restarts of a new-revision pod above which the rollout fails (0..100,
     /// default 3).
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = 0, max = defaults::MAX_MAX_RESTARTS))]
     pub max_restarts: i32,
 
     /// `Pause` (default: hold admission, keep what is admitted) or `Rollback` (restore the
@@ -694,7 +696,7 @@ impl Step {
     pub fn action(&self) -> Option<StepAction> {
         match (&self.admit, &self.pause) {
             (Some(admit), None) => Admit::parse(admit).ok().map(StepAction::Admit),
-            (None, Some(pause)) => Some(StepAction::Pause(pause.duration_seconds.map(|s| secs(s)))),
+            (None, Some(pause)) => Some(StepAction::Pause(pause.duration_seconds.map(secs))),
             _ => None,
         }
     }
