@@ -1,1 +1,3 @@
 //! End-to-end test support for quiesce.
+
+pub mod loadgen;
