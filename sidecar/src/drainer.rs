@@ -211,6 +211,7 @@ struct Observer {
     use_passive: bool,
     admin_accepts: Arc<AtomicU64>,
     last: ConnCounts,
+    last_at: Instant,
 }
 
 impl Observer {
@@ -220,7 +221,10 @@ impl Observer {
                 let admin = self
                     .use_passive
                     .then(|| self.admin_accepts.load(Ordering::SeqCst));
-                let arrived = self.tracker.observe(&snap, &self.ports, admin);
+                let now = Instant::now();
+                let since = now.saturating_duration_since(self.last_at);
+                self.last_at = now;
+                let arrived = self.tracker.observe(&snap, &self.ports, admin, since);
                 self.last = snap.counts(&self.ports);
                 metrics.app_connections.set(self.last.established as i64);
                 metrics.app_busy_connections.set(self.last.busy as i64);
@@ -256,6 +260,7 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
         use_passive: cfg.signal == NewConnectionSignal::Netns,
         admin_accepts: inner.admin_accepts.clone(),
         last: ConnCounts::default(),
+        last_at: Instant::now(),
     };
     let (start, _) = observer.observe(&inner.metrics).await;
     let at_start = Observation {

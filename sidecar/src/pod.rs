@@ -11,20 +11,14 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
-use quiesce_api::constants::DRAINED_CONDITION;
+use quiesce_api::constants::{
+    DRAINED_CONDITION, SIDECAR_FIELD_MANAGER,
+    reasons::{DRAIN_TIMED_OUT, DRAINED, DRAINING},
+};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{config::PodIdentity, metrics::Metrics};
-
-/// Field manager of the sidecar's status patches.
-pub const FIELD_MANAGER: &str = "quiesce-sidecar";
-/// Reason of the drained condition while draining.
-pub const REASON_DRAINING: &str = "Draining";
-/// Reason of the drained condition once drained.
-pub const REASON_DRAINED: &str = "Drained";
-/// Reason once drained by force (a bound was reached).
-pub const REASON_FORCED: &str = "DrainForced";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const ATTEMPTS: u32 = 4;
@@ -75,7 +69,7 @@ impl OwnPod {
 
     async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), String> {
         let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
+            field_manager: Some(SIDECAR_FIELD_MANAGER.to_string()),
             ..Default::default()
         };
         match tokio::time::timeout(
@@ -147,22 +141,13 @@ impl Reporter {
 
     /// Condition False/Draining; does not wait.
     pub fn draining(&self) {
-        let body = condition_patch(
-            false,
-            REASON_DRAINING,
-            "draining connections",
-            chrono::Utc::now(),
-        );
+        let body = condition_patch(false, DRAINING, "draining connections", chrono::Utc::now());
         let _ = self.tx.send(Job { body, done: None });
     }
 
     /// Condition True with the report; waits at most `bound`. Returns whether it was written.
     pub async fn drained(&self, forced: bool, message: &str, bound: Duration) -> bool {
-        let reason = if forced {
-            REASON_FORCED
-        } else {
-            REASON_DRAINED
-        };
+        let reason = if forced { DRAIN_TIMED_OUT } else { DRAINED };
         let body = condition_patch(true, reason, message, chrono::Utc::now());
         let (done, rx) = oneshot::channel();
         if self
@@ -211,7 +196,7 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-05-01T10:00:00Z")
             .unwrap()
             .to_utc();
-        let p = condition_patch(true, REASON_DRAINED, "drained in 1.00s", now);
+        let p = condition_patch(true, DRAINED, "drained in 1.00s", now);
         assert_eq!(
             p,
             json!({"status": {"conditions": [{
@@ -220,7 +205,7 @@ mod tests {
             }]}})
         );
         assert_eq!(
-            condition_patch(false, REASON_DRAINING, "", now)["status"]["conditions"][0]["status"],
+            condition_patch(false, DRAINING, "", now)["status"]["conditions"][0]["status"],
             "False"
         );
     }

@@ -197,7 +197,10 @@ impl Snapshot {
 
 /// Tells whether new inbound connections arrived between observations.
 ///
-/// Two pieces of evidence, either is enough:
+/// Three pieces of evidence, any is enough:
+/// - a request on an already established connection to an app port: data received since the
+///   previous observation (`tcp_info`). kube-proxy keeps routing established connections to a
+///   terminating pod, so traffic on kept-alive connections must have stopped too;
 /// - a socket on an app port that the previous snapshot did not have (precise per port, but a
 ///   connection that opened and closed between two snapshots leaves no trace when the client
 ///   closed first);
@@ -217,10 +220,17 @@ pub struct ArrivalTracker {
 }
 
 impl ArrivalTracker {
-    /// Feeds one snapshot; `admin_accepts` is the sidecar's cumulative admin accept count
-    /// (`None` ignores `PassiveOpens`). Returns whether a new connection arrived since the
-    /// previous call; the first call only sets the baseline.
-    pub fn observe(&mut self, snap: &Snapshot, ports: &[u16], admin_accepts: Option<u64>) -> bool {
+    /// Feeds one snapshot taken `since` after the previous one; `admin_accepts` is the
+    /// sidecar's cumulative admin accept count (`None` ignores `PassiveOpens`). Returns whether
+    /// a new connection or request arrived since the previous call; the first call only sets
+    /// the baseline.
+    pub fn observe(
+        &mut self,
+        snap: &Snapshot,
+        ports: &[u16],
+        admin_accepts: Option<u64>,
+        since: std::time::Duration,
+    ) -> bool {
         let current: HashSet<_> = snap
             .sockets
             .iter()
@@ -228,7 +238,17 @@ impl ArrivalTracker {
             .map(SocketEntry::key)
             .collect();
         let mut arrived = match &self.seen {
-            Some(prev) => current.iter().any(|k| !prev.contains(k)),
+            Some(prev) => {
+                current.iter().any(|k| !prev.contains(k))
+                    || snap.sockets.iter().any(|s| {
+                        s.is_inbound_on(ports)
+                            && s.state == TcpState::Established
+                            && s.activity.is_some_and(|a| {
+                                a.bytes_received > 0
+                                    && u128::from(a.last_data_recv_ms) < since.as_millis()
+                            })
+                    })
+            }
             None => false,
         };
         self.seen = Some(current);

@@ -12,6 +12,7 @@ const TCP4: &str = include_str!("testdata/tcp4.txt");
 const TCP4_TIMEWAIT: &str = include_str!("testdata/tcp4_timewait.txt");
 const TCP6: &str = include_str!("testdata/tcp6.txt");
 const SNMP: &str = include_str!("testdata/snmp.txt");
+const MS100: Duration = Duration::from_millis(100);
 
 fn snap(sockets: Vec<SocketEntry>, passive_opens: Option<u64>) -> Snapshot {
     Snapshot {
@@ -148,20 +149,22 @@ fn busy_follows_request_response_order() {
 fn arrivals_by_new_sockets_on_app_ports() {
     let mut t = ArrivalTracker::default();
     assert!(
-        !t.observe(&snap(vec![conn(80, 1, None)], None), &[80], None),
+        !t.observe(&snap(vec![conn(80, 1, None)], None), &[80], None, MS100),
         "baseline"
     );
-    assert!(!t.observe(&snap(vec![conn(80, 1, None)], None), &[80], None));
+    assert!(!t.observe(&snap(vec![conn(80, 1, None)], None), &[80], None, MS100));
     assert!(t.observe(
         &snap(vec![conn(80, 1, None), conn(80, 2, None)], None),
         &[80],
-        None
+        None,
+        MS100
     ));
     // A connection going away is not an arrival; one on another port is not either.
     assert!(!t.observe(
         &snap(vec![conn(80, 2, None), conn(9901, 3, None)], None),
         &[80],
-        None
+        None,
+        MS100
     ));
 }
 
@@ -169,18 +172,30 @@ fn arrivals_by_new_sockets_on_app_ports() {
 fn arrivals_by_passive_opens_catch_short_connections() {
     let mut t = ArrivalTracker::default();
     let empty = |p| snap(vec![], Some(p));
-    assert!(!t.observe(&empty(100), &[80], Some(10)));
+    assert!(!t.observe(&empty(100), &[80], Some(10), MS100));
     // One connection opened and closed between two snapshots: only the counter saw it.
-    assert!(t.observe(&empty(101), &[80], Some(10)));
+    assert!(t.observe(&empty(101), &[80], Some(10), MS100));
     // Admin connections explain the growth.
-    assert!(!t.observe(&empty(103), &[80], Some(12)));
+    assert!(!t.observe(&empty(103), &[80], Some(12), MS100));
     // The admin accept lags the kernel counter: one early arrival, not two.
-    assert!(t.observe(&empty(104), &[80], Some(12)));
-    assert!(!t.observe(&empty(104), &[80], Some(13)));
-    assert!(!t.observe(&empty(105), &[80], Some(14)));
+    assert!(t.observe(&empty(104), &[80], Some(12), MS100));
+    assert!(!t.observe(&empty(104), &[80], Some(13), MS100));
+    assert!(!t.observe(&empty(105), &[80], Some(14), MS100));
     // Two opens, one of them admin: one real arrival.
-    assert!(t.observe(&empty(107), &[80], Some(15)));
-    assert!(!t.observe(&empty(107), &[80], Some(15)));
+    assert!(t.observe(&empty(107), &[80], Some(15), MS100));
+    assert!(!t.observe(&empty(107), &[80], Some(15), MS100));
+}
+
+#[test]
+fn arrivals_by_requests_on_kept_alive_connections() {
+    let mut t = ArrivalTracker::default();
+    let ka = |sent_ago, recv_ago| conn(80, 1, act(sent_ago, recv_ago, 100, 200));
+    assert!(!t.observe(&snap(vec![ka(500, 500)], None), &[80], None, MS100));
+    // Idle since the last look.
+    assert!(!t.observe(&snap(vec![ka(600, 600)], None), &[80], None, MS100));
+    // A request arrived (and was even answered) since the last look.
+    assert!(t.observe(&snap(vec![ka(10, 12)], None), &[80], None, MS100));
+    assert!(!t.observe(&snap(vec![ka(110, 112)], None), &[80], None, MS100));
 }
 
 #[test]
