@@ -1,0 +1,11 @@
+//! quiesce operator: paces Deployment rollouts through the `quiesce.dev/ready` readiness gate,
+//! injects the drain sidecar, and reports what it does.
+//!
+//! - [`plan`]: the pure decisions (`plan(observed, now) -> Plan`).
+//! - [`controller`]: the I/O shell around it (watches, pod and status patches, Events).
+//! - [`webhook`]: the mutating admission webhook that injects the sidecar.
+//! - [`certs`]: the webhook's self-managed CA and serving certificate.
+//! - [`leader`]: Lease-based leader election (only the leader reconciles).
+//! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
+
+pub mod plan;

@@ -1,0 +1,773 @@
+//! Every transition of [`plan`], with an injected clock.
+
+use super::*;
+use quiesce_api::{FailureAction, Step};
+
+const T0: i64 = 1_700_000_000;
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(T0 + secs).unwrap()
+}
+
+fn spec(steps: Vec<Step>) -> RolloutPolicySpec {
+    let mut s = RolloutPolicySpec::for_deployment("web");
+    s.steps = steps;
+    s
+}
+
+fn target(replicas: i32, update: &str) -> TargetView {
+    TargetView {
+        name: "web".into(),
+        replicas,
+        update_revision: Some(update.into()),
+        revisions: vec!["old".into(), update.into()],
+        termination_grace_period_seconds: 60,
+    }
+}
+
+/// A live, injected pod of `rev`, containers ready since `ready_since` (seconds after T0).
+fn pod(name: &str, rev: &str, ready_since: Option<i64>, gate: Option<bool>) -> PodView {
+    PodView {
+        name: name.into(),
+        revision: Some(rev.into()),
+        containers_ready_since: ready_since.map(at),
+        gate: gate.map(|ready| GateView {
+            ready,
+            reason: if ready { "Admitted" } else { "WaitingForStep" }.into(),
+            last_probe: Some(at(0)),
+        }),
+        has_gate: true,
+        injected: true,
+        ..PodView::default()
+    }
+}
+
+struct World {
+    o: Observed,
+}
+
+impl World {
+    fn new(spec: RolloutPolicySpec, target: TargetView, pods: Vec<PodView>) -> Self {
+        Self {
+            o: Observed {
+                policy: PolicyView {
+                    name: "web".into(),
+                    generation: Some(1),
+                    spec,
+                    status: RolloutPolicyStatus::default(),
+                    promote: None,
+                    abort: false,
+                    deleting: false,
+                },
+                target: TargetState::Found(target),
+                pods,
+                new_drains: vec![],
+            },
+        }
+    }
+
+    /// A world whose status says `stable` is stable and a rollout to `update` started at T0.
+    fn rolling(spec: RolloutPolicySpec, replicas: i32, pods: Vec<PodView>) -> Self {
+        let mut w = Self::new(spec, target(replicas, "new"), pods);
+        w.o.policy.status = RolloutPolicyStatus {
+            stable_revision: Some("old".into()),
+            update_revision: Some("new".into()),
+            phase: Some(Phase::Progressing),
+            current_step: (!w.o.policy.spec.steps.is_empty()).then_some(0),
+            current_step_start_time: Some(Time(at(0))),
+            last_progress_time: Some(Time(at(0))),
+            ..Default::default()
+        };
+        w
+    }
+
+    /// Runs the plan and carries its status over (as the apiserver would after the patch).
+    fn step(&mut self, now: i64) -> Plan {
+        let p = plan(&self.o, at(now));
+        self.o.policy.status = p.status.clone();
+        self.o.policy.promote = None;
+        self.o.policy.abort = false;
+        p
+    }
+
+    fn pod_mut(&mut self, name: &str) -> &mut PodView {
+        self.o.pods.iter_mut().find(|p| p.name == name).unwrap()
+    }
+
+    /// Applies the plan's gate actions to the pods.
+    fn apply_gates(&mut self, p: &Plan, now: i64) {
+        for a in &p.actions {
+            if let Action::SetGate {
+                pod, ready, reason, ..
+            } = a
+            {
+                self.pod_mut(pod).gate = Some(GateView {
+                    ready: *ready,
+                    reason: (*reason).into(),
+                    last_probe: Some(at(now)),
+                });
+            }
+        }
+    }
+}
+
+fn admitted(p: &Plan) -> Vec<&str> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetGate {
+                pod, ready: true, ..
+            } => Some(pod.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn held(p: &Plan) -> Vec<(&str, &str)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetGate {
+                pod,
+                ready: false,
+                reason,
+                ..
+            } => Some((pod.as_str(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(p: &Plan) -> Vec<&str> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cond<'a>(p: &'a Plan, type_: &str) -> &'a Condition {
+    p.status.condition(type_).unwrap()
+}
+
+#[test]
+fn first_sight_records_the_stable_revision_and_admits_ready_pods() {
+    let mut w = World::new(
+        spec(vec![]),
+        target(2, "old"),
+        vec![pod("a", "old", Some(0), None), pod("b", "old", None, None)],
+    );
+    let p = w.step(10);
+    assert_eq!(p.status.stable_revision.as_deref(), Some("old"));
+    assert_eq!(p.status.phase, Some(Phase::Idle));
+    assert_eq!(admitted(&p), vec!["a"]);
+    assert!(held(&p).is_empty(), "unready stable pods are not written");
+    assert_eq!(cond(&p, conditions::ACCEPTED).status, "True");
+    assert_eq!(p.status.desired_replicas, Some(2));
+    assert_eq!(p.status.ready_replicas, Some(1));
+    assert_eq!(p.requeue_after, None, "nothing timed: no requeue");
+    assert!(p.status.message.unwrap().contains("no rollout"));
+}
+
+#[test]
+fn scale_up_outside_a_rollout_is_admitted_without_waiting() {
+    let mut s = spec(vec![]);
+    s.readiness.min_healthy_seconds = 30;
+    let mut w = World::new(s, target(3, "old"), vec![pod("c", "old", Some(9), None)]);
+    w.o.policy.status.stable_revision = Some("old".into());
+    w.o.policy.status.update_revision = Some("old".into());
+    let p = w.step(10);
+    assert_eq!(admitted(&p), vec!["c"]);
+}
+
+#[test]
+fn a_new_revision_starts_a_rollout_with_an_event() {
+    let mut w = World::new(
+        spec(vec![Step::admit_count(1), Step::admit_percent(100)]),
+        target(3, "new"),
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            pod("n1", "new", None, None),
+        ],
+    );
+    w.o.policy.status.stable_revision = Some("old".into());
+    w.o.policy.status.update_revision = Some("old".into());
+    w.o.policy.status.phase = Some(Phase::Completed);
+    let p = w.step(5);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+    assert_eq!(p.status.update_revision.as_deref(), Some("new"));
+    assert_eq!(p.status.current_step, Some(0));
+    assert_eq!(p.status.current_step_start_time, Some(Time(at(5))));
+    assert!(events(&p).contains(&reasons::ROLLOUT_STARTED));
+    assert_eq!(cond(&p, conditions::PROGRESSING).status, "True");
+    assert_eq!(held(&p), vec![("n1", reasons::CONTAINERS_NOT_READY)]);
+}
+
+#[test]
+fn an_admit_step_admits_up_to_its_count_and_holds_the_rest() {
+    let mut w = World::rolling(
+        spec(vec![Step::admit_count(1), Step::admit_percent(100)]),
+        3,
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            pod("o2", "old", Some(0), Some(true)),
+            pod("n1", "new", Some(2), None),
+            pod("n2", "new", Some(1), None),
+        ],
+    );
+    let p = w.step(10);
+    assert_eq!(admitted(&p), vec!["n2"], "the pod ready longest goes first");
+    assert_eq!(held(&p), vec![("n1", reasons::WAITING_FOR_STEP)]);
+    assert_eq!(p.status.admitted_replicas, Some(1));
+    assert_eq!(p.status.last_progress_time, Some(Time(at(10))));
+    assert_eq!(
+        p.status.current_step,
+        Some(0),
+        "the step ends once the admission is observed"
+    );
+}
+
+#[test]
+fn percent_steps_are_recomputed_from_the_current_desired_count() {
+    let pods = (0..4)
+        .map(|i| pod(&format!("n{i}"), "new", Some(0), None))
+        .collect();
+    let mut w = World::rolling(
+        spec(vec![Step::admit_percent(50), Step::admit_percent(100)]),
+        2,
+        pods,
+    );
+    assert_eq!(admitted(&w.step(10)).len(), 1, "50% of 2");
+    w.o.policy.status = RolloutPolicyStatus {
+        current_step: Some(0),
+        ..w.o.policy.status.clone()
+    };
+    if let TargetState::Found(t) = &mut w.o.target {
+        t.replicas = 4;
+    }
+    let mut fresh = World::rolling(w.o.policy.spec.clone(), 4, w.o.pods.clone());
+    fresh.o.target = w.o.target.clone();
+    assert_eq!(admitted(&fresh.step(10)).len(), 2, "scaled to 4: 50% is 2");
+}
+
+#[test]
+fn min_healthy_seconds_delays_admission_and_requeues_when_due() {
+    let mut s = spec(vec![]);
+    s.readiness.min_healthy_seconds = 5;
+    let mut w = World::rolling(s, 1, vec![pod("n1", "new", Some(8), None)]);
+    let p = w.step(10);
+    assert!(admitted(&p).is_empty());
+    assert_eq!(held(&p), vec![("n1", reasons::WAITING_FOR_MIN_HEALTHY)]);
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(3)));
+    w.apply_gates(&p, 10);
+    let p = w.step(13);
+    assert_eq!(admitted(&p), vec!["n1"]);
+}
+
+#[test]
+fn steps_advance_once_admissions_are_observed_and_wait_for_displaced_old_pods() {
+    let mut w = World::rolling(
+        spec(vec![Step::admit_count(1), Step::admit_percent(100)]),
+        2,
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            pod("o2", "old", Some(0), Some(true)),
+            pod("n1", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(10);
+    w.apply_gates(&p, 10);
+    // The admission is observed; the old pod has not been removed yet.
+    w.o.pods.push(pod("n2", "new", Some(11), None));
+    let p = w.step(12);
+    assert_eq!(p.status.current_step, Some(1));
+    assert!(events(&p).contains(&reasons::STEP_ADVANCED));
+    assert_eq!(held(&p), vec![("n2", reasons::WAITING_FOR_DRAIN)]);
+    assert!(
+        p.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("remove old pods")
+    );
+    // The Deployment controller removes o2; its sidecar drains.
+    w.pod_mut("o2").terminating = true;
+    w.pod_mut("o2").drained = Some(DrainedView { done: false });
+    let p = w.step(13);
+    assert!(admitted(&p).is_empty());
+    assert!(p.status.message.as_ref().unwrap().contains("drain: o2"));
+    w.pod_mut("o2").drained = Some(DrainedView { done: true });
+    let p = w.step(14);
+    assert_eq!(admitted(&p), vec!["n2"]);
+}
+
+#[test]
+fn without_wait_before_next_step_the_next_step_admits_at_once() {
+    let mut s = spec(vec![Step::admit_count(1), Step::admit_percent(100)]);
+    s.drain.wait_before_next_step = false;
+    let mut w = World::rolling(
+        s,
+        2,
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            pod("o2", "old", Some(0), Some(true)),
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(12);
+    assert_eq!(admitted(&p), vec!["n2"]);
+}
+
+#[test]
+fn a_timed_pause_holds_then_advances_when_its_time_is_up() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(Some(30)),
+            Step::admit_percent(100),
+        ]),
+        2,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(10);
+    assert_eq!(p.status.current_step, Some(1));
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert_eq!(held(&p), vec![("n2", reasons::PAUSED)]);
+    assert_eq!(cond(&p, conditions::PAUSED).reason, reasons::PAUSE_STEP);
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(30)));
+    w.apply_gates(&p, 10);
+    let p = w.step(25);
+    assert!(admitted(&p).is_empty(), "the pause holds");
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(15)));
+    let p = w.step(40);
+    assert_eq!(p.status.current_step, Some(2));
+    assert_eq!(admitted(&p), vec!["n2"]);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+}
+
+#[test]
+fn an_indefinite_pause_waits_for_promote() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(None),
+            Step::admit_percent(100),
+        ]),
+        2,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(10);
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert!(
+        p.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("quiesce.dev/promote")
+    );
+    let p = w.step(5000);
+    assert!(admitted(&p).is_empty(), "no progress deadline in a pause");
+    assert_ne!(p.status.phase, Some(Phase::Failed));
+    w.o.policy.promote = Some("step".into());
+    let p = w.step(5001);
+    assert!(
+        p.actions
+            .contains(&Action::ClearAnnotation(annotations::PROMOTE))
+    );
+    assert!(events(&p).contains(&reasons::PROMOTED));
+    assert_eq!(admitted(&p), vec!["n2"]);
+}
+
+#[test]
+fn promote_full_skips_every_step() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::admit_percent(50),
+            Step::admit_percent(100),
+        ]),
+        4,
+        (0..4)
+            .map(|i| pod(&format!("n{i}"), "new", Some(0), None))
+            .collect(),
+    );
+    w.o.policy.promote = Some("full".into());
+    let p = w.step(10);
+    assert_eq!(p.status.current_step, Some(3));
+    assert_eq!(admitted(&p).len(), 4);
+}
+
+#[test]
+fn spec_paused_holds_admission_and_resume_continues() {
+    let mut s = spec(vec![Step::admit_percent(100)]);
+    s.paused = true;
+    let mut w = World::rolling(s, 1, vec![pod("n1", "new", Some(0), None)]);
+    let p = w.step(10);
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+    assert_eq!(held(&p), vec![("n1", reasons::PAUSED)]);
+    assert_eq!(cond(&p, conditions::PAUSED).reason, reasons::PAUSED_BY_SPEC);
+    assert!(events(&p).contains(&reasons::PAUSED_BY_SPEC));
+    w.apply_gates(&p, 10);
+    w.o.policy.spec.paused = false;
+    let p = w.step(20);
+    assert_eq!(admitted(&p), vec!["n1"]);
+}
+
+#[test]
+fn abort_rolls_back_to_the_stable_revision() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(None),
+            Step::admit_percent(100),
+        ]),
+        2,
+        vec![pod("n1", "new", Some(0), Some(true))],
+    );
+    w.o.policy.abort = true;
+    let p = w.step(10);
+    assert!(
+        p.actions
+            .contains(&Action::ClearAnnotation(annotations::ABORT))
+    );
+    assert!(p.actions.contains(&Action::Rollback {
+        revision: "old".into()
+    }));
+    assert_eq!(p.status.phase, Some(Phase::RolledBack));
+    assert_eq!(cond(&p, conditions::DEGRADED).reason, reasons::ABORTED);
+    // The Deployment controller switches back: the old ReplicaSet is the newest again.
+    w.o.target = TargetState::Found(target(2, "old"));
+    let p = w.step(20);
+    assert_eq!(p.status.phase, Some(Phase::RolledBack));
+    assert_eq!(p.status.update_revision.as_deref(), Some("old"));
+    assert!(p.status.message.unwrap().contains("rolled back"));
+}
+
+#[test]
+fn abort_without_a_rollout_only_clears_the_annotation() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    w.step(1);
+    w.o.policy.abort = true;
+    let p = w.step(10);
+    assert_eq!(p.actions, vec![Action::ClearAnnotation(annotations::ABORT)]);
+}
+
+#[test]
+fn too_many_restarts_rolls_back() {
+    let mut s = spec(vec![]);
+    s.failure.action = FailureAction::Rollback;
+    s.failure.max_restarts = 2;
+    let mut bad = pod("n1", "new", None, None);
+    bad.restarts = 3;
+    let mut w = World::rolling(s, 1, vec![bad]);
+    let p = w.step(10);
+    assert!(p.actions.contains(&Action::Rollback {
+        revision: "old".into()
+    }));
+    assert_eq!(p.status.phase, Some(Phase::RolledBack));
+    assert_eq!(
+        cond(&p, conditions::DEGRADED).reason,
+        reasons::TOO_MANY_RESTARTS
+    );
+    assert!(
+        p.status
+            .message
+            .as_ref()
+            .unwrap()
+            .contains("restarted 3 times")
+    );
+    assert!(events(&p).contains(&reasons::ROLLED_BACK));
+}
+
+#[test]
+fn progress_deadline_pauses_with_failure_action_pause() {
+    let mut s = spec(vec![]);
+    s.failure.progress_deadline_seconds = 60;
+    let mut w = World::rolling(s, 1, vec![pod("n1", "new", None, None)]);
+    let p = w.step(30);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+    assert_eq!(
+        p.requeue_after,
+        Some(Duration::from_secs(30)),
+        "deadline timer"
+    );
+    let p = w.step(60);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert_eq!(
+        cond(&p, conditions::DEGRADED).reason,
+        reasons::PROGRESS_DEADLINE_EXCEEDED
+    );
+    assert_eq!(
+        cond(&p, conditions::PAUSED).reason,
+        reasons::PAUSED_ON_FAILURE
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::Rollback { .. }))
+    );
+    // Still failed later: held until promote, abort or a new revision.
+    w.pod_mut("n1").containers_ready_since = Some(at(61));
+    let p = w.step(70);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert!(admitted(&p).is_empty());
+    w.o.policy.promote = Some("step".into());
+    let p = w.step(71);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+    assert_eq!(admitted(&p), vec!["n1"]);
+}
+
+#[test]
+fn rollback_is_impossible_without_the_stable_replicaset() {
+    let mut s = spec(vec![]);
+    s.failure.action = FailureAction::Rollback;
+    s.failure.progress_deadline_seconds = 10;
+    let mut t = target(1, "new");
+    t.revisions = vec!["new".into()];
+    let mut w = World::rolling(s, 1, vec![]);
+    w.o.target = TargetState::Found(t);
+    let p = w.step(20);
+    assert_eq!(p.status.phase, Some(Phase::Failed));
+    assert!(p.status.message.unwrap().contains("cannot roll back"));
+}
+
+#[test]
+fn good_bad_good_starts_a_fresh_rollout_after_a_rollback() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    w.o.policy.status = RolloutPolicyStatus {
+        stable_revision: Some("old".into()),
+        update_revision: Some("old".into()),
+        phase: Some(Phase::RolledBack),
+        ..Default::default()
+    };
+    w.o.target = TargetState::Found(target(1, "good"));
+    let p = w.step(10);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+    assert_eq!(cond(&p, conditions::DEGRADED).status, "False");
+}
+
+#[test]
+fn the_rollout_completes_when_every_pod_is_new_and_admitted() {
+    let mut w = World::rolling(
+        spec(vec![Step::admit_count(1), Step::admit_percent(100)]),
+        2,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), Some(true)),
+            PodView {
+                terminating: true,
+                ..pod("o1", "old", Some(0), Some(true))
+            },
+        ],
+    );
+    w.o.policy.status.current_step = Some(1);
+    let p = w.step(30);
+    assert_eq!(p.status.phase, Some(Phase::Completed));
+    assert_eq!(p.status.stable_revision.as_deref(), Some("new"));
+    assert_eq!(p.status.current_step, None);
+    assert!(events(&p).contains(&reasons::ROLLOUT_COMPLETED));
+    assert_eq!(cond(&p, conditions::AVAILABLE).status, "True");
+    // And stays completed.
+    let p = w.step(40);
+    assert_eq!(p.status.phase, Some(Phase::Completed));
+    assert!(events(&p).is_empty());
+}
+
+#[test]
+fn rollout_undo_by_hand_abandons_the_rollout() {
+    let mut w = World::rolling(spec(vec![]), 1, vec![]);
+    w.o.target = TargetState::Found(target(1, "old"));
+    let p = w.step(10);
+    assert_eq!(p.status.phase, Some(Phase::Idle));
+    assert_eq!(
+        cond(&p, conditions::PROGRESSING).reason,
+        reasons::ROLLOUT_ABANDONED
+    );
+}
+
+#[test]
+fn a_new_revision_mid_rollout_restarts_the_steps_from_the_same_stable() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(None),
+            Step::admit_percent(100),
+        ]),
+        2,
+        vec![],
+    );
+    w.o.policy.status.current_step = Some(1);
+    w.o.target = TargetState::Found(target(2, "newer"));
+    let p = w.step(10);
+    assert_eq!(p.status.stable_revision.as_deref(), Some("old"));
+    assert_eq!(p.status.update_revision.as_deref(), Some("newer"));
+    assert_eq!(p.status.current_step, Some(0));
+}
+
+#[test]
+fn target_not_found_and_conflict_are_reported_without_touching_pods() {
+    let mut w = World::new(
+        spec(vec![]),
+        target(1, "old"),
+        vec![pod("a", "old", Some(0), None)],
+    );
+    w.o.target = TargetState::NotFound;
+    let p = w.step(1);
+    let c = cond(&p, conditions::ACCEPTED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::TARGET_NOT_FOUND)
+    );
+    assert!(c.message.contains("Deployment web not found"));
+    assert!(admitted(&p).is_empty());
+    assert_eq!(events(&p), vec![reasons::TARGET_NOT_FOUND]);
+    let p = w.step(2);
+    assert!(events(&p).is_empty(), "the warning is published once");
+
+    w.o.target = TargetState::Conflict {
+        winner: "older".into(),
+    };
+    let p = w.step(3);
+    let c = cond(&p, conditions::ACCEPTED);
+    assert_eq!(c.reason, reasons::CONFLICT);
+    assert!(c.message.contains("RolloutPolicy older already targets"));
+    assert!(admitted(&p).is_empty());
+}
+
+#[test]
+fn an_invalid_spec_is_rejected() {
+    let mut s = spec(vec![Step::admit_count(1)]);
+    s.steps.push(Step {
+        admit: None,
+        pause: None,
+    });
+    let mut w = World::new(s, target(1, "old"), vec![]);
+    let p = w.step(1);
+    assert_eq!(cond(&p, conditions::ACCEPTED).reason, reasons::INVALID_SPEC);
+}
+
+#[test]
+fn deleting_the_policy_admits_every_ready_held_pod() {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(None),
+            Step::admit_percent(100),
+        ]),
+        3,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), Some(false)),
+            pod("n3", "new", None, Some(false)),
+        ],
+    );
+    w.o.policy.deleting = true;
+    let p = w.step(10);
+    assert_eq!(admitted(&p), vec!["n2"]);
+    assert!(held(&p).is_empty());
+}
+
+#[test]
+fn pods_without_the_sidecar_are_counted() {
+    let mut w = World::new(
+        spec(vec![]),
+        target(2, "old"),
+        vec![
+            pod("a", "old", Some(0), None),
+            PodView {
+                injected: false,
+                has_gate: false,
+                ..pod("b", "old", Some(0), None)
+            },
+        ],
+    );
+    let p = w.step(1);
+    let c = cond(&p, conditions::INJECTED);
+    assert_eq!(c.status, "False");
+    assert!(c.message.starts_with("1 of 2 pods"), "{}", c.message);
+    assert!(c.message.contains(": b"));
+    assert!(events(&p).contains(&reasons::PODS_NOT_INJECTED));
+    assert_eq!(p.status.ready_replicas, Some(2));
+}
+
+#[test]
+fn a_short_grace_period_is_reported() {
+    let mut t = target(1, "old");
+    t.termination_grace_period_seconds = 30;
+    let mut w = World::new(spec(vec![]), t, vec![]);
+    let p = w.step(1);
+    let c = cond(&p, conditions::DRAIN_BUDGET_SUFFICIENT);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::GRACE_PERIOD_TOO_SHORT)
+    );
+    assert!(c.message.contains("drain budget of 41s"), "{}", c.message);
+}
+
+#[test]
+fn held_pods_get_a_heartbeat_for_the_sidecar_fail_open() {
+    let mut s = spec(vec![
+        Step::admit_count(1),
+        Step::pause(None),
+        Step::admit_percent(100),
+    ]);
+    s.readiness.fail_open_after_seconds = 90;
+    let mut w = World::rolling(
+        s,
+        2,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(0);
+    assert_eq!(held(&p), vec![("n2", reasons::PAUSED)]);
+    w.apply_gates(&p, 0);
+    let p = w.step(10);
+    assert!(held(&p).is_empty(), "fresh heartbeat: no write");
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(20)));
+    let p = w.step(30);
+    assert_eq!(
+        held(&p),
+        vec![("n2", reasons::PAUSED)],
+        "heartbeat refreshed every 30s"
+    );
+}
+
+#[test]
+fn conditions_keep_their_transition_time_while_unchanged() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    let p = w.step(1);
+    let t1 = cond(&p, conditions::ACCEPTED).last_transition_time.clone();
+    let p = w.step(50);
+    assert_eq!(cond(&p, conditions::ACCEPTED).last_transition_time, t1);
+    assert_eq!(p.status.observed_generation, Some(1));
+}
+
+#[test]
+fn drains_are_added_up() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    w.o.new_drains = vec![
+        DrainReport {
+            forced: false,
+            duration_millis: Some(1200),
+        },
+        DrainReport {
+            forced: true,
+            duration_millis: Some(30000),
+        },
+    ];
+    let p = w.step(1);
+    let d = p.status.drains.unwrap();
+    assert_eq!((d.completed, d.forced), (1, 1));
+    assert_eq!(d.max_duration_millis, Some(30000));
+}
