@@ -21,7 +21,7 @@ help:
 	@echo "make test          lint + unit + crd-validate, then the e2e suite (CI: .ci/run)"
 	@echo "make fmt           cargo fmt"
 	@echo "make lint          cargo fmt --check; cargo clippy --workspace --all-targets -D warnings"
-	@echo "make unit          cargo test --workspace (unit and loopback integration tests)"
+	@echo "make unit          unit and loopback integration tests (no cluster)"
 	@echo "make crds          regenerate $(CRD) and the chart's copy from the Rust types"
 	@echo "make crd-check     fail when the committed CRD YAML differs from the types"
 	@echo "make crd-validate  the apiserver's own validation of the CRD and examples (needs Go)"
@@ -34,8 +34,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The e2e crate's tests need a cluster (`make e2e`); its library (load generator) is unit-tested here.
 unit:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --exclude quiesce-e2e
+	$(CARGO) test -p quiesce-e2e --lib --bins
 
 crds:
 	$(CARGO) run -q -p quiesce-api --bin crdgen

@@ -345,6 +345,9 @@ cmd_up() {
   # system:masters, is used for this one step only).
   kc --kubeconfig "$KCFG/super-admin.conf" create clusterrolebinding kubeadm:cluster-admins \
     --clusterrole cluster-admin --group kubeadm:cluster-admins >/dev/null
+  # The apiserver's client certificate for kubelets (logs, exec, port-forward).
+  kc --kubeconfig "$KCFG/super-admin.conf" create clusterrolebinding kube-apiserver-kubelet-client \
+    --clusterrole system:kubelet-api-admin --user kube-apiserver-kubelet-client >/dev/null
   log "kube-apiserver ready"
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$KCFG/controller-manager.conf" \

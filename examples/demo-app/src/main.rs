@@ -2,7 +2,9 @@
 //!
 //! - `GET /` answers `demo-app version=<VERSION> pod=<POD_NAME>` (header `x-demo-version`);
 //! - `GET /slow?ms=N` answers the same after sleeping `N` milliseconds (at most 10 minutes);
-//! - `GET /healthz` answers 200, or 503 with `--fail-health`.
+//! - `GET /healthz` answers 200, or 503 with `--fail-health`;
+//! - `GET /prestop?ms=N` prints `demo-app: preStop hook called` and answers after `N` ms: a
+//!   target for a plain (quiesce-less) `preStop.httpGet` hook whose call tests can see in the log.
 //!
 //! On SIGTERM it either exits at once, dropping every connection (`--exit-on-sigterm=immediate`,
 //! the worst case quiesce must handle), or shuts down gracefully: stops accepting, finishes
@@ -79,6 +81,7 @@ fn app(state: Arc<AppState>) -> Router {
         .route("/", get(hello))
         .route("/slow", get(slow))
         .route("/healthz", get(healthz))
+        .route("/prestop", get(prestop))
         .with_state(state)
 }
 
@@ -96,6 +99,11 @@ async fn hello(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 async fn slow(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> impl IntoResponse {
     tokio::time::sleep(Duration::from_millis(p.ms.min(MAX_SLOW_MS))).await;
     hello(state).await
+}
+
+async fn prestop(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> impl IntoResponse {
+    println!("demo-app: preStop hook called (sleeping {} ms)", p.ms.min(MAX_SLOW_MS));
+    slow(state, Query(p)).await
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

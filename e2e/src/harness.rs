@@ -1,0 +1,180 @@
+//! What every e2e test needs from the cluster: a client, a namespace of its own, apply of plain
+//! manifests, and waits that fail with a message instead of hanging.
+//!
+//! Tests run where the cluster is reachable (`e2e/cluster/cluster.sh exec`, which sets
+//! `KUBECONFIG`); `make e2e` does that.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+
+/// Field manager of everything the e2e suite applies.
+pub const FIELD_MANAGER: &str = "quiesce-e2e";
+
+/// Label on every namespace the suite creates, so leftovers can be found.
+pub const NAMESPACE_LABEL: &str = "quiesce.dev/e2e";
+
+/// Image tag of the project images loaded by `make images`.
+pub fn image(name: &str) -> String {
+    let registry = std::env::var("QUIESCE_IMAGE_REGISTRY").unwrap_or("quiesce.local".into());
+    let tag = std::env::var("QUIESCE_IMAGE_TAG").unwrap_or("dev".into());
+    format!("{registry}/{name}:{tag}")
+}
+
+/// A client for the cluster `KUBECONFIG` points at.
+pub async fn client() -> Result<Client> {
+    Client::try_default()
+        .await
+        .context("no cluster: run the e2e suite through `make e2e` (it sets KUBECONFIG)")
+}
+
+/// Runs `test` in a fresh namespace (`prefix-<random>`) that is deleted afterwards, whether the
+/// test passed or panicked.
+pub async fn with_namespace<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let client = client().await.expect("cluster client");
+    let name = format!("{prefix}-{:x}", rand_suffix());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {NAMESPACE_LABEL: "true",
+            "pod-security.kubernetes.io/enforce": "restricted"}}
+    }))
+    .unwrap();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create test namespace");
+    let outcome = AssertUnwindSafe(test(client.clone(), name.clone()))
+        .catch_unwind()
+        .await;
+    if std::env::var_os("QUIESCE_E2E_KEEP_NAMESPACES").is_none() {
+        let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+    }
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("test in namespace {name} failed: {e:#}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    (RandomState::new().hash_one(std::time::SystemTime::now()) & 0xffff_ff) as u32
+}
+
+/// Server-side applies every document of a multi-document YAML string. Namespaced objects
+/// without a namespace go to `namespace`.
+pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<Vec<DynamicObject>> {
+    let mut applied = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value)?;
+        applied.push(apply(client, namespace, obj).await?);
+    }
+    Ok(applied)
+}
+
+/// Server-side applies one object, as `kubectl apply --server-side` does.
+pub async fn apply(client: &Client, namespace: &str, obj: DynamicObject) -> Result<DynamicObject> {
+    let api = dynamic_api(client, namespace, &obj).await?;
+    let name = obj.name_any();
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+        .await
+        .with_context(|| format!("apply {} {name}", obj.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("?")))
+}
+
+/// Creates one object (not apply): for tests that assert the apiserver's answer to a create.
+pub async fn create(client: &Client, namespace: &str, obj: DynamicObject) -> kube::Result<DynamicObject> {
+    let api = dynamic_api(client, namespace, &obj)
+        .await
+        .map_err(|e| kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(e.to_string())))?;
+    api.create(&PostParams::default(), &obj).await
+}
+
+async fn dynamic_api(client: &Client, namespace: &str, obj: &DynamicObject) -> Result<Api<DynamicObject>> {
+    let types = obj.types.as_ref().context("object without apiVersion/kind")?;
+    let gvk = GroupVersionKind::try_from(types)?;
+    let (resource, caps): (ApiResource, ApiCapabilities) = pinned_kind(client, &gvk).await?;
+    Ok(match caps.scope {
+        Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), obj.metadata.namespace.as_deref().unwrap_or(namespace), &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    })
+}
+
+/// Polls `probe` until it returns `Some`, failing with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match probe().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_err {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until a Deployment's rollout is complete, like `kubectl rollout status`: the newest
+/// generation observed, every replica updated and available, no old replica left.
+pub async fn wait_rollout(client: &Client, namespace: &str, name: &str, timeout: Duration) -> Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    eventually(&format!("rollout of deployment {name}"), timeout, || async {
+        let d = api.get(name).await?;
+        Ok(rollout_complete(&d).then_some(d))
+    })
+    .await
+}
+
+/// Whether a Deployment has finished rolling out (the `kubectl rollout status` rule).
+pub fn rollout_complete(d: &Deployment) -> bool {
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let want = spec.replicas.unwrap_or(1);
+    status.observed_generation >= d.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == want
+        && status.replicas.unwrap_or(0) == want
+        && status.available_replicas.unwrap_or(0) == want
+}
+
+/// The ClusterIP of a Service.
+pub async fn cluster_ip(client: &Client, namespace: &str, service: &str) -> Result<String> {
+    let svc = Api::<Service>::namespaced(client.clone(), namespace).get(service).await?;
+    svc.spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| ip != "None")
+        .with_context(|| format!("service {service} has no ClusterIP"))
+}
+
+/// Pods matching a label selector.
+pub async fn pods(client: &Client, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    Ok(api.list(&ListParams::default().labels(selector)).await?.items)
+}
