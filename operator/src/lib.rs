@@ -8,4 +8,11 @@
 //! - [`leader`]: Lease-based leader election (only the leader reconciles).
 //! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 
+pub mod controller;
+pub mod error;
+pub mod metrics;
 pub mod plan;
+
+pub use error::{Error, Result};
+pub mod certs;
+pub mod webhook;

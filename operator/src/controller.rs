@@ -1,0 +1,756 @@
+//! The I/O shell around [`crate::plan`]: watches RolloutPolicies, their target Deployments,
+//! the Deployments' ReplicaSets (metadata only) and pods (label-filtered on
+//! `pod-template-hash`), turns the caches into an [`Observed`], and applies the [`Plan`]:
+//! pod-status patches for the readiness gate (server-side apply, fixed field manager, UID
+//! precondition), the rollback patch, annotation removal, Events, and one status apply per
+//! change. It requeues only when the plan has a timer due.
+//!
+//! Reads come from the caches, which lag behind the operator's own writes; so the shell keeps
+//! what it last wrote (policy status, pod gates) and lays it over the cache until the cache
+//! catches up. Without that, a reconcile triggered right after an admission could count the
+//! admitted pod as held and admit one pod too many.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Future, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+use quiesce_api::constants::{
+    DRAINED_CONDITION, OPERATOR_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL, POLICY_FINALIZER,
+    READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, annotations, reasons,
+};
+use quiesce_api::{RolloutPolicy, RolloutPolicyStatus};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::plan::{
+    self, Action, DrainReport, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
+    TargetState, TargetView,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Annotation of a ReplicaSet: the Deployment revision it belongs to.
+const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+
+/// A clock, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events on policies.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cache of RolloutPolicies.
+    pub policies: Store<RolloutPolicy>,
+    /// Cache of Deployments.
+    pub deployments: Store<Deployment>,
+    /// Cache of ReplicaSet metadata.
+    pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
+    /// Cache of Deployment pods (label `pod-template-hash`).
+    pub pods: Store<Pod>,
+    /// ClusterRole bound to the pods' service account in each namespace with a policy, so the
+    /// injected sidecar may report its drain (`None`: the chart binds it).
+    pub sidecar_cluster_role: Option<String>,
+    /// Current time.
+    pub clock: Clock,
+    memory: Mutex<Memory>,
+}
+
+/// What the shell wrote and the caches may not show yet.
+#[derive(Default)]
+struct Memory {
+    /// Policy UID → last status written.
+    status: HashMap<String, RolloutPolicyStatus>,
+    /// Pod UID → gate written.
+    gates: HashMap<String, GateView>,
+    /// Pod UIDs whose drain report was counted.
+    drains: HashSet<String>,
+    /// (namespace, service account) whose sidecar RoleBinding was applied.
+    bindings: HashSet<(String, String)>,
+}
+
+impl Context {
+    /// A context over the given caches.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        policies: Store<RolloutPolicy>,
+        deployments: Store<Deployment>,
+        replicasets: Store<PartialObjectMeta<ReplicaSet>>,
+        pods: Store<Pod>,
+        sidecar_cluster_role: Option<String>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            policies,
+            deployments,
+            replicasets,
+            pods,
+            sidecar_cluster_role,
+            clock,
+            memory: Mutex::default(),
+        }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().expect("controller memory lock")
+    }
+}
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// Runs the controller until `shutdown` resolves (leadership lost or process stopping).
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    sidecar_cluster_role: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (deployments, deploy_writer) = reflector::store::<Deployment>();
+    let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let deploy_stream = watcher(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(deploy_writer)
+    .touched_objects();
+    let rs_stream = watcher(
+        Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+    )
+    .default_backoff()
+    .reflect(rs_writer)
+    .touched_objects();
+    let pod_stream = watcher(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+    )
+    .default_backoff()
+    .reflect(pod_writer)
+    .touched_objects();
+
+    let controller = Controller::new(
+        Api::<RolloutPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(8));
+    let policies = controller.store();
+    let (p1, p2, p3) = (policies.clone(), policies.clone(), policies.clone());
+    let rs_for_pods = replicasets.clone();
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        metrics,
+        policies,
+        deployments,
+        replicasets,
+        pods,
+        sidecar_cluster_role,
+        system_clock(),
+    ));
+    controller
+        .watches_stream(deploy_stream, move |d: Deployment| {
+            policies_for(&p1, &d.namespace().unwrap_or_default(), &d.name_any())
+        })
+        .watches_stream(
+            rs_stream,
+            move |rs: PartialObjectMeta<ReplicaSet>| match deployment_of(&rs.metadata) {
+                Some(name) => policies_for(&p2, &rs.namespace().unwrap_or_default(), &name),
+                None => Vec::new(),
+            },
+        )
+        .watches_stream(pod_stream, move |pod: Pod| {
+            match pod_deployment(&pod, &rs_for_pods) {
+                Some(name) => policies_for(&p3, &pod.namespace().unwrap_or_default(), &name),
+                None => Vec::new(),
+            }
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(policy = %obj, "reconciled"),
+                Err(err) => debug!(error = %err, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Policies in `namespace` that target the Deployment `name`.
+pub fn policies_for(
+    store: &Store<RolloutPolicy>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<RolloutPolicy>> {
+    store
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.target_ref.name == name)
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The Deployment owning a ReplicaSet.
+pub fn deployment_of(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Deployment" && o.controller == Some(true))
+        .map(|o| o.name.clone())
+}
+
+/// The Deployment a pod belongs to: its ReplicaSet owner's owner (from the cache), or by the
+/// Deployment controller's naming rule `<deployment>-<pod-template-hash>`.
+pub fn pod_deployment(
+    pod: &Pod,
+    replicasets: &Store<PartialObjectMeta<ReplicaSet>>,
+) -> Option<String> {
+    let rs = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
+    let ns = pod.namespace().unwrap_or_default();
+    if let Some(meta) = replicasets.get(&ObjectRef::new(&rs.name).within(&ns)) {
+        return deployment_of(&meta.metadata);
+    }
+    let hash = pod.labels().get(POD_TEMPLATE_HASH_LABEL)?;
+    rs.name.strip_suffix(&format!("-{hash}")).map(str::to_owned)
+}
+
+fn error_policy(policy: Arc<RolloutPolicy>, err: &Error, _ctx: Arc<Context>) -> Requeue {
+    warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), error = %err, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+/// One reconcile of one policy: finalizer handling around [`Context::apply`].
+pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    let _timer = ctx.metrics.reconcile_timer();
+    // The triggers are polled while this waits; a dropped writer means shutdown.
+    let ready = ctx.deployments.wait_until_ready().await.is_ok()
+        && ctx.pods.wait_until_ready().await.is_ok()
+        && ctx.replicasets.wait_until_ready().await.is_ok();
+    if !ready {
+        return Ok(Requeue::await_change());
+    }
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, POLICY_FINALIZER, policy, |event| async {
+        match event {
+            Finalizer::Apply(p) => ctx.apply(&p, false).await,
+            Finalizer::Cleanup(p) => ctx.apply(&p, true).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(result.as_ref().err().map(Error::metric_label));
+    result
+}
+
+impl Context {
+    /// Observes, plans and applies the plan for one policy.
+    pub async fn apply(&self, policy: &RolloutPolicy, deleting: bool) -> Result<Requeue> {
+        let ns = policy.namespace().unwrap_or_default();
+        let name = policy.name_any();
+        let observed = self.observe(policy, deleting);
+        let now = (self.clock)();
+        let plan = plan::plan(&observed, now);
+        if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
+            // Another policy governs the target: leave its pods alone.
+            self.metrics.set_phase(&ns, &name, None);
+            return Ok(Requeue::await_change());
+        }
+        self.ensure_sidecar_binding(&ns, &observed).await?;
+        for action in &plan.actions {
+            self.execute(policy, &observed, action, now).await?;
+        }
+        if deleting {
+            info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
+            self.metrics.set_phase(&ns, &name, None);
+            return Ok(Requeue::await_change());
+        }
+        if plan.status != observed.policy.status {
+            self.patch_status(policy, &plan).await?;
+        }
+        self.metrics.set_phase(&ns, &name, plan.status.phase);
+        Ok(match plan.requeue_after {
+            Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
+            None => Requeue::await_change(),
+        })
+    }
+
+    /// Builds the plan's input from the caches and the shell's memory.
+    pub fn observe(&self, policy: &RolloutPolicy, deleting: bool) -> Observed {
+        let ns = policy.namespace().unwrap_or_default();
+        let uid = policy.uid().unwrap_or_default();
+        let mut memory = self.memory();
+        let status = memory
+            .status
+            .get(&uid)
+            .cloned()
+            .or_else(|| policy.status.clone())
+            .unwrap_or_default();
+        let target_name = &policy.spec.target_ref.name;
+        let winner = self
+            .policies
+            .state()
+            .iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str())
+                    && p.spec.target_ref.name == *target_name
+                    && p.meta().deletion_timestamp.is_none()
+                    && p.uid() != policy.uid()
+            })
+            .filter(|p| older(p, policy))
+            .map(|p| p.name_any())
+            .min();
+        let deployment = self
+            .deployments
+            .get(&ObjectRef::new(target_name).within(&ns));
+        let (target, pods) = match (winner, deployment) {
+            (Some(winner), _) => (TargetState::Conflict { winner }, Vec::new()),
+            (None, None) => (TargetState::NotFound, Vec::new()),
+            (None, Some(d)) => {
+                let (view, pods) = self.target_view(&d);
+                (TargetState::Found(view), pods)
+            }
+        };
+        let mut new_drains = Vec::new();
+        let mut views = Vec::new();
+        let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
+        for pod in &pods {
+            let mut view = pod_view(pod);
+            let pod_uid = pod.uid().unwrap_or_default();
+            if let Some(written) = memory.gates.get(&pod_uid).cloned() {
+                if view
+                    .gate
+                    .as_ref()
+                    .is_some_and(|g| g.ready == written.ready && g.reason == written.reason)
+                {
+                    memory.gates.remove(&pod_uid);
+                } else {
+                    view.gate = Some(written);
+                }
+            }
+            if let Some(report) = drain_report(pod)
+                && memory.drains.insert(pod_uid.clone())
+            {
+                new_drains.push(report);
+            }
+            views.push(view);
+        }
+        memory.gates.retain(|uid, _| live.contains(uid));
+        Observed {
+            policy: PolicyView {
+                name: policy.name_any(),
+                generation: policy.meta().generation,
+                spec: policy.spec.clone(),
+                status,
+                promote: policy.annotations().get(annotations::PROMOTE).cloned(),
+                abort: policy.annotations().contains_key(annotations::ABORT),
+                deleting,
+            },
+            target,
+            pods: views,
+            new_drains,
+        }
+    }
+
+    fn target_view(&self, d: &Deployment) -> (TargetView, Vec<Arc<Pod>>) {
+        let ns = d.namespace().unwrap_or_default();
+        let uid = d.uid();
+        let rs: Vec<Arc<PartialObjectMeta<ReplicaSet>>> = self.replicasets.state_filter(|rs| {
+            rs.namespace().as_deref() == Some(ns.as_str())
+                && rs
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        });
+        let hash =
+            |rs: &PartialObjectMeta<ReplicaSet>| rs.labels().get(POD_TEMPLATE_HASH_LABEL).cloned();
+        let update_revision = rs
+            .iter()
+            .max_by_key(|rs| {
+                rs.annotations()
+                    .get(REVISION_ANNOTATION)
+                    .and_then(|r| r.parse::<i64>().ok())
+                    .unwrap_or(0)
+            })
+            .and_then(|rs| hash(rs));
+        let rs_names: HashSet<String> = rs.iter().map(|rs| rs.name_any()).collect();
+        let pods = self.pods.state_filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str())
+                && p.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "ReplicaSet" && rs_names.contains(&o.name))
+        });
+        let spec = d.spec.as_ref();
+        let view = TargetView {
+            name: d.name_any(),
+            replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+            update_revision,
+            revisions: rs.iter().filter_map(|rs| hash(rs)).collect(),
+            termination_grace_period_seconds: spec
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30),
+        };
+        (view, pods)
+    }
+
+    async fn execute(
+        &self,
+        policy: &RolloutPolicy,
+        o: &Observed,
+        action: &Action,
+        now: Timestamp,
+    ) -> Result<()> {
+        let ns = policy.namespace().unwrap_or_default();
+        match action {
+            Action::SetGate {
+                pod,
+                ready,
+                reason,
+                message,
+            } => {
+                let Some(current) = self.pods.get(&ObjectRef::new(pod).within(&ns)) else {
+                    return Ok(());
+                };
+                let previous = o
+                    .pods
+                    .iter()
+                    .find(|p| p.name == *pod)
+                    .and_then(|p| p.gate.clone());
+                let transition = match &previous {
+                    Some(g) if g.ready == *ready => gate_transition_time(&current).unwrap_or(now),
+                    _ => now,
+                };
+                let status = if *ready { "True" } else { "False" };
+                let patch = json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": pod, "uid": current.uid()},
+                    "status": {"conditions": [{
+                        "type": READY_GATE_CONDITION,
+                        "status": status,
+                        "reason": reason,
+                        "message": message,
+                        "lastProbeTime": now.to_string(),
+                        "lastTransitionTime": transition.to_string(),
+                    }]}
+                });
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                api.patch_status(
+                    pod,
+                    &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?;
+                if *ready {
+                    self.metrics
+                        .admissions
+                        .get_or_create(&vec![
+                            ("namespace", ns.clone()),
+                            ("policy", policy.name_any()),
+                            ("reason", (*reason).to_owned()),
+                        ])
+                        .inc();
+                    info!(pod = %pod, namespace = %ns, reason, "pod admitted");
+                }
+                self.memory().gates.insert(
+                    current.uid().unwrap_or_default(),
+                    GateView {
+                        ready: *ready,
+                        reason: (*reason).to_owned(),
+                        last_probe: Some(now),
+                    },
+                );
+            }
+            Action::Rollback { revision } => self.rollback(policy, revision).await?,
+            Action::ClearAnnotation(key) => {
+                let api: Api<RolloutPolicy> = Api::namespaced(self.client.clone(), &ns);
+                let patch = json!({"metadata": {"annotations": {*key: null}}});
+                api.patch(
+                    &policy.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            }
+            Action::Event {
+                warning,
+                reason,
+                note,
+            } => {
+                let event = Event {
+                    type_: if *warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: (*reason).to_owned(),
+                    note: Some(truncate(note, 1000)),
+                    action: "Reconcile".to_owned(),
+                    secondary: None,
+                };
+                if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {
+                    // Events are best effort: never fail a reconcile over one.
+                    warn!(error = %err, reason, "publishing event failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the pod template of the stable revision's ReplicaSet on the target, like
+    /// `kubectl rollout undo`.
+    async fn rollback(&self, policy: &RolloutPolicy, revision: &str) -> Result<()> {
+        let ns = policy.namespace().unwrap_or_default();
+        let target = &policy.spec.target_ref.name;
+        let deployment = self
+            .deployments
+            .get(&ObjectRef::new(target).within(&ns))
+            .ok_or_else(|| Error::Rollback(format!("Deployment {target} is gone")))?;
+        let rs = self
+            .replicasets
+            .find(|rs| {
+                rs.namespace().as_deref() == Some(ns.as_str())
+                    && rs.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str)
+                        == Some(revision)
+                    && rs
+                        .owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == deployment.uid().as_ref())
+            })
+            .ok_or_else(|| Error::Rollback(format!("no ReplicaSet of revision {revision}")))?;
+        let rs = Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
+            .get(&rs.name_any())
+            .await?;
+        let mut template = rs.spec.and_then(|s| s.template).ok_or_else(|| {
+            Error::Rollback(format!("ReplicaSet of revision {revision} has no template"))
+        })?;
+        if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+            labels.remove(POD_TEMPLATE_HASH_LABEL);
+        }
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/uid", "value": deployment.uid()},
+            {"op": "replace", "path": "/spec/template", "value": template},
+        ]))?;
+        Api::<Deployment>::namespaced(self.client.clone(), &ns)
+            .patch(target, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await?;
+        warn!(deployment = %target, namespace = %ns, revision, "rolled back to the stable revision");
+        Ok(())
+    }
+
+    async fn patch_status(&self, policy: &RolloutPolicy, plan: &Plan) -> Result<()> {
+        let api: Api<RolloutPolicy> =
+            Api::namespaced(self.client.clone(), &policy.namespace().unwrap_or_default());
+        let patch = json!({
+            "apiVersion": "quiesce.dev/v1alpha1",
+            "kind": "RolloutPolicy",
+            "metadata": {"name": policy.name_any(), "uid": policy.uid()},
+            "status": plan.status,
+        });
+        api.patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.memory()
+            .status
+            .insert(policy.uid().unwrap_or_default(), plan.status.clone());
+        Ok(())
+    }
+
+    /// Binds the sidecar's ClusterRole to the service account of the target's pods in the
+    /// policy's namespace (once per namespace and service account).
+    async fn ensure_sidecar_binding(&self, ns: &str, o: &Observed) -> Result<()> {
+        let Some(role) = &self.sidecar_cluster_role else {
+            return Ok(());
+        };
+        let TargetState::Found(target) = &o.target else {
+            return Ok(());
+        };
+        let sa = self
+            .deployments
+            .get(&ObjectRef::new(&target.name).within(ns))
+            .and_then(|d| {
+                d.spec
+                    .as_ref()?
+                    .template
+                    .spec
+                    .as_ref()?
+                    .service_account_name
+                    .clone()
+            })
+            .unwrap_or_else(|| "default".to_owned());
+        let key = (ns.to_owned(), sa.clone());
+        if self.memory().bindings.contains(&key) {
+            return Ok(());
+        }
+        let name = format!("{role}-{sa}");
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns,
+                "labels": {quiesce_api::constants::labels::MANAGED_BY: quiesce_api::constants::labels::MANAGED_BY_VALUE}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+        }))?;
+        Api::<RoleBinding>::namespaced(self.client.clone(), ns)
+            .patch(
+                &name,
+                &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+                &Patch::Apply(&binding),
+            )
+            .await?;
+        self.memory().bindings.insert(key);
+        Ok(())
+    }
+}
+
+/// Whether `a` is older than `b` (creation time, then name): the older policy wins a conflict.
+fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
+    let key = |p: &RolloutPolicy| {
+        (
+            p.meta().creation_timestamp.clone().map(|t| t.0),
+            p.name_any(),
+        )
+    };
+    key(a) < key(b)
+}
+
+fn pod_condition<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn gate_transition_time(pod: &Pod) -> Option<Timestamp> {
+    pod_condition(pod, READY_GATE_CONDITION)?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+}
+
+/// The plan's view of a pod.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let containers_ready_since = pod_condition(pod, "ContainersReady")
+        .filter(|c| c.status == "True")
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map_or(Timestamp::UNIX_EPOCH, |t| t.0)
+        });
+    let gate = pod_condition(pod, READY_GATE_CONDITION).map(|c| GateView {
+        ready: c.status == "True",
+        reason: c.reason.clone().unwrap_or_default(),
+        last_probe: c.last_probe_time.as_ref().map(|t| t.0),
+    });
+    let drained = pod_condition(pod, DRAINED_CONDITION).map(|c| DrainedView {
+        done: c.status == "True",
+    });
+    let spec = pod.spec.as_ref();
+    let has_gate = spec
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|g| g.iter().any(|g| g.condition_type == READY_GATE_CONDITION));
+    let injected = spec.is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .any(|c| c.name == SIDECAR_CONTAINER_NAME)
+    });
+    let status = pod.status.as_ref();
+    let restarts = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0);
+    PodView {
+        name: pod.name_any(),
+        revision: pod.labels().get(POD_TEMPLATE_HASH_LABEL).cloned(),
+        containers_ready_since,
+        gate,
+        has_gate,
+        injected,
+        drained,
+        restarts,
+        terminating: pod.meta().deletion_timestamp.is_some(),
+    }
+}
+
+/// The sidecar's finished-drain report on a pod, if any.
+pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
+    let c = pod_condition(pod, DRAINED_CONDITION).filter(|c| c.status == "True")?;
+    let message = c.message.as_deref().unwrap_or("");
+    Some(DrainReport {
+        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT),
+        duration_millis: parse_duration_millis(message),
+    })
+}
+
+/// The first `<number>s` or `<number>ms` in a drain report message (`drained in 1.25s`).
+fn parse_duration_millis(message: &str) -> Option<i64> {
+    message.split_whitespace().find_map(|word| {
+        let word = word.trim_end_matches([',', ';', ')']);
+        if let Some(ms) = word.strip_suffix("ms") {
+            return ms.parse::<f64>().ok().map(|v| v as i64);
+        }
+        word.strip_suffix('s')
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|v| (v * 1000.0) as i64)
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

@@ -1,0 +1,513 @@
+//! The mutating admission webhook (pod CREATE, path [`MUTATE_PATH`], HTTPS on the webhook
+//! port): pods whose Deployment is targeted by a RolloutPolicy get the quiesce sidecar as a
+//! native sidecar, the `quiesce.dev/ready` readiness gate, an httpGet preStop hook to the
+//! sidecar's drain endpoint on app containers that have none, and the env the sidecar needs.
+//!
+//! [`inject`] is pure (tested on plain pods); [`router`] wires it to the caches; [`serve`] is
+//! the TLS server. Both replicas serve (the webhook needs no leadership). Every failure allows
+//! the pod unchanged — the configuration's `failurePolicy: Ignore` says the same — and the
+//! controller reports pods that run without the sidecar.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LifecycleHandler,
+    ObjectFieldSelector, Pod, PodReadinessGate, Probe, ResourceRequirements, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::PartialObjectMeta;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use quiesce_api::constants::{
+    INJECT_DISABLED, INJECT_LABEL, READY_GATE_CONDITION, SIDECAR_ADMIN_PORT,
+    SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, SIDECAR_FAIL_OPEN_ENV, annotations, labels,
+    reasons,
+};
+use quiesce_api::{DrainMode, RolloutPolicy};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::certs::CertStore;
+use crate::controller::pod_deployment;
+use crate::metrics::Metrics;
+
+/// Path of the mutating webhook.
+pub const MUTATE_PATH: &str = "/mutate-pods";
+
+/// How the sidecar container is built (from the chart's values).
+#[derive(Clone, Debug)]
+pub struct SidecarSettings {
+    /// Sidecar image.
+    pub image: String,
+    /// Image pull policy.
+    pub pull_policy: String,
+    /// CPU request.
+    pub cpu_request: String,
+    /// Memory request.
+    pub memory_request: String,
+    /// Memory limit.
+    pub memory_limit: String,
+    /// Log format of the sidecar (`json` or `plain`).
+    pub log_format: String,
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        Self {
+            image: "quiesce.local/sidecar:dev".into(),
+            pull_policy: "IfNotPresent".into(),
+            cpu_request: "10m".into(),
+            memory_request: "16Mi".into(),
+            memory_limit: "64Mi".into(),
+            log_format: "json".into(),
+        }
+    }
+}
+
+/// What [`inject`] decided.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// The pod is left alone, and why.
+    Skip(&'static str),
+    /// The mutated pod, and whether its grace period is shorter than the drain budget.
+    Inject {
+        /// The pod with the sidecar.
+        pod: Box<Pod>,
+        /// `Some(message)` when `terminationGracePeriodSeconds` is below the drain budget.
+        short_grace: Option<String>,
+    },
+}
+
+/// Adds the sidecar, gate and hooks for `policy` to `pod` (pure).
+pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> Decision {
+    if pod.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_DISABLED) {
+        return Decision::Skip("opted out by label");
+    }
+    let Some(spec) = pod.spec.as_ref() else {
+        return Decision::Skip("no spec");
+    };
+    if spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| c.name == SIDECAR_CONTAINER_NAME)
+    {
+        return Decision::Skip("already injected");
+    }
+    let mut pod = pod.clone();
+    let drain = &policy.spec.drain;
+    let spec = pod.spec.as_mut().expect("checked above");
+
+    // The app's ports and health check, for the sidecar's probe and connection tracking.
+    let mut app_ports: Vec<i32> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| p.container_port)
+        .collect();
+    app_ports.dedup();
+    let resolve_port = |port: &IntOrString| -> Option<i32> {
+        match port {
+            IntOrString::Int(n) => Some(*n),
+            IntOrString::String(name) => spec
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port),
+        }
+    };
+    let readiness = spec
+        .containers
+        .iter()
+        .find_map(|c| c.readiness_probe.clone());
+    let mut probe_env: Vec<(&str, String)> = Vec::new();
+    match readiness.as_ref() {
+        Some(Probe {
+            http_get: Some(get),
+            ..
+        }) if resolve_port(&get.port).is_some() => {
+            probe_env.push(("QUIESCE_PROBE", "http".into()));
+            probe_env.push((
+                "QUIESCE_PROBE_PORT",
+                resolve_port(&get.port).unwrap_or(0).to_string(),
+            ));
+            probe_env.push((
+                "QUIESCE_PROBE_PATH",
+                get.path.clone().unwrap_or_else(|| "/".into()),
+            ));
+        }
+        Some(Probe {
+            tcp_socket: Some(tcp),
+            ..
+        }) if resolve_port(&tcp.port).is_some() => {
+            probe_env.push(("QUIESCE_PROBE", "tcp".into()));
+            probe_env.push((
+                "QUIESCE_PROBE_PORT",
+                resolve_port(&tcp.port).unwrap_or(0).to_string(),
+            ));
+        }
+        _ if !app_ports.is_empty() => probe_env.push(("QUIESCE_PROBE", "tcp".into())),
+        _ => probe_env.push(("QUIESCE_PROBE", "none".into())),
+    }
+    if app_ports.is_empty() {
+        app_ports.push(8080);
+    }
+
+    let field = |path: &str| EnvVar {
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            ..field("metadata.name")
+        },
+        EnvVar {
+            name: "POD_NAMESPACE".into(),
+            ..field("metadata.namespace")
+        },
+        EnvVar {
+            name: "POD_IP".into(),
+            ..field("status.podIP")
+        },
+    ];
+    let mode = match drain.mode {
+        DrainMode::Observe => "observe",
+        DrainMode::Proxy => "proxy",
+    };
+    let ports = app_ports
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut plain = vec![
+        ("QUIESCE_MODE", "kubernetes".to_owned()),
+        ("QUIESCE_APP_PORTS", ports),
+        ("QUIESCE_DRAIN_MODE", mode.to_owned()),
+        (
+            "QUIESCE_ENDPOINT_TIMEOUT",
+            format!("{}s", drain.endpoint_timeout_seconds),
+        ),
+        (
+            "QUIESCE_QUIET_PERIOD",
+            format!("{}ms", drain.quiet_period_millis),
+        ),
+        (
+            "QUIESCE_DRAIN_TIMEOUT",
+            format!("{}s", drain.timeout_seconds),
+        ),
+        (
+            SIDECAR_FAIL_OPEN_ENV,
+            policy.spec.readiness.fail_open_after_seconds.to_string(),
+        ),
+        ("QUIESCE_LOG_FORMAT", settings.log_format.clone()),
+    ];
+    plain.extend(probe_env);
+    env.extend(plain.into_iter().map(|(name, value)| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    }));
+
+    let admin_port = i32::from(SIDECAR_ADMIN_PORT);
+    let http = |path: &str| HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::Int(admin_port),
+        ..Default::default()
+    };
+    let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
+            .collect()
+    };
+    let sidecar = Container {
+        name: SIDECAR_CONTAINER_NAME.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.pull_policy.clone()),
+        restart_policy: Some("Always".into()),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("quiesce-admin".into()),
+            container_port: admin_port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(http("/readyz")),
+            period_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            http_get: Some(http("/livez")),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[
+                ("cpu", &settings.cpu_request),
+                ("memory", &settings.memory_request),
+            ])),
+            limits: Some(quantities(&[("memory", &settings.memory_limit)])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    spec.init_containers
+        .get_or_insert_with(Vec::new)
+        .insert(0, sidecar);
+
+    let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
+    if !gates
+        .iter()
+        .any(|g| g.condition_type == READY_GATE_CONDITION)
+    {
+        gates.push(PodReadinessGate {
+            condition_type: READY_GATE_CONDITION.into(),
+        });
+    }
+    for c in &mut spec.containers {
+        let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
+        if lifecycle.pre_stop.is_none() {
+            lifecycle.pre_stop = Some(LifecycleHandler {
+                http_get: Some(http(SIDECAR_DRAIN_PATH)),
+                ..Default::default()
+            });
+        }
+    }
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    let budget = drain.budget_seconds();
+    let short_grace = (!drain.grace_period_covers(grace, 0)).then(|| {
+        format!(
+            "pod terminationGracePeriodSeconds {grace} is shorter than the drain budget of {budget}s: the kubelet may kill the pod mid-drain"
+        )
+    });
+
+    let name = policy.name_any();
+    pod.annotations_mut()
+        .insert(annotations::INJECTED_BY.into(), name.clone());
+    if let Ok(config) = serde_json::to_string(drain) {
+        pod.annotations_mut()
+            .insert(annotations::DRAIN_CONFIG.into(), config);
+    }
+    pod.labels_mut().insert(labels::POLICY.into(), name);
+    Decision::Inject {
+        pod: Box::new(pod),
+        short_grace,
+    }
+}
+
+/// The restricted Pod Security Standard's container security context.
+pub fn restricted_security_context() -> SecurityContext {
+    serde_json::from_value(serde_json::json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }))
+    .expect("static security context")
+}
+
+/// The policy governing the Deployment `deployment` in `namespace`: the oldest one that is not
+/// being deleted (the others are in Conflict).
+pub fn governing_policy(
+    policies: &Store<RolloutPolicy>,
+    namespace: &str,
+    deployment: &str,
+) -> Option<Arc<RolloutPolicy>> {
+    policies
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && p.spec.target_ref.name == deployment
+                && p.meta().deletion_timestamp.is_none()
+        })
+        .min_by_key(|p| {
+            (
+                p.meta().creation_timestamp.clone().map(|t| t.0),
+                p.name_any(),
+            )
+        })
+}
+
+/// Shared state of the webhook handlers.
+#[derive(Clone)]
+pub struct WebhookState {
+    /// Cache of policies.
+    pub policies: Store<RolloutPolicy>,
+    /// Cache of ReplicaSet metadata (pod → Deployment).
+    pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
+    /// Sidecar settings.
+    pub settings: Arc<SidecarSettings>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Events for short grace periods (`None` in tests).
+    pub recorder: Option<Recorder>,
+}
+
+/// The webhook's routes.
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route(MUTATE_PATH, post(mutate))
+        .with_state(state)
+}
+
+async fn mutate(
+    State(state): State<WebhookState>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let start = Instant::now();
+    let req: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(req) => req,
+        Err(err) => {
+            warn!(error = %err, "invalid AdmissionReview");
+            state
+                .metrics
+                .webhook("error", start.elapsed().as_secs_f64());
+            return Json(AdmissionResponse::invalid(err.to_string()).into_review());
+        }
+    };
+    let (response, result) = respond(&state, &req);
+    state.metrics.webhook(result, start.elapsed().as_secs_f64());
+    Json(response.into_review())
+}
+
+fn respond(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionResponse, &'static str) {
+    let allow = AdmissionResponse::from(req);
+    if req.operation != Operation::Create {
+        return (allow, "skipped");
+    }
+    let Some(pod) = req.object.as_ref() else {
+        return (allow, "skipped");
+    };
+    let namespace = req
+        .namespace
+        .clone()
+        .or_else(|| pod.namespace())
+        .unwrap_or_default();
+    let Some(deployment) = pod_deployment(pod, &state.replicasets) else {
+        return (allow, "skipped");
+    };
+    let Some(policy) = governing_policy(&state.policies, &namespace, &deployment) else {
+        return (allow, "skipped");
+    };
+    match inject(pod, &policy, &state.settings) {
+        Decision::Skip(why) => {
+            debug!(deployment = %deployment, namespace = %namespace, why, "not injected");
+            (allow, "skipped")
+        }
+        Decision::Inject {
+            pod: mutated,
+            short_grace,
+        } => {
+            let patch = match (serde_json::to_value(pod), serde_json::to_value(&*mutated)) {
+                (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+                _ => return (allow, "error"),
+            };
+            if let (Some(message), Some(recorder)) = (short_grace, state.recorder.clone()) {
+                let reference = policy.object_ref(&());
+                tokio::spawn(async move {
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: reasons::GRACE_PERIOD_TOO_SHORT.into(),
+                        note: Some(message),
+                        action: "Inject".into(),
+                        secondary: None,
+                    };
+                    if let Err(err) = recorder.publish(&event, &reference).await {
+                        warn!(error = %err, "publishing event failed");
+                    }
+                });
+            }
+            match allow.clone().with_patch(patch) {
+                Ok(resp) => {
+                    info!(deployment = %deployment, namespace = %namespace, policy = %policy.name_any(), "sidecar injected");
+                    (resp, "injected")
+                }
+                Err(err) => {
+                    warn!(error = %err, "serializing the patch failed");
+                    (allow, "error")
+                }
+            }
+        }
+    }
+}
+
+/// Serves [`router`] over TLS on `addr` with the certificate in `certs`, until `shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    certs: Arc<CertStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr).await?;
+    info!(%addr, path = MUTATE_PATH, "webhook listening (TLS)");
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => { warn!(error = %err, "accept failed"); continue; }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%peer, error = %err, "webhook connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
