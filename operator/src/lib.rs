@@ -14,5 +14,7 @@ pub mod metrics;
 pub mod plan;
 
 pub use error::{Error, Result};
+pub mod admin;
 pub mod certs;
+pub mod leader;
 pub mod webhook;

@@ -1,1 +1,273 @@
-fn main() {}
+//! `quiesce-operator`: wiring only. See the crate docs for the modules.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::Client;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use quiesce_api::RolloutPolicy;
+use quiesce_api::constants::{OPERATOR_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL};
+use quiesce_operator::{admin, certs, controller, leader, metrics::Metrics, webhook};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quiesce-operator",
+    version,
+    about = "quiesce operator: readiness-gate pacing, sidecar injection, rollout status"
+)]
+struct Args {
+    /// Namespace the operator runs in (downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "quiesce-system")]
+    namespace: String,
+    /// This replica's name (downward API): the leader-election identity.
+    #[arg(long, env = "POD_NAME", default_value = "quiesce-operator")]
+    pod_name: String,
+    /// Admin port: /livez, /readyz, /metrics.
+    #[arg(long, env = "QUIESCE_ADMIN_PORT", default_value_t = 8080)]
+    admin_port: u16,
+    /// Webhook HTTPS port.
+    #[arg(long, env = "QUIESCE_WEBHOOK_PORT", default_value_t = 9443)]
+    webhook_port: u16,
+    /// Service in front of the webhook (the certificate's names).
+    #[arg(
+        long,
+        env = "QUIESCE_WEBHOOK_SERVICE",
+        default_value = "quiesce-webhook"
+    )]
+    webhook_service: String,
+    /// Secret holding the webhook CA and certificate.
+    #[arg(
+        long,
+        env = "QUIESCE_WEBHOOK_SECRET",
+        default_value = "quiesce-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the operator keeps current.
+    #[arg(
+        long,
+        env = "QUIESCE_WEBHOOK_CONFIGURATION",
+        default_value = "quiesce-sidecar-injector"
+    )]
+    webhook_configuration: String,
+    /// Validity of the serving certificate, in days (re-issued with a third left).
+    #[arg(long, env = "QUIESCE_CERT_VALIDITY_DAYS", default_value_t = 90)]
+    cert_validity_days: u64,
+    /// Lease used for leader election.
+    #[arg(long, env = "QUIESCE_LEASE_NAME", default_value = "quiesce-operator")]
+    lease_name: String,
+    /// Lease duration in seconds.
+    #[arg(long, env = "QUIESCE_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Sidecar image.
+    #[arg(
+        long,
+        env = "QUIESCE_SIDECAR_IMAGE",
+        default_value = "quiesce.local/sidecar:dev"
+    )]
+    sidecar_image: String,
+    /// Sidecar image pull policy.
+    #[arg(
+        long,
+        env = "QUIESCE_SIDECAR_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    sidecar_pull_policy: String,
+    /// Sidecar CPU request.
+    #[arg(long, env = "QUIESCE_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    sidecar_cpu_request: String,
+    /// Sidecar memory request.
+    #[arg(long, env = "QUIESCE_SIDECAR_MEMORY_REQUEST", default_value = "16Mi")]
+    sidecar_memory_request: String,
+    /// Sidecar memory limit.
+    #[arg(long, env = "QUIESCE_SIDECAR_MEMORY_LIMIT", default_value = "64Mi")]
+    sidecar_memory_limit: String,
+    /// Sidecar log format.
+    #[arg(long, env = "QUIESCE_SIDECAR_LOG_FORMAT", default_value = "json")]
+    sidecar_log_format: String,
+    /// ClusterRole bound to the app pods' service account in namespaces with a policy (empty:
+    /// bind it yourself).
+    #[arg(
+        long,
+        env = "QUIESCE_SIDECAR_CLUSTER_ROLE",
+        default_value = "quiesce-sidecar"
+    )]
+    sidecar_cluster_role: String,
+    /// Log format: json or plain.
+    #[arg(long, env = "QUIESCE_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
+    if args.log_format == "plain" {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .init();
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let client = Client::try_default().await.context("kubernetes client")?;
+    let metrics = Arc::new(Metrics::default());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_FIELD_MANAGER.into(),
+            instance: Some(args.pod_name.clone()),
+        },
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Caches the webhook reads on every replica.
+    let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
+    let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
+    tokio::spawn(
+        watcher(
+            Api::<RolloutPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(policy_writer)
+        .for_each(|_| async {}),
+    );
+    tokio::spawn(
+        watcher(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+        )
+        .default_backoff()
+        .reflect(rs_writer)
+        .for_each(|_| async {}),
+    );
+    let caches_synced = Arc::new(AtomicBool::new(false));
+    {
+        let (p, r, flag) = (policies.clone(), replicasets.clone(), caches_synced.clone());
+        tokio::spawn(async move {
+            if p.wait_until_ready().await.is_ok() && r.wait_until_ready().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
+    // Webhook TLS, kept current by both replicas.
+    let cert_store = Arc::new(certs::CertStore::default());
+    tokio::spawn(certs::maintain(
+        client.clone(),
+        certs::CertConfig {
+            namespace: args.namespace.clone(),
+            secret: args.webhook_secret.clone(),
+            service: args.webhook_service.clone(),
+            webhook_configuration: args.webhook_configuration.clone(),
+            validity: Duration::from_secs(args.cert_validity_days * 86400),
+            check_every: Duration::from_secs(600),
+        },
+        cert_store.clone(),
+    ));
+
+    let webhook_app = webhook::router(webhook::WebhookState {
+        policies,
+        replicasets,
+        settings: Arc::new(webhook::SidecarSettings {
+            image: args.sidecar_image.clone(),
+            pull_policy: args.sidecar_pull_policy.clone(),
+            cpu_request: args.sidecar_cpu_request.clone(),
+            memory_request: args.sidecar_memory_request.clone(),
+            memory_limit: args.sidecar_memory_limit.clone(),
+            log_format: args.sidecar_log_format.clone(),
+        }),
+        metrics: metrics.clone(),
+        recorder: Some(recorder.clone()),
+    });
+    let webhook_addr = SocketAddr::from(([0, 0, 0, 0], args.webhook_port));
+    tokio::spawn(webhook::serve(
+        webhook_addr,
+        webhook_app,
+        cert_store.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    let admin_app = admin::router(admin::AdminState {
+        metrics: metrics.clone(),
+        certs: cert_store,
+        caches_synced,
+    });
+    let admin_listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], args.admin_port))).await?;
+    info!(port = args.admin_port, "admin server listening");
+    tokio::spawn(async move { axum::serve(admin_listener, admin_app).await });
+
+    // Signals: the first SIGTERM/SIGINT stops the controller and releases the lease.
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+
+    let lease = leader::LeaseConfig {
+        namespace: args.namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: args.pod_name.clone(),
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        renew_every: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+    };
+    let mut leading = leader::spawn(client.clone(), lease.clone());
+    let role = (!args.sidecar_cluster_role.is_empty()).then(|| args.sidecar_cluster_role.clone());
+    let mut stop = stop_rx.clone();
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => { r?; }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        metrics.leader.set(1);
+        let mut lost = leading.clone();
+        let mut stopping = stop_rx.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        };
+        info!("starting the controller");
+        controller::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            role.clone(),
+            shutdown,
+        )
+        .await;
+        metrics.leader.set(0);
+        info!("controller stopped");
+        if *stop_rx.borrow() {
+            break;
+        }
+    }
+    leader::release(client, &lease).await;
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
