@@ -77,7 +77,11 @@ fn rand_suffix() -> u32 {
 
 /// Server-side applies every document of a multi-document YAML string. Namespaced objects
 /// without a namespace go to `namespace`.
-pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<Vec<DynamicObject>> {
+pub async fn apply_yaml(
+    client: &Client,
+    namespace: &str,
+    yaml: &str,
+) -> Result<Vec<DynamicObject>> {
     let mut applied = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc)?;
@@ -94,27 +98,49 @@ pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<
 pub async fn apply(client: &Client, namespace: &str, obj: DynamicObject) -> Result<DynamicObject> {
     let api = dynamic_api(client, namespace, &obj).await?;
     let name = obj.name_any();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
-        .await
-        .with_context(|| format!("apply {} {name}", obj.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("?")))
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "apply {} {name}",
+            obj.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("?")
+        )
+    })
 }
 
 /// Creates one object (not apply): for tests that assert the apiserver's answer to a create.
-pub async fn create(client: &Client, namespace: &str, obj: DynamicObject) -> kube::Result<DynamicObject> {
-    let api = dynamic_api(client, namespace, &obj)
-        .await
-        .map_err(|e| kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(e.to_string())))?;
+pub async fn create(
+    client: &Client,
+    namespace: &str,
+    obj: DynamicObject,
+) -> kube::Result<DynamicObject> {
+    let api = dynamic_api(client, namespace, &obj).await.map_err(|e| {
+        kube::Error::Discovery(kube::error::DiscoveryError::MissingResource(e.to_string()))
+    })?;
     api.create(&PostParams::default(), &obj).await
 }
 
-async fn dynamic_api(client: &Client, namespace: &str, obj: &DynamicObject) -> Result<Api<DynamicObject>> {
-    let types = obj.types.as_ref().context("object without apiVersion/kind")?;
+async fn dynamic_api(
+    client: &Client,
+    namespace: &str,
+    obj: &DynamicObject,
+) -> Result<Api<DynamicObject>> {
+    let types = obj
+        .types
+        .as_ref()
+        .context("object without apiVersion/kind")?;
     let gvk = GroupVersionKind::try_from(types)?;
     let (resource, caps): (ApiResource, ApiCapabilities) = pinned_kind(client, &gvk).await?;
     Ok(match caps.scope {
-        Scope::Namespaced => {
-            Api::namespaced_with(client.clone(), obj.metadata.namespace.as_deref().unwrap_or(namespace), &resource)
-        }
+        Scope::Namespaced => Api::namespaced_with(
+            client.clone(),
+            obj.metadata.namespace.as_deref().unwrap_or(namespace),
+            &resource,
+        ),
         Scope::Cluster => Api::all_with(client.clone(), &resource),
     })
 }
@@ -145,18 +171,29 @@ where
 
 /// Waits until a Deployment's rollout is complete, like `kubectl rollout status`: the newest
 /// generation observed, every replica updated and available, no old replica left.
-pub async fn wait_rollout(client: &Client, namespace: &str, name: &str, timeout: Duration) -> Result<Deployment> {
+pub async fn wait_rollout(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Deployment> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    eventually(&format!("rollout of deployment {name}"), timeout, || async {
-        let d = api.get(name).await?;
-        Ok(rollout_complete(&d).then_some(d))
-    })
+    eventually(
+        &format!("rollout of deployment {name}"),
+        timeout,
+        || async {
+            let d = api.get(name).await?;
+            Ok(rollout_complete(&d).then_some(d))
+        },
+    )
     .await
 }
 
 /// Whether a Deployment has finished rolling out (the `kubectl rollout status` rule).
 pub fn rollout_complete(d: &Deployment) -> bool {
-    let (Some(spec), Some(status)) = (&d.spec, &d.status) else { return false };
+    let (Some(spec), Some(status)) = (&d.spec, &d.status) else {
+        return false;
+    };
     let want = spec.replicas.unwrap_or(1);
     status.observed_generation >= d.metadata.generation
         && status.updated_replicas.unwrap_or(0) == want
@@ -166,7 +203,9 @@ pub fn rollout_complete(d: &Deployment) -> bool {
 
 /// The ClusterIP of a Service.
 pub async fn cluster_ip(client: &Client, namespace: &str, service: &str) -> Result<String> {
-    let svc = Api::<Service>::namespaced(client.clone(), namespace).get(service).await?;
+    let svc = Api::<Service>::namespaced(client.clone(), namespace)
+        .get(service)
+        .await?;
     svc.spec
         .and_then(|s| s.cluster_ip)
         .filter(|ip| ip != "None")
@@ -176,5 +215,23 @@ pub async fn cluster_ip(client: &Client, namespace: &str, service: &str) -> Resu
 /// Pods matching a label selector.
 pub async fn pods(client: &Client, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    Ok(api.list(&ListParams::default().labels(selector)).await?.items)
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+/// One plain HTTP/1.1 GET (a new connection): the status code and the body as text.
+pub async fn http_get(url: &str) -> Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client: HttpClient<_, Empty<hyper::body::Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.get(url.parse()?))
+        .await
+        .with_context(|| format!("GET {url}: timed out"))??;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -73,18 +73,26 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
             let stream = pods_api
                 .log_stream(
                     pod.metadata.name.as_deref().unwrap(),
-                    &LogParams { follow: true, ..LogParams::default() },
+                    &LogParams {
+                        follow: true,
+                        ..LogParams::default()
+                    },
                 )
                 .await?;
             log_tasks.push(tokio::spawn(async move {
-                stream.lines().try_collect::<Vec<String>>().await.unwrap_or_default()
+                stream
+                    .lines()
+                    .try_collect::<Vec<String>>()
+                    .await
+                    .unwrap_or_default()
             }));
         }
 
         // Record every endpoint seen terminating, from the Service's EndpointSlices.
         let terminating_seen = Arc::new(Mutex::new(BTreeSet::new()));
         let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-        let watch_cfg = watcher::Config::default().labels(&format!("kubernetes.io/service-name={APP}"));
+        let watch_cfg =
+            watcher::Config::default().labels(&format!("kubernetes.io/service-name={APP}"));
         let seen = terminating_seen.clone();
         let slice_watch = tokio::spawn(async move {
             let mut events = watcher(slices, watch_cfg).applied_objects().boxed();
@@ -98,7 +106,10 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
         });
 
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
-        let load = loadgen::spawn(LoadConfig { keep_alive: false, ..LoadConfig::new(url, 50.0) });
+        let load = loadgen::spawn(LoadConfig {
+            keep_alive: false,
+            ..LoadConfig::new(url, 50.0)
+        });
         tokio::time::sleep(Duration::from_secs(2)).await;
 
         // The rolling update: the same manifests with a new version.
@@ -107,20 +118,32 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
         // Old pods are gone from the Deployment's counts; wait for them to really exit.
         harness::eventually("old pods to exit", Duration::from_secs(60), || async {
             let left = harness::pods(&client, &ns, &format!("app={APP}")).await?;
-            Ok(left.iter().all(|p| p.metadata.deletion_timestamp.is_none()).then_some(()))
+            Ok(left
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_none())
+                .then_some(()))
         })
         .await?;
         load.stop();
         let summary = load.finish().await;
         slice_watch.abort();
-        println!("load during the plain rolling update: {}", serde_json::to_string(&summary)?);
+        println!(
+            "load during the plain rolling update: {}",
+            serde_json::to_string(&summary)?
+        );
 
         let mut prestop_calls = 0;
         for task in log_tasks {
             let lines = task.await?;
-            prestop_calls += lines.iter().filter(|l| l.contains("preStop hook called")).count();
+            prestop_calls += lines
+                .iter()
+                .filter(|l| l.contains("preStop hook called"))
+                .count();
         }
-        assert_eq!(prestop_calls, 2, "each old pod's preStop hook was called once");
+        assert_eq!(
+            prestop_calls, 2,
+            "each old pod's preStop hook was called once"
+        );
 
         let seen = terminating_seen.lock().unwrap().clone();
         assert!(
@@ -128,9 +151,21 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
             "old pods {old_ips:?} seen terminating in the EndpointSlice; saw {seen:?}"
         );
         let new_versions = harness::pods(&client, &ns, &format!("app={APP}")).await?;
-        assert!(new_versions.iter().all(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()));
-        assert!(summary.sent > 0 && summary.ok > 0, "traffic reached the Service: {summary:?}");
-        assert!(summary.ok_by_version.contains_key("v2"), "the new version served traffic");
+        assert!(
+            new_versions.iter().all(|p| p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .is_some())
+        );
+        assert!(
+            summary.sent > 0 && summary.ok > 0,
+            "traffic reached the Service: {summary:?}"
+        );
+        assert!(
+            summary.ok_by_version.contains_key("v2"),
+            "the new version served traffic"
+        );
         Ok(())
     })
     .await;

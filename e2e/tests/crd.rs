@@ -89,8 +89,16 @@ async fn valid_examples_are_accepted_and_invalid_ones_rejected_with_their_messag
                 Err(e) => wrong.push(format!("{}: expected '{expect}', got: {e}", path.display())),
             }
         }
-        assert!(wrong.is_empty(), "invalid examples not rejected as expected:\n{}", wrong.join("\n"));
-        println!("{} valid examples accepted, {} invalid rejected with their message", valid.len(), invalid.len());
+        assert!(
+            wrong.is_empty(),
+            "invalid examples not rejected as expected:\n{}",
+            wrong.join("\n")
+        );
+        println!(
+            "{} valid examples accepted, {} invalid rejected with their message",
+            valid.len(),
+            invalid.len()
+        );
         Ok(())
     })
     .await;

@@ -1,0 +1,352 @@
+//! The sidecar on a real cluster, added by hand (no operator): an app that exits the moment it
+//! gets SIGTERM is rolled under load. Without the sidecar some requests fail; with it none do,
+//! and each terminated pod reports `quiesce.dev/drained`. The sidecar's privileges stop at its
+//! own pod, and nobody outside the pod can drain it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::AuthInfo;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
+use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespace};
+use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
+
+const APP: &str = "web";
+const RATE: f64 = 40.0;
+
+fn repo_file(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
+}
+
+/// The demo app (exit at once on SIGTERM) behind a Service; with `sidecar`, the quiesce sidecar
+/// as a native sidecar, its readiness as the pod's, and the app's preStop calling its drain.
+fn manifests(version: &str, sidecar: bool) -> String {
+    let app_image = harness::image("demo-app");
+    let sidecar_image = harness::image("sidecar");
+    // With the sidecar the pod's readiness is the sidecar's (it probes the app's /healthz
+    // itself and pauses during a drain). A kubelet probe straight to the app port would count
+    // as a new connection and, at a period shorter than the quiet period, force every drain.
+    let app_probe = if sidecar {
+        String::new()
+    } else {
+        "readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}".to_string()
+    };
+    let (init, prestop, grace) = if sidecar {
+        (
+            format!(
+                r#"
+      initContainers:
+        - name: quiesce-sidecar
+          image: {sidecar_image}
+          imagePullPolicy: Never
+          restartPolicy: Always
+          env:
+            - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+            - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+            - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+            - {{name: QUIESCE_APP_PORTS, value: "8080"}}
+            - {{name: QUIESCE_PROBE_PATH, value: /healthz}}
+            - {{name: QUIESCE_PROBE_PERIOD, value: 500ms}}
+            - {{name: QUIESCE_PROBE_TIMEOUT, value: 400ms}}
+          ports: [{{containerPort: {SIDECAR_ADMIN_PORT}, name: quiesce-admin}}]
+          readinessProbe: {{httpGet: {{path: /readyz, port: quiesce-admin}}, periodSeconds: 1}}
+          livenessProbe: {{httpGet: {{path: /livez, port: quiesce-admin}}, periodSeconds: 5}}
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{drop: [ALL]}}"#
+            ),
+            format!(
+                "lifecycle: {{preStop: {{httpGet: {{path: {SIDECAR_DRAIN_PATH}, port: {SIDECAR_ADMIN_PORT}}}}}}}"
+            ),
+            60,
+        )
+    } else {
+        (String::new(), String::new(), 30)
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {APP}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {APP}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: {APP}}}}}
+  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata: {{labels: {{app: {APP}}}}}
+    spec:
+      serviceAccountName: {APP}
+      terminationGracePeriodSeconds: {grace}
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}{init}
+      containers:
+        - name: app
+          image: {app_image}
+          imagePullPolicy: Never
+          env:
+            - {{name: VERSION, value: "{version}"}}
+            - {{name: EXIT_ON_SIGTERM, value: immediate}}
+          ports: [{{containerPort: 8080, name: http}}]
+          {app_probe}
+          {prestop}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {APP}}}
+spec:
+  selector: {{app: {APP}}}
+  ports: [{{port: 80, targetPort: http}}]
+"#
+    )
+}
+
+/// The sidecar's Role (bound to the app's service account) and its admission policy.
+async fn install_sidecar_privileges(client: &Client, ns: &str) -> Result<()> {
+    apply_yaml(client, ns, &repo_file("sidecar/deploy/role.yaml")).await?;
+    // Under a name of its own: the chart installs the same policy under the shipped name.
+    let policy = repo_file("sidecar/deploy/validating-admission-policy.yaml").replace(
+        "quiesce-sidecar-own-pod-status",
+        "quiesce-sidecar-own-pod-status-e2e",
+    );
+    apply_yaml(client, ns, &policy).await?;
+    Ok(())
+}
+
+/// Deploys v1, then rolls to v2 under open-loop load (a new connection per request) and
+/// returns the load's outcome once the old pods are gone.
+async fn roll_under_load(client: &Client, ns: &str, sidecar: bool) -> Result<(Summary, Duration)> {
+    apply_yaml(client, ns, &manifests("v1", sidecar)).await?;
+    harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
+    let url = format!("http://{}:80", cluster_ip(client, ns, APP).await?);
+    let load = loadgen::spawn(LoadConfig {
+        keep_alive: false,
+        ..LoadConfig::new(url, RATE)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = tokio::time::Instant::now();
+    apply_yaml(client, ns, &manifests("v2", sidecar)).await?;
+    harness::wait_rollout(client, ns, APP, Duration::from_secs(240)).await?;
+    harness::eventually("old pods to be gone", Duration::from_secs(120), || async {
+        let pods = harness::pods(client, ns, &format!("app={APP}")).await?;
+        Ok(
+            (pods.len() == 3 && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let rollout = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.stop();
+    Ok((load.finish().await, rollout))
+}
+
+#[tokio::test]
+async fn without_the_sidecar_an_exit_at_once_app_loses_requests() {
+    with_namespace("plain", |client, ns| async move {
+        let (summary, rollout) = roll_under_load(&client, &ns, false).await?;
+        // How many fail depends on how late kube-proxy hears of the removal: measured and
+        // reported, the point of comparison for the test below.
+        println!(
+            "WITHOUT sidecar: sent {} failed {} (refused {} reset {} timeout {} other {}) rollout {:.1}s",
+            summary.sent, summary.failed(), summary.refused, summary.reset, summary.timeout,
+            summary.other, rollout.as_secs_f64()
+        );
+        assert!(summary.ok_by_version.contains_key("v2"), "v2 served: {summary:?}");
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_sidecar_a_rolling_update_loses_nothing_and_reports_drains() {
+    with_namespace("sidecar", |client, ns| async move {
+        install_sidecar_privileges(&client, &ns).await?;
+
+        // Every drained condition any pod of the namespace shows, by pod.
+        let drained: Arc<Mutex<BTreeMap<String, (String, String, String)>>> = Default::default();
+        let seen = drained.clone();
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let watch = tokio::spawn(async move {
+            let mut events = watcher(pods_api, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(pod)) = events.next().await {
+                let conditions = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.clone())
+                    .unwrap_or_default();
+                if let Some(c) = conditions.iter().find(|c| c.type_ == DRAINED_CONDITION) {
+                    let entry = (
+                        c.status.clone(),
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default(),
+                    );
+                    seen.lock().unwrap().insert(pod.name_any(), entry);
+                }
+            }
+        });
+
+        let (summary, rollout) = roll_under_load(&client, &ns, true).await?;
+        watch.abort();
+        println!(
+            "WITH sidecar: sent {} failed {} rollout {:.1}s: {}",
+            summary.sent,
+            summary.failed(),
+            rollout.as_secs_f64(),
+            serde_json::to_string(&summary)?
+        );
+        let drained = drained.lock().unwrap().clone();
+        for (pod, (status, reason, message)) in &drained {
+            println!("  {pod}: {DRAINED_CONDITION}={status} {reason}: {message}");
+        }
+        assert_eq!(
+            summary.failed(),
+            0,
+            "no request failed with the sidecar: {summary:?}"
+        );
+        assert!(
+            summary.sent as f64 > RATE * 5.0,
+            "load ran through the rollout: {summary:?}"
+        );
+        let done: Vec<_> = drained.values().filter(|(s, _, _)| s == "True").collect();
+        assert_eq!(
+            done.len(),
+            3,
+            "each of the 3 old pods reported a finished drain: {drained:?}"
+        );
+        for (_, reason, message) in done {
+            assert_eq!(reason, "Drained", "not forced: {message}");
+            assert!(
+                message.starts_with("drained in "),
+                "report with a duration: {message}"
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// A client that authenticates as `pod`, with the pod-bound token the kubelet would give it.
+async fn client_as_pod(client: &Client, ns: &str, pod: &Pod) -> Result<Client> {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .context("pod SA")?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..TokenRequest::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(&sa, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("token")?
+        .token;
+    let mut config = kube::Config::infer().await?;
+    config.auth_info = AuthInfo {
+        token: Some(token.into()),
+        ..AuthInfo::default()
+    };
+    Ok(Client::try_from(config)?)
+}
+
+fn condition_patch(type_: &str) -> Patch<serde_json::Value> {
+    Patch::Strategic(serde_json::json!({"status": {"conditions": [
+        {"type": type_, "status": "False", "reason": "E2E", "message": "written by the e2e suite"}
+    ]}}))
+}
+
+#[tokio::test]
+async fn a_sidecar_may_touch_only_its_own_pod_and_nobody_can_drain_a_running_pod() {
+    with_namespace("sidecar-rbac", |client, ns| async move {
+        install_sidecar_privileges(&client, &ns).await?;
+        apply_yaml(&client, &ns, &manifests("v1", true)).await?;
+        harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
+        let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
+        let (me, other) = (&pods[0], &pods[1]);
+        let as_me = client_as_pod(&client, &ns, me).await?;
+        let api: Api<Pod> = Api::namespaced(as_me, &ns);
+        let pp = PatchParams::default();
+
+        api.patch_status(&me.name_any(), &pp, &condition_patch(DRAINED_CONDITION))
+            .await
+            .context("a pod may set quiesce's condition on itself")?;
+        match api
+            .patch_status(&other.name_any(), &pp, &condition_patch(DRAINED_CONDITION))
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert!(
+                    e.message.contains("may patch only its own status"),
+                    "refused by the policy: {}",
+                    e.message
+                );
+                println!("other pod's status: refused ({}): {}", e.code, e.message);
+            }
+            other => panic!("patching another pod's status must be refused, got {other:?}"),
+        }
+        match api
+            .patch_status(&me.name_any(), &pp, &condition_patch("Ready"))
+            .await
+        {
+            Err(kube::Error::Api(e)) => {
+                assert!(
+                    e.message.contains("only quiesce.dev/ conditions"),
+                    "refused by the policy: {}",
+                    e.message
+                );
+            }
+            other => panic!("changing a non-quiesce condition must be refused, got {other:?}"),
+        }
+
+        // An outsider (this test, from the node's network) calls the drain of a running pod.
+        let ip = me
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .context("pod IP")?;
+        let (status, body) = http_get(&format!(
+            "http://{ip}:{SIDECAR_ADMIN_PORT}{SIDECAR_DRAIN_PATH}"
+        ))
+        .await?;
+        assert_eq!(
+            status, 403,
+            "a drain call on a running pod is refused: {body}"
+        );
+        let (ready, _) = http_get(&format!("http://{ip}:{SIDECAR_ADMIN_PORT}/readyz")).await?;
+        assert_eq!(ready, 200, "the refused call did not start a drain");
+        Ok(())
+    })
+    .await;
+}
