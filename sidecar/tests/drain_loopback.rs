@@ -38,10 +38,12 @@ fn demo_app_bin() -> PathBuf {
             let path = sidecar.with_file_name("demo-app");
             // demo-app is another package's binary: build it once if needed.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "demo-app"])
-                .status()
-                .expect("cargo build -p demo-app");
+            let mut build = Command::new(cargo);
+            build.args(["build", "-q", "-p", "demo-app"]);
+            if sidecar.parent().is_some_and(|d| d.ends_with("release")) {
+                build.arg("--release");
+            }
+            let st = build.status().expect("cargo build -p demo-app");
             assert!(st.success(), "building demo-app failed");
             assert!(path.exists(), "{path:?} missing");
             path
