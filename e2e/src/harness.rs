@@ -72,7 +72,7 @@ where
 
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
-    (RandomState::new().hash_one(std::time::SystemTime::now()) & 0xffff_ff) as u32
+    (RandomState::new().hash_one(std::time::SystemTime::now()) & 0x00ff_ffff) as u32
 }
 
 /// Server-side applies every document of a multi-document YAML string. Namespaced objects
