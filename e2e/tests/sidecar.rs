@@ -20,6 +20,9 @@ use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespac
 use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
 
 const APP: &str = "web";
+
+/// The last `quiesce.dev/drained` condition seen per pod: (status, reason, message).
+type DrainedByPod = Arc<Mutex<BTreeMap<String, (String, String, String)>>>;
 const RATE: f64 = 40.0;
 
 fn repo_file(path: &str) -> String {
@@ -183,7 +186,7 @@ async fn with_the_sidecar_a_rolling_update_loses_nothing_and_reports_drains() {
         install_sidecar_privileges(&client, &ns).await?;
 
         // Every drained condition any pod of the namespace shows, by pod.
-        let drained: Arc<Mutex<BTreeMap<String, (String, String, String)>>> = Default::default();
+        let drained: DrainedByPod = Default::default();
         let seen = drained.clone();
         let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let watch = tokio::spawn(async move {
