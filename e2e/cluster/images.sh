@@ -12,6 +12,7 @@ CACHE="${QUIESCE_CACHE:-$HOME/.cache/quiesce}"
 TAG="${QUIESCE_IMAGE_TAG:-dev}"
 REGISTRY="${QUIESCE_IMAGE_REGISTRY:-quiesce.local}"
 TARGET=x86_64-unknown-linux-gnu
+TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 
 log() { printf '[images %s] %s\n' "$(date +%T)" "$*" >&2; }
 
@@ -54,7 +55,7 @@ build_project() {
   for spec in "${PROJECT_IMAGES[@]}"; do
     IFS=: read -r name bin dockerfile <<<"$spec"
     local ctx; ctx=$(mktemp -d)
-    cp "$root/target/$TARGET/release/$bin" "$ctx/$bin"
+    cp "$TARGET_DIR/$TARGET/release/$bin" "$ctx/$bin"
     build_image "$root/$dockerfile" "$ctx" "$REGISTRY/$name:$TAG" "$CACHE/images/project/$name.tar"
     rm -rf "$ctx"
     log "built $REGISTRY/$name:$TAG"

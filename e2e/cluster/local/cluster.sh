@@ -18,6 +18,14 @@ STATE="${QUIESCE_STATE:-/var/lib/quiesce-local}"
 NETNS="${QUIESCE_NETNS:-quiesce}"
 BIN="$CACHE/k8s/$K8S_VERSION/bin"
 MINOR=$(echo "$K8S_VERSION" | cut -d. -f2)
+# Kubernetes >= 1.36 needs containerd 2 (built from its Go module); older ones use Debian's.
+if [ "$MINOR" -ge 36 ]; then
+  CONTAINERD_BIN="$CACHE/containerd/$CONTAINERD_VERSION/bin"
+else
+  CONTAINERD_BIN=/usr/bin
+fi
+# kubelet's cgroupRoot: every pod cgroup lives under it, so `down` removes exactly those.
+CGROUP_ROOT="$NETNS"
 
 # Every address the cluster uses. They exist only inside $NETNS.
 NODE_NAME=quiesce-node
@@ -199,7 +207,7 @@ authentication:
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
 cgroupDriver: cgroupfs
-cgroupRoot: /quiesce
+cgroupRoot: /$CGROUP_ROOT
 $cgroup_v1_opt
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 nodeStatusUpdateFrequency: 1s
@@ -278,7 +286,7 @@ stop_pid() { # name: TERM, then KILL after a timeout (kube-scheduler sometimes i
   rm -f "$f"
 }
 
-ctr_() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+ctr_() { "$CONTAINERD_BIN/ctr" --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 
 import_image() { # tar
   ctr_ images import --all-platforms "$1" >/dev/null
@@ -306,6 +314,7 @@ cmd_up() {
   "$here/install-deps.sh"
   "$here/../tools.sh" >/dev/null
   "$here/build-k8s.sh"
+  [ "$MINOR" -lt 36 ] || "$here/build-containerd.sh"
   mkdir -p "$STATE" "$LOGS" "$PIDS" "$RUN"
   log "creating network namespace $NETNS"
   create_netns
@@ -339,7 +348,9 @@ cmd_up() {
     --requestheader-group-headers X-Remote-Group --requestheader-username-headers X-Remote-User \
     --profiling=false
   log "starting containerd"
-  start containerd containerd --config "$STATE/containerd/config.toml"
+  # PATH: containerd finds its runc shim there.
+  start containerd env PATH="$CONTAINERD_BIN:$PATH" "$CONTAINERD_BIN/containerd" \
+    --config "$STATE/containerd/config.toml"
   wait_for "kube-apiserver /readyz" 60 kc --kubeconfig "$KCFG/super-admin.conf" get --raw /readyz
   # What `kubeadm init` would do: admin.conf's group gets cluster-admin (super-admin.conf, in
   # system:masters, is used for this one step only).
@@ -368,7 +379,7 @@ cmd_up() {
   ensure_pause_image
   # kubelet's cgroupRoot: our pods live under /quiesce in every controller, so `down` can remove
   # exactly what the cluster created.
-  for ctl in /sys/fs/cgroup/*/; do [ -L "${ctl%/}" ] || mkdir -p "$ctl/quiesce"; done
+  for ctl in /sys/fs/cgroup/*/; do [ -L "${ctl%/}" ] || mkdir -p "$ctl/$CGROUP_ROOT"; done
   start kubelet "$BIN/kubelet" --config "$STATE/kubelet/config.yaml" \
     --kubeconfig "$KCFG/kubelet.conf" --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" \
     --root-dir "$STATE/kubelet/root" --cert-dir "$STATE/kubelet/pki" --v 1
@@ -409,9 +420,9 @@ cmd_down() {
       umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
   fi
-  # Our pods' cgroups (kubelet cgroupRoot /quiesce), leaves first.
+  # Our pods' cgroups (kubelet cgroupRoot), leaves first.
   for ctl in /sys/fs/cgroup/*/; do
-    [ -d "$ctl/quiesce" ] && find "$ctl/quiesce" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$ctl/$CGROUP_ROOT" ] && find "$ctl/$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   if [ -e "/run/netns/$NETNS" ]; then ip netns delete "$NETNS"; fi
   rm -rf "$ETCD_DATA"
