@@ -1129,8 +1129,14 @@ impl<'a> Planner<'a> {
 
     fn finish(mut self, before: Option<Phase>) -> Plan {
         let after = self.status.phase;
+        let reason_taken = |reason: &str| {
+            self.actions
+                .iter()
+                .any(|a| matches!(a, Action::Event { reason: r, .. } if *r == reason))
+        };
         if after != before
             && let Some(phase) = after
+            && !reason_taken(phase_reason(phase))
         {
             let note = format!(
                 "phase {} -> {phase}: {}",

@@ -1,1 +1,453 @@
-//! Shell tests.
+//! The shell against an exact sequence of API calls (a `tower-test` mock apiserver, after
+//! kube-rs/controller-rs `fixtures.rs`): each test states the calls a reconcile must make, in
+//! order, with the bodies that matter.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::PartialObjectMeta;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus};
+use serde_json::{Value, json};
+
+use super::*;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const NOW: i64 = 1_800_000_000;
+
+fn store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    // Keep the writer alive so the store stays ready.
+    std::mem::forget(writer);
+    reader
+}
+
+fn policy(status: RolloutPolicyStatus) -> RolloutPolicy {
+    let mut p = RolloutPolicy::new("web", RolloutPolicySpec::for_deployment("web"));
+    p.metadata.namespace = Some("shop".into());
+    p.metadata.uid = Some("policy-uid".into());
+    p.metadata.generation = Some(1);
+    p.metadata.finalizers = Some(vec![POLICY_FINALIZER.into()]);
+    p.status = Some(status);
+    p
+}
+
+fn deployment() -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "shop", "uid": "deploy-uid"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "app", "image": "demo:v2"}]}}}
+    }))
+    .unwrap()
+}
+
+fn rs(hash: &str, revision: &str) -> PartialObjectMeta<ReplicaSet> {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": format!("web-{hash}"), "namespace": "shop", "uid": format!("rs-{hash}"),
+            "labels": {"pod-template-hash": hash},
+            "annotations": {"deployment.kubernetes.io/revision": revision},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                "uid": "deploy-uid", "controller": true}]}
+    }))
+    .unwrap()
+}
+
+fn pod(name: &str, hash: &str, gate: Option<&str>) -> Pod {
+    let mut conditions = vec![json!({"type": "ContainersReady", "status": "True",
+        "lastTransitionTime": "2027-01-15T07:00:00Z"})];
+    if let Some(status) = gate {
+        conditions
+            .push(json!({"type": READY_GATE_CONDITION, "status": status, "reason": "StablePod"}));
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "labels": {"app": "web", "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{hash}"),
+                "uid": format!("rs-{hash}"), "controller": true}]},
+        "spec": {"containers": [{"name": "app", "image": "demo"}],
+            "initContainers": [{"name": SIDECAR_CONTAINER_NAME, "image": "sidecar", "restartPolicy": "Always"}],
+            "readinessGates": [{"conditionType": READY_GATE_CONDITION}]},
+        "status": {"conditions": conditions}
+    }))
+    .unwrap()
+}
+
+fn context(
+    client: Client,
+    policies: Vec<RolloutPolicy>,
+    pods: Vec<Pod>,
+    role: Option<&str>,
+) -> Context {
+    Context::new(
+        client.clone(),
+        Recorder::new(
+            client,
+            Reporter {
+                controller: "quiesce-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        Arc::new(Metrics::default()),
+        store(policies),
+        store(vec![deployment()]),
+        store(vec![rs("old", "1"), rs("new", "2")]),
+        store(pods),
+        role.map(str::to_owned),
+        Arc::new(|| Timestamp::from_second(NOW).unwrap()),
+    )
+}
+
+fn mock() -> (Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), handle)
+}
+
+/// Expects the next call to be `method` on a path starting with `path`; answers `reply` and
+/// returns the request body.
+async fn expect(handle: &mut Handle, method: Method, path: &str, reply: Value) -> Value {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+        .expect("service not called");
+    let uri = request.uri().to_string();
+    if request.method() != method {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        panic!(
+            "expected {method} {path}, got {uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert!(uri.starts_with(path), "expected {method} {path}, got {uri}");
+    let bytes = request.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    send.send_response(
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+fn event_reply() -> Value {
+    json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"},
+        "eventTime": "2027-01-15T08:00:00.000000Z"})
+}
+
+async fn no_more_calls(handle: &mut Handle) {
+    let next = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+    if let Ok(Some((request, _))) = next {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        panic!(
+            "unexpected extra API call: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
+
+fn stable(phase: Phase) -> RolloutPolicyStatus {
+    RolloutPolicyStatus {
+        stable_revision: Some("old".into()),
+        update_revision: Some("old".into()),
+        phase: Some(phase),
+        ..Default::default()
+    }
+}
+
+fn settled_on_new() -> RolloutPolicyStatus {
+    RolloutPolicyStatus {
+        stable_revision: Some("new".into()),
+        update_revision: Some("new".into()),
+        phase: Some(Phase::Completed),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_new_revision_is_an_event_a_gate_and_one_status_apply() {
+    let (client, mut handle) = mock();
+    let p = policy(stable(Phase::Completed));
+    let ctx = context(
+        client,
+        vec![p.clone()],
+        vec![pod("o1", "old", Some("True")), pod("n1", "new", None)],
+        None,
+    );
+    let verifier = tokio::spawn(async move {
+        let e = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        assert_eq!(e["reason"], reasons::ROLLOUT_STARTED);
+        let gate = expect(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/shop/pods/n1/status?&force=true&fieldManager=quiesce-operator",
+            json!(pod("n1", "new", Some("True"))),
+        )
+        .await;
+        assert_eq!(gate["metadata"]["uid"], "uid-n1", "UID precondition");
+        let c = &gate["status"]["conditions"][0];
+        assert_eq!(
+            (c["type"].as_str(), c["status"].as_str()),
+            (Some(READY_GATE_CONDITION), Some("True"))
+        );
+        assert_eq!(c["reason"], reasons::ADMITTED);
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status?&force=true&fieldManager=quiesce-operator",
+            json!(policy(RolloutPolicyStatus::default())),
+        )
+        .await;
+        assert_eq!(status["metadata"]["uid"], "policy-uid");
+        assert_eq!(status["status"]["phase"], "Progressing");
+        assert_eq!(status["status"]["updateRevision"], "new");
+        assert_eq!(status["status"]["admittedReplicas"], 1);
+        no_more_calls(&mut handle).await;
+    });
+    let action = ctx.apply(&p, false).await.unwrap();
+    // Until the admission is observed the rollout is open: the progress deadline is the timer.
+    assert_eq!(action, Requeue::requeue(Duration::from_millis(600_050)));
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unchanged_world_makes_no_call_and_remembers_its_writes() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let ctx = context(
+        client,
+        vec![p.clone()],
+        vec![pod("n0", "new", Some("True"))],
+        None,
+    );
+    // The first pass writes the status (conditions are new); the cache still has the old one.
+    let verifier = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(policy(RolloutPolicyStatus::default())),
+        )
+        .await;
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    // The second pass reads the remembered status: nothing to write.
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn abort_clears_the_annotation_and_restores_the_stable_template() {
+    let (client, mut handle) = mock();
+    let mut p = policy(RolloutPolicyStatus {
+        update_revision: Some("new".into()),
+        phase: Some(Phase::Progressing),
+        ..stable(Phase::Progressing)
+    });
+    p.metadata.annotations = Some([(annotations::ABORT.to_owned(), "true".to_owned())].into());
+    let ctx = context(
+        client,
+        vec![p.clone()],
+        vec![pod("o1", "old", Some("True"))],
+        None,
+    );
+    let verifier = tokio::spawn(async move {
+        let clear = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web?",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(
+            clear,
+            json!({"metadata": {"annotations": {annotations::ABORT: null}}})
+        );
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/apps/v1/namespaces/shop/replicasets/web-old",
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "web-old", "namespace": "shop"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web", "pod-template-hash": "old"}},
+                        "spec": {"containers": [{"name": "app", "image": "demo:v1"}]}}}}),
+        )
+        .await;
+        let undo = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/apps/v1/namespaces/shop/deployments/web?",
+            json!(deployment()),
+        )
+        .await;
+        assert_eq!(
+            undo[0],
+            json!({"op": "test", "path": "/metadata/uid", "value": "deploy-uid"})
+        );
+        assert_eq!(undo[1]["path"], "/spec/template");
+        assert_eq!(
+            undo[1]["value"]["spec"]["containers"][0]["image"],
+            "demo:v1"
+        );
+        assert_eq!(
+            undo[1]["value"]["metadata"]["labels"],
+            json!({"app": "web"}),
+            "hash label dropped"
+        );
+        let e = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        assert_eq!(e["reason"], reasons::ABORTED);
+        assert_eq!(e["type"], "Warning");
+        expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(status["status"]["phase"], "RolledBack");
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+fn p_reply() -> RolloutPolicy {
+    policy(RolloutPolicyStatus::default())
+}
+
+#[tokio::test]
+async fn deletion_admits_held_pods_then_drops_the_finalizer() {
+    let (client, mut handle) = mock();
+    let mut p = policy(RolloutPolicyStatus {
+        update_revision: Some("new".into()),
+        current_step: Some(1),
+        ..stable(Phase::Paused)
+    });
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(NOW).unwrap(),
+    ));
+    let ctx = Arc::new(context(
+        client,
+        vec![p.clone()],
+        vec![pod("n1", "new", Some("False"))],
+        None,
+    ));
+    let verifier = tokio::spawn(async move {
+        let gate = expect(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/shop/pods/n1/status",
+            json!(pod("n1", "new", Some("True"))),
+        )
+        .await;
+        assert_eq!(
+            gate["status"]["conditions"][0]["reason"],
+            reasons::POLICY_DELETED
+        );
+        let fin = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web?",
+            json!(p_reply()),
+        )
+        .await;
+        assert!(
+            fin.to_string().contains("remove"),
+            "finalizer removed: {fin}"
+        );
+        no_more_calls(&mut handle).await;
+    });
+    reconcile(Arc::new(p), ctx).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_sidecar_role_is_bound_once_per_namespace() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let ctx = context(client, vec![p.clone()], vec![], Some("quiesce-sidecar"));
+    let verifier = tokio::spawn(async move {
+        let rb = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/quiesce-sidecar-default?",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "quiesce-sidecar-default", "namespace": "shop"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "quiesce-sidecar"}}),
+        )
+        .await;
+        assert_eq!(rb["subjects"][0]["name"], "default");
+        expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[test]
+fn drain_reports_are_parsed_from_the_sidecar_condition() {
+    let mut p = pod("o1", "old", None);
+    p.status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()
+        .push(
+            serde_json::from_value(json!({"type": DRAINED_CONDITION, "status": "True",
+            "reason": "DrainTimedOut", "message": "drain timed out in 30.00s with 2 connections"}))
+            .unwrap(),
+        );
+    let r = drain_report(&p).unwrap();
+    assert!(r.forced);
+    assert_eq!(r.duration_millis, Some(30000));
+}
