@@ -292,6 +292,11 @@ impl Context {
             return Ok(Requeue::await_change());
         }
         self.ensure_sidecar_binding(&ns, &observed).await?;
+        // The status goes first: whoever reads the status after the pods never sees more pods
+        // admitted than the recorded step allows. A failed gate write is redone next time.
+        if !deleting && plan.status != observed.policy.status {
+            self.patch_status(policy, &plan).await?;
+        }
         for action in &plan.actions {
             self.execute(policy, &observed, action, now).await?;
         }
@@ -299,9 +304,6 @@ impl Context {
             info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
             self.metrics.set_phase(&ns, &name, None);
             return Ok(Requeue::await_change());
-        }
-        if plan.status != observed.policy.status {
-            self.patch_status(policy, &plan).await?;
         }
         self.metrics.set_phase(&ns, &name, plan.status.phase);
         Ok(match plan.requeue_after {

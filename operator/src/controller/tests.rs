@@ -196,6 +196,17 @@ async fn a_new_revision_is_an_event_a_gate_and_one_status_apply() {
         None,
     );
     let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status?&force=true&fieldManager=quiesce-operator",
+            json!(policy(RolloutPolicyStatus::default())),
+        )
+        .await;
+        assert_eq!(status["metadata"]["uid"], "policy-uid");
+        assert_eq!(status["status"]["phase"], "Progressing");
+        assert_eq!(status["status"]["updateRevision"], "new");
+        assert_eq!(status["status"]["admittedReplicas"], 1);
         let e = expect(
             &mut handle,
             Method::POST,
@@ -218,17 +229,6 @@ async fn a_new_revision_is_an_event_a_gate_and_one_status_apply() {
             (Some(READY_GATE_CONDITION), Some("True"))
         );
         assert_eq!(c["reason"], reasons::ADMITTED);
-        let status = expect(
-            &mut handle,
-            Method::PATCH,
-            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status?&force=true&fieldManager=quiesce-operator",
-            json!(policy(RolloutPolicyStatus::default())),
-        )
-        .await;
-        assert_eq!(status["metadata"]["uid"], "policy-uid");
-        assert_eq!(status["status"]["phase"], "Progressing");
-        assert_eq!(status["status"]["updateRevision"], "new");
-        assert_eq!(status["status"]["admittedReplicas"], 1);
         no_more_calls(&mut handle).await;
     });
     let action = ctx.apply(&p, false).await.unwrap();
@@ -280,6 +280,14 @@ async fn abort_clears_the_annotation_and_restores_the_stable_template() {
         None,
     );
     let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(status["status"]["phase"], "RolledBack");
         let clear = expect(
             &mut handle,
             Method::PATCH,
@@ -339,14 +347,6 @@ async fn abort_clears_the_annotation_and_restores_the_stable_template() {
             event_reply(),
         )
         .await;
-        let status = expect(
-            &mut handle,
-            Method::PATCH,
-            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
-            json!(p_reply()),
-        )
-        .await;
-        assert_eq!(status["status"]["phase"], "RolledBack");
         no_more_calls(&mut handle).await;
     });
     ctx.apply(&p, false).await.unwrap();
