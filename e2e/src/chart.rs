@@ -1,0 +1,341 @@
+//! The quiesce Helm chart, installed once per test run (`helm upgrade --install`, idempotent,
+//! so every test binary may call [`install`]), and what the operator tests read from it: the
+//! leader replica and its metrics.
+//!
+//! Helm runs where the tests run (`e2e/cluster/cluster.sh exec` puts `.tools/bin` on `PATH`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::Api;
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use crate::harness::{self, eventually};
+
+/// Helm release name.
+pub const RELEASE: &str = "quiesce";
+/// Namespace of the operator.
+pub const NAMESPACE: &str = "quiesce-system";
+/// Name of the operator Deployment, ServiceAccount and leader Lease.
+pub const OPERATOR: &str = "quiesce-operator";
+/// Name of the MutatingWebhookConfiguration.
+pub const WEBHOOK_CONFIGURATION: &str = "quiesce-sidecar-injector";
+/// Admin port of the operator (`/metrics`).
+pub const ADMIN_PORT: u16 = 8080;
+
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn helm_bin() -> PathBuf {
+    let local = repo_root().join(".tools/bin/helm");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
+/// Runs helm with `args`, failing with its output.
+pub async fn helm(args: &[&str]) -> Result<String> {
+    let out = Command::new(helm_bin())
+        .args(args)
+        .output()
+        .await
+        .context("running helm (run the e2e suite through e2e/cluster/cluster.sh exec)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("helm {} failed: {text}", args.join(" "));
+    }
+    Ok(text)
+}
+
+/// A fingerprint of the operator image tarball loaded into the cluster, so an upgrade
+/// restarts the operator when the image under the same tag changed.
+fn image_stamp() -> String {
+    let cache = std::env::var("QUIESCE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/quiesce")
+        });
+    std::fs::metadata(cache.join("images/project/operator.tar"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Installs (or upgrades to) the chart from this tree with the locally loaded images, once
+/// per process; waits until the operator serves the webhook with its CA in the caBundle.
+pub async fn install(client: &Client) -> Result<()> {
+    INSTALLED
+        .get_or_try_init(|| async {
+            let chart = repo_root().join("charts/quiesce");
+            let stamp = format!(
+                "operator.podAnnotations.quiesce\\.dev/image-stamp={}",
+                image_stamp()
+            );
+            helm(&[
+                "upgrade",
+                "--install",
+                RELEASE,
+                chart.to_str().unwrap_or("charts/quiesce"),
+                "--namespace",
+                NAMESPACE,
+                "--create-namespace",
+                "--set-string",
+                &stamp,
+                "--set",
+                "operator.logLevel=info\\,quiesce_operator=debug",
+                "--wait",
+                "--timeout",
+                "180s",
+            ])
+            .await?;
+            wait_ready(client).await
+        })
+        .await
+        .copied()
+}
+
+/// Waits until the webhook configuration carries a caBundle and a leader holds the Lease.
+pub async fn wait_ready(client: &Client) -> Result<()> {
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    eventually("webhook caBundle", Duration::from_secs(60), || async {
+        let m = mwcs.get(WEBHOOK_CONFIGURATION).await?;
+        Ok(m.webhooks
+            .unwrap_or_default()
+            .iter()
+            .all(|w| {
+                w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .is_some_and(|b| !b.0.is_empty())
+            })
+            .then_some(()))
+    })
+    .await?;
+    leader(client).await.map(|_| ())
+}
+
+/// The operator pod holding the leader Lease.
+pub async fn leader(client: &Client) -> Result<Pod> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    eventually("a leader operator", Duration::from_secs(60), || async {
+        let lease = leases.get_opt(OPERATOR).await?;
+        let Some(holder) = lease.and_then(|l| l.spec?.holder_identity) else {
+            return Ok(None);
+        };
+        Ok(pods
+            .get_opt(&holder)
+            .await?
+            .filter(|p| p.metadata.deletion_timestamp.is_none()))
+    })
+    .await
+}
+
+/// The leader's `/metrics` text.
+pub async fn leader_metrics(client: &Client) -> Result<String> {
+    let pod = leader(client).await?;
+    let ip = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("leader pod has no IP")?;
+    http_get(&format!("http://{ip}:{ADMIN_PORT}/metrics")).await
+}
+
+/// A plain HTTP/1.1 GET, body as text.
+pub async fn http_get(url: &str) -> Result<String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse()?)).await??;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the first sample of `metric` whose labels contain every `label="value"` of
+/// `labels`.
+pub fn metric_value(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Image of a project component (re-exported for the operator tests).
+pub fn image(name: &str) -> String {
+    harness::image(name)
+}
+
+// ----- the apps and policies the operator tests roll --------------------------------------
+
+/// A demo-app Deployment `app` (pods labelled `app=<app>`) with `replicas`, serving `version`,
+/// exiting at once on SIGTERM (so only quiesce's drain keeps requests from failing), and its
+/// Service. `extra_env` adds env vars (`FAIL_HEALTH`, `CRASH_AFTER_SECS` make bad versions).
+pub fn demo_app(app: &str, replicas: i32, version: &str, extra_env: &[(&str, &str)]) -> String {
+    let image = harness::image("demo-app");
+    let mut env = format!(
+        "[{{name: VERSION, value: \"{version}\"}}, {{name: EXIT_ON_SIGTERM, value: immediate}}, {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}"
+    );
+    for (k, v) in extra_env {
+        env.push_str(&format!(", {{name: {k}, value: \"{v}\"}}"));
+    }
+    env.push(']');
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {app}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}}}}}
+  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
+      containers:
+        - name: app
+          image: {image}
+          imagePullPolicy: Never
+          env: {env}
+          ports: [{{containerPort: 8080, name: http}}]
+          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {app}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{port: 80, targetPort: http}}]
+"#
+    )
+}
+
+/// A RolloutPolicy `name` for Deployment `target`; `spec` is YAML of the other spec fields,
+/// indented by four spaces (e.g. `"    steps: [{admit: 1}, {admit: '100%'}]"`).
+pub fn policy(name: &str, target: &str, spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: quiesce.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {{name: {name}}}
+spec:
+    targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}
+{spec}
+"#
+    )
+}
+
+/// The status of a policy (default when it has none yet).
+pub async fn policy_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<quiesce_api::RolloutPolicyStatus> {
+    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    Ok(api.get(name).await?.status.unwrap_or_default())
+}
+
+/// Waits until the policy's phase is `phase`.
+pub async fn wait_phase(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: quiesce_api::Phase,
+    timeout: Duration,
+) -> Result<quiesce_api::RolloutPolicyStatus> {
+    eventually(
+        &format!("policy {name} in phase {phase}"),
+        timeout,
+        || async {
+            let s = policy_status(client, ns, name).await?;
+            Ok((s.phase == Some(phase)).then_some(s))
+        },
+    )
+    .await
+}
+
+/// Whether a pod's readiness gate `quiesce.dev/ready` is True.
+pub fn gate_open(pod: &Pod) -> bool {
+    condition(pod, quiesce_api::constants::READY_GATE_CONDITION) == Some("True")
+}
+
+/// The status of a pod condition.
+pub fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a str> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+/// Whether the pod carries the quiesce sidecar.
+pub fn injected(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == quiesce_api::constants::SIDECAR_CONTAINER_NAME)
+    })
+}
+
+/// The `pod-template-hash` of a pod.
+pub fn revision(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .labels
+        .as_ref()?
+        .get(quiesce_api::constants::POD_TEMPLATE_HASH_LABEL)
+        .map(String::as_str)
+}
+
+/// Reasons of the Events regarding the policy `name`, oldest first.
+pub async fn policy_events(client: &Client, ns: &str, name: &str) -> Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut events: Vec<Event> = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("RolloutPolicy") && r.name.as_deref() == Some(name)
+            })
+        })
+        .collect();
+    events.sort_by_key(|e| e.event_time.clone().map(|t| t.0));
+    Ok(events
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
