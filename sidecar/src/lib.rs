@@ -11,6 +11,7 @@ pub mod config;
 pub mod drain;
 pub mod drainer;
 pub mod endpoints;
+pub mod fail_open;
 pub mod metrics;
 pub mod pod;
 pub mod probe;

@@ -39,6 +39,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (RunMode::Kubernetes, Some(pod)) => match kube::Client::try_default().await {
             Ok(client) => {
                 let own = OwnPod::new(client.clone(), pod.clone(), metrics.clone());
+                if let Some(after) = crate::fail_open::from_env() {
+                    tokio::spawn(crate::fail_open::run(client.clone(), pod.clone(), after));
+                }
                 let kube = KubeDrain {
                     client,
                     namespace: pod.namespace.clone(),
