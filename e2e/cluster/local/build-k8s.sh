@@ -21,17 +21,26 @@ work="$cache/k8s/$K8S_VERSION/src"
 mkdir -p "$work" "$out"
 cd "$work"
 staging_version="v0.${K8S_VERSION#v1.}"
-if [ ! -f go.mod ]; then
+if [ ! -f tools.go ]; then # tools.go is written last: its presence means the module is complete
+  rm -f go.mod go.sum
   go mod init quiesce.dev/k8s-build >/dev/null 2>&1
-  gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  info=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION")
+  if grep -q '"Error"' <<<"$info"; then
+    echo "cannot download k8s.io/kubernetes@$K8S_VERSION from the Go module proxy:" >&2
+    grep '"Error"' <<<"$info" >&2
+    exit 1
+  fi
+  gomod=$(sed -n 's/.*"GoMod": "\(.*\)".*/\1/p' <<<"$info")
   # Every staging module k8s.io/kubernetes replaces with a local path gets its published version.
   grep -oE '^\s*k8s.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u |
     while read -r m; do echo "replace $m => $m $staging_version"; done >>go.mod
   echo "require k8s.io/kubernetes $K8S_VERSION" >>go.mod
-  printf 'package tools\n\nimport (\n' >tools.go
-  for c in "${components[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c" >>tools.go; done
-  printf ')\n' >>tools.go
-  sed -i '1i //go:build tools' tools.go
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in "${components[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } >tools.go.tmp
+  mv tools.go.tmp tools.go
   go mod tidy -e >/dev/null 2>&1 || true
 fi
 
