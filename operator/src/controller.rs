@@ -286,6 +286,17 @@ impl Context {
         let observed = self.observe(policy, deleting);
         let now = (self.clock)();
         let plan = plan::plan(&observed, now);
+        for d in &observed.new_drains {
+            let result = if d.forced { "forced" } else { "completed" };
+            self.metrics
+                .drains
+                .get_or_create(&vec![
+                    ("namespace", ns.clone()),
+                    ("policy", name.clone()),
+                    ("result", result.to_owned()),
+                ])
+                .inc();
+        }
         if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
             // Another policy governs the target: leave its pods alone.
             self.metrics.set_phase(&ns, &name, None);
