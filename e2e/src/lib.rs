@@ -1,5 +1,8 @@
-//! End-to-end test support for quiesce: the cluster harness used by the tests in `tests/`.
+//! End-to-end test support for quiesce: the cluster harness used by the tests in `tests/`, the
+//! load generator, and the measured rollout scenario behind `make demo` and `make bench`.
 
 pub mod chart;
 pub mod harness;
 pub mod loadgen;
+pub mod node;
+pub mod scenario;

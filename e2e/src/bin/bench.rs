@@ -1,0 +1,293 @@
+//! `bench`: the benchmark table of docs/benchmarks.md, in one run on one cluster.
+//!
+//! For each variant (plain Deployment, `preStop: sleep 5`, `preStop: sleep 15`, quiesce) one
+//! namespace with the demo app at v1; a rollout to v2 under load with a new connection per
+//! request, then to v3 with keep-alive clients. Each row: failed requests, rollout wall time
+//! (template change → last old pod gone) and its ratio to the physical floor (see
+//! [`Rollout::floor`]). For quiesce also the sidecar's RSS and CPU, idle and under load (read
+//! from `/proc` on the node: the bench runs as root on it), and its start-to-ready time.
+//! Progress goes to stderr, the markdown to stdout.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use quiesce_e2e::loadgen::{self, LoadConfig, SlowMix};
+use quiesce_e2e::node;
+use quiesce_e2e::scenario::{self, APP, Load, MIN_HEALTHY_SECONDS, Rollout, Tracker, Variant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Rolling updates under load: plain, preStop sleep, quiesce (markdown table)")]
+struct Args {
+    /// Requests per second (open loop).
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Seconds of each resource measurement window.
+    #[arg(long, default_value_t = 10)]
+    window_secs: u64,
+    /// Namespace prefix.
+    #[arg(long, default_value = "quiesce-bench")]
+    prefix: String,
+    /// Variants to run, comma-separated: plain, sleep5, sleep15, quiesce.
+    #[arg(long, value_delimiter = ',', default_values_t = ["plain".to_string(),
+        "sleep5".to_string(), "sleep15".to_string(), "quiesce".to_string()])]
+    variants: Vec<String>,
+}
+
+struct Row {
+    variant: Variant,
+    keep_alive: bool,
+    rollout: Rollout,
+    floor: Duration,
+}
+
+#[derive(Default)]
+struct SidecarCost {
+    idle_rss_kib: Vec<u64>,
+    idle_mcpu: Vec<f64>,
+    load_rss_kib: Vec<u64>,
+    load_mcpu: Vec<f64>,
+    start_to_ready: Vec<Duration>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let say = |m: &str| eprintln!("[bench {:>6.1}s] {m}", started.elapsed().as_secs_f64());
+    let client = quiesce_e2e::harness::client().await?;
+    let slow = Some(SlowMix {
+        ms: 1000,
+        fraction: 0.05,
+    });
+    let mut rows = Vec::new();
+    let mut cost = SidecarCost::default();
+    let all = [
+        Variant::Plain,
+        Variant::PreStopSleep(5),
+        Variant::PreStopSleep(15),
+        Variant::Quiesce,
+    ];
+    let chosen = all.into_iter().filter(|v| args.variants.contains(&v.slug()));
+    for variant in chosen {
+        let label = variant.label();
+        let ns = format!("{}-{}", args.prefix, variant.slug());
+        say(&format!("{label}: deploying v1 in namespace {ns}"));
+        scenario::fresh_namespace(&client, &ns).await?;
+        let tracker = Tracker::start(&client, &ns);
+        scenario::deploy(&client, &ns, variant).await?;
+        if variant == Variant::Quiesce {
+            say("quiesce: sidecar cost, idle");
+            measure_sidecars(&client, &ns, &tracker, None, args.window_secs, &mut cost).await?;
+            say(&format!("quiesce: sidecar cost, {} req/s", args.rate));
+            measure_sidecars(
+                &client,
+                &ns,
+                &tracker,
+                Some(args.rate),
+                args.window_secs,
+                &mut cost,
+            )
+            .await?;
+        }
+        for (to, keep_alive) in [("v2", false), ("v3", true)] {
+            let load = Load {
+                rate: args.rate,
+                keep_alive,
+                slow,
+            };
+            let step = |m: &str| {
+                say(&format!(
+                    "{label}, {}: {m}",
+                    if keep_alive {
+                        "keep-alive"
+                    } else {
+                        "new connections"
+                    }
+                ))
+            };
+            let rollout = scenario::roll(&client, &ns, variant, &tracker, to, load, &step).await?;
+            let min_healthy = if variant == Variant::Quiesce {
+                Duration::from_secs(MIN_HEALTHY_SECONDS)
+            } else {
+                Duration::ZERO
+            };
+            let floor = rollout.floor(min_healthy, load.longest_request());
+            step(&format!(
+                "{} of {} failed, {:.1}s (floor {:.1}s)",
+                rollout.summary.failed(),
+                rollout.summary.sent,
+                rollout.wall.as_secs_f64(),
+                floor.as_secs_f64()
+            ));
+            if let Some(e) = rollout.summary.error_samples.first() {
+                step(&format!("first failure: {e}"));
+            }
+            if variant == Variant::Quiesce {
+                cost.start_to_ready
+                    .extend(rollout.new.iter().filter_map(|(_, t)| {
+                        Some(
+                            t.sidecar_ready?
+                                .saturating_duration_since(t.sidecar_started?),
+                        )
+                    }));
+            }
+            rows.push(Row {
+                variant,
+                keep_alive,
+                rollout,
+                floor,
+            });
+        }
+        tracker.stop();
+        scenario::delete_namespace(&client, &ns).await;
+    }
+    println!("{}", table(&rows, &cost, args.rate, started.elapsed()));
+    Ok(())
+}
+
+/// Samples every sidecar of the namespace over one window, with or without load.
+async fn measure_sidecars(
+    client: &kube::Client,
+    ns: &str,
+    tracker: &Tracker,
+    rate: Option<f64>,
+    window_secs: u64,
+    cost: &mut SidecarCost,
+) -> Result<()> {
+    let pids: Vec<u32> = tracker
+        .snapshot()
+        .values()
+        .filter(|t| t.gone.is_none())
+        .filter_map(|t| node::find_pid(t.sidecar_container_id.as_deref()?, "quiesce-sidecar"))
+        .collect();
+    if pids.is_empty() {
+        eprintln!("  no sidecar process visible on this host: RSS and CPU not measured");
+        return Ok(());
+    }
+    let load = match rate {
+        Some(rate) => {
+            let url = format!(
+                "http://{}:80",
+                quiesce_e2e::harness::cluster_ip(client, ns, APP).await?
+            );
+            let l = loadgen::spawn(LoadConfig::new(url, rate));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some(l)
+        }
+        None => None,
+    };
+    let first: Vec<_> = pids.iter().filter_map(|p| node::sample(*p)).collect();
+    tokio::time::sleep(Duration::from_secs(window_secs)).await;
+    let last: Vec<_> = pids.iter().filter_map(|p| node::sample(*p)).collect();
+    if let Some(l) = load {
+        let s = l.finish().await;
+        anyhow::ensure!(
+            s.ok > 0,
+            "no request answered during the measurement: {s:?}"
+        );
+    }
+    let (rss, mcpu) = if rate.is_some() {
+        (&mut cost.load_rss_kib, &mut cost.load_mcpu)
+    } else {
+        (&mut cost.idle_rss_kib, &mut cost.idle_mcpu)
+    };
+    for (a, b) in first.iter().zip(&last) {
+        rss.push(b.rss_kib);
+        mcpu.push(node::millicores(a, b));
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn range<T: PartialOrd + Copy>(v: &[T], f: impl Fn(T) -> String) -> String {
+    let min = v.iter().copied().reduce(|a, b| if b < a { b } else { a });
+    let max = v.iter().copied().reduce(|a, b| if b > a { b } else { a });
+    match (min, max) {
+        (Some(a), Some(b)) if f(a) == f(b) => f(a),
+        (Some(a), Some(b)) => format!("{}–{}", f(a), f(b)),
+        _ => "n/a".into(),
+    }
+}
+
+fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String {
+    let mut out = format!(
+        "Rolling update of {} replicas (maxSurge 1, maxUnavailable 0) of an app that exits at once \
+         on SIGTERM, under {rate} req/s open-loop load with 5% of requests taking 1 s.\n\n",
+        scenario::REPLICAS
+    );
+    out += "| variant | clients | failed / sent | reset | refused | timeout | other | rollout | floor | rollout / floor | drains (forced) |\n";
+    out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    for r in rows {
+        let s = &r.rollout.summary;
+        let drains = if r.variant == Variant::Quiesce {
+            let d = r.rollout.drains();
+            let done = d.iter().filter(|d| d.status == "True").count();
+            let forced = d.iter().filter(|d| d.forced()).count();
+            format!("{done} ({forced})")
+        } else {
+            "-".into()
+        };
+        out += &format!(
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            r.variant.label(),
+            if r.keep_alive {
+                "keep-alive"
+            } else {
+                "new connection per request"
+            },
+            s.failed(),
+            s.sent,
+            s.reset,
+            s.refused,
+            s.timeout,
+            s.http_status + s.other + s.no_target,
+            secs(r.rollout.wall),
+            secs(r.floor),
+            r.rollout.wall.as_secs_f64() / r.floor.as_secs_f64().max(0.001),
+            drains
+        );
+    }
+    let prop: Vec<Duration> = rows
+        .iter()
+        .flat_map(|r| r.rollout.endpoint_propagation())
+        .collect();
+    let source = if rows
+        .iter()
+        .any(|r| r.rollout.kube_proxy_programming.is_some())
+    {
+        "kube-proxy's network programming latency"
+    } else {
+        "EndpointSlice watch"
+    };
+    out += &format!(
+        "\nMeasured endpoint propagation ({source}): {}.\n",
+        range(&prop, |d: Duration| format!("{:.2} s", d.as_secs_f64()))
+    );
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    let mc = |m: f64| format!("{m:.1} mCPU");
+    out += "\n| quiesce sidecar | RSS | CPU |\n|---|---:|---:|\n";
+    out += &format!(
+        "| idle | {} | {} |\n",
+        range(&cost.idle_rss_kib, mib),
+        range(&cost.idle_mcpu, mc)
+    );
+    out += &format!(
+        "| {rate} req/s through the pod's Service | {} | {} |\n",
+        range(&cost.load_rss_kib, mib),
+        range(&cost.load_mcpu, mc)
+    );
+    out += &format!(
+        "\nSidecar start-to-ready (container running → ready, as watched): {} over {} pods.\n",
+        range(&cost.start_to_ready, |d: Duration| format!(
+            "{:.1} s",
+            d.as_secs_f64()
+        )),
+        cost.start_to_ready.len()
+    );
+    out += &format!("\nBench wall time: {}.\n", secs(total));
+    out
+}

@@ -1,0 +1,95 @@
+//! What a container costs on the node, read from `/proc` (the bench runs as root on the node,
+//! in its network namespace only, so the node's processes are visible).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// The PID of the process named `comm` whose cgroup path contains `container_id` (the part after
+/// `containerd://`).
+pub fn find_pid(container_id: &str, comm: &str) -> Option<u32> {
+    let id = container_id.rsplit("://").next()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let dir = entry.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+        if cgroup.contains(id) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// One reading of a process: resident memory and CPU time so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When read.
+    pub at: Instant,
+    /// `VmRSS`, KiB.
+    pub rss_kib: u64,
+    /// user + system CPU time.
+    pub cpu: Duration,
+}
+
+/// Reads `/proc/<pid>/status` and `/proc/<pid>/stat`.
+pub fn sample(pid: u32) -> Option<Sample> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    Some(Sample {
+        at: Instant::now(),
+        rss_kib,
+        cpu: cpu_time(&stat)?,
+    })
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line (fields 14 and 15; the command may hold spaces).
+fn cpu_time(stat: &str) -> Option<Duration> {
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state).
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_secs_f64((utime + stime) / USER_HZ))
+}
+
+/// CPU used between two samples, in millicores.
+pub fn millicores(a: &Sample, b: &Sample) -> f64 {
+    let wall = b.at.saturating_duration_since(a.at).as_secs_f64();
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    b.cpu.saturating_sub(a.cpu).as_secs_f64() / wall * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_times_are_read_past_the_command() {
+        let stat = "42 (quiesce (side) R 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 4 0 1 0";
+        assert_eq!(cpu_time(stat), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = sample(std::process::id()).expect("own /proc entry");
+        assert!(s.rss_kib > 0);
+    }
+}

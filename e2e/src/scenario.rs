@@ -1,0 +1,612 @@
+//! A rolling update of the demo app under load, measured: what `make demo` and `make bench` run.
+//!
+//! One namespace holds one variant of the same Deployment (`demo-app`, 3 replicas, `maxSurge: 1`,
+//! `maxUnavailable: 0`, the app exiting the moment it gets SIGTERM): plain, with a
+//! `preStop: sleep`, or governed by a `RolloutPolicy` (quiesce). [`Tracker`] watches the
+//! namespace's pods and EndpointSlices and timestamps what happens to each pod with the local
+//! monotonic clock (API timestamps have one-second precision); [`roll`] changes the app's
+//! `VERSION` under open-loop load and returns the load's outcome with the timeline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use quiesce_api::RolloutPolicy;
+use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_CONTAINER_NAME, reasons};
+
+use crate::harness::{self, apply_yaml};
+use crate::loadgen::{self, LoadConfig, SlowMix, Summary};
+
+/// Name of the Deployment, its Service and its RolloutPolicy.
+pub const APP: &str = "demo-app";
+/// Replicas of the demo Deployment; with `maxSurge: 1` a rollout is this many batches.
+pub const REPLICAS: usize = 3;
+/// The policy's `readiness.minHealthySeconds` (the plain Deployment's `minReadySeconds` is 0 too).
+pub const MIN_HEALTHY_SECONDS: u64 = 0;
+/// Pod grace period: covers the policy's drain budget (10 s endpoints + 1 s quiet + 30 s).
+pub const GRACE_SECONDS: u64 = 60;
+
+/// How the Deployment shuts its old pods down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Nothing: the app gets SIGTERM the moment its pod is deleted.
+    Plain,
+    /// `lifecycle.preStop.sleep.seconds`: the usual workaround.
+    PreStopSleep(u32),
+    /// A `RolloutPolicy` targets the Deployment: the webhook injects the sidecar, the operator
+    /// paces the rollout through the readiness gate.
+    Quiesce,
+}
+
+impl Variant {
+    /// Human name, as in the report.
+    pub fn label(self) -> String {
+        match self {
+            Variant::Plain => "plain Deployment".into(),
+            Variant::PreStopSleep(s) => format!("`preStop: sleep {s}`"),
+            Variant::Quiesce => "quiesce".into(),
+        }
+    }
+
+    /// Short name, for namespaces.
+    pub fn slug(self) -> String {
+        match self {
+            Variant::Plain => "plain".into(),
+            Variant::PreStopSleep(s) => format!("sleep{s}"),
+            Variant::Quiesce => "quiesce".into(),
+        }
+    }
+}
+
+/// The demo app's Deployment and Service, at `version`, shutting down as `variant` says. The
+/// app keeps its own readiness probe in every variant: with quiesce the sidecar copies it.
+pub fn deployment_yaml(variant: Variant, version: &str) -> String {
+    let image = harness::image("demo-app");
+    let prestop = match variant {
+        Variant::PreStopSleep(s) => {
+            format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {s}}}}}}}")
+        }
+        _ => String::new(),
+    };
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {APP}
+  labels: {{app: {APP}}}
+spec:
+  replicas: {REPLICAS}
+  selector: {{matchLabels: {{app: {APP}}}}}
+  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
+  template:
+    metadata:
+      labels: {{app: {APP}}}
+    spec:
+      terminationGracePeriodSeconds: {GRACE_SECONDS}
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
+      containers:
+        - name: app
+          image: {image}
+          imagePullPolicy: IfNotPresent
+          env:
+            - {{name: VERSION, value: "{version}"}}
+            - {{name: EXIT_ON_SIGTERM, value: immediate}}
+          ports: [{{containerPort: 8080, name: http}}]
+          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 2}}{prestop}
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {{drop: [ALL]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {APP}}}
+spec:
+  selector: {{app: {APP}}}
+  ports: [{{port: 80, targetPort: http}}]
+"#
+    )
+}
+
+/// The demo's RolloutPolicy: no steps (admit every new pod once healthy), drain every old pod
+/// before the next one goes.
+pub fn policy_yaml() -> String {
+    format!(
+        r#"apiVersion: quiesce.dev/v1alpha1
+kind: RolloutPolicy
+metadata: {{name: {APP}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {APP}}}
+  readiness: {{minHealthySeconds: {MIN_HEALTHY_SECONDS}}}
+  drain:
+    endpointTimeoutSeconds: 10
+    quietPeriodMillis: 1000
+    timeoutSeconds: 30
+    waitBeforeNextStep: true
+    mode: Observe
+"#
+    )
+}
+
+/// Creates namespace `name` (Pod Security `restricted`), deleting a leftover of that name first.
+pub async fn fresh_namespace(client: &Client, name: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        let _ = api.delete(name, &DeleteParams::background()).await;
+        harness::eventually(
+            &format!("namespace {name} to be deleted"),
+            Duration::from_secs(180),
+            || async { Ok(api.get_opt(name).await?.is_none().then_some(())) },
+        )
+        .await?;
+    }
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {
+            "app.kubernetes.io/part-of": "quiesce-demo",
+            "pod-security.kubernetes.io/enforce": "restricted"}}
+    }))?;
+    api.create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("create namespace {name}"))?;
+    Ok(())
+}
+
+/// Deletes a namespace without waiting.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let _ = api.delete(name, &DeleteParams::background()).await;
+}
+
+/// Deploys `variant` at version `v1` in `ns` and waits until it is rolled out. With quiesce the
+/// policy goes first, and the pods are checked for the injected sidecar.
+pub async fn deploy(client: &Client, ns: &str, variant: Variant) -> Result<()> {
+    if variant == Variant::Quiesce {
+        apply_yaml(client, ns, &policy_yaml()).await?;
+        // The webhook injects only once the operator has seen the policy.
+        let api: Api<RolloutPolicy> = Api::namespaced(client.clone(), ns);
+        harness::eventually(
+            "the operator to pick up the RolloutPolicy (status written)",
+            Duration::from_secs(60),
+            || async { Ok(api.get(APP).await?.status.map(|_| ())) },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    apply_yaml(client, ns, &deployment_yaml(variant, "v1")).await?;
+    harness::wait_rollout(client, ns, APP, Duration::from_secs(180)).await?;
+    if variant == Variant::Quiesce {
+        let pods = harness::pods(client, ns, &format!("app={APP}")).await?;
+        let injected = |p: &Pod| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.init_containers
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name == SIDECAR_CONTAINER_NAME)
+            })
+        };
+        let bare: Vec<String> = pods
+            .iter()
+            .filter(|p| !injected(p))
+            .map(|p| p.name_any())
+            .collect();
+        if !bare.is_empty() {
+            bail!(
+                "pods created without the quiesce sidecar: {bare:?} (is the webhook running? \
+                 see docs/troubleshooting.md)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A drain as the sidecar reported it in the pod's `quiesce.dev/drained` condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainReport {
+    /// `True` once finished.
+    pub status: String,
+    /// `Draining`, `Drained` or `DrainTimedOut`.
+    pub reason: String,
+    /// The sidecar's report, e.g. `drained in 2.41s (...)`.
+    pub message: String,
+}
+
+impl DrainReport {
+    /// Whether a bound was hit.
+    pub fn forced(&self) -> bool {
+        self.reason == reasons::DRAIN_TIMED_OUT || self.message.contains("; forced")
+    }
+
+    /// The duration in the report (`drained in 2.41s ...`).
+    pub fn duration(&self) -> Option<Duration> {
+        let rest = self.message.split(" in ").nth(1)?;
+        let secs = rest.split('s').next()?.trim().parse::<f64>().ok()?;
+        Some(Duration::from_secs_f64(secs))
+    }
+}
+
+/// What happened to one pod, on the local monotonic clock.
+#[derive(Debug, Clone, Default)]
+pub struct PodTrack {
+    /// The app's `VERSION`.
+    pub version: String,
+    /// Pod IP once assigned.
+    pub ip: Option<String>,
+    /// First seen (created).
+    pub first_seen: Option<Instant>,
+    /// First seen with `ContainersReady=True`.
+    pub containers_ready: Option<Instant>,
+    /// First seen with `Ready=True`.
+    pub ready: Option<Instant>,
+    /// First seen with a `deletionTimestamp`.
+    pub deleting: Option<Instant>,
+    /// Seen deleted.
+    pub gone: Option<Instant>,
+    /// First seen not ready (or absent) in the EndpointSlices after having been ready there.
+    pub endpoint_removed: Option<Instant>,
+    /// First seen with the sidecar container running.
+    pub sidecar_started: Option<Instant>,
+    /// First seen with the sidecar container ready.
+    pub sidecar_ready: Option<Instant>,
+    /// The sidecar's container ID (`containerd://...`).
+    pub sidecar_container_id: Option<String>,
+    /// The last `quiesce.dev/drained` condition.
+    pub drain: Option<DrainReport>,
+}
+
+/// Pods and EndpointSlices of one namespace, watched.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    pods: Arc<Mutex<BTreeMap<String, PodTrack>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+fn sidecar_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == SIDECAR_CONTAINER_NAME)
+}
+
+fn condition_true(pod: &Pod, type_: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+impl Tracker {
+    /// Starts watching `ns`.
+    pub fn start(client: &Client, ns: &str) -> Self {
+        let tracker = Tracker::default();
+        let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let t = tracker.clone();
+        let pods_task = tokio::spawn(async move {
+            let mut events = watcher(pods_api, watcher::Config::default()).boxed();
+            while let Some(event) = events.next().await {
+                let now = Instant::now();
+                match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                        t.observe_pod(&pod, now)
+                    }
+                    Ok(watcher::Event::Delete(pod)) => {
+                        let mut pods = t.pods.lock().expect("tracker lock");
+                        let track = pods.entry(pod.name_any()).or_default();
+                        track.gone.get_or_insert(now);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let slices_api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+        let t = tracker.clone();
+        let slices_task = tokio::spawn(async move {
+            // Ready pods per slice, to notice a pod that left a slice.
+            let mut ready_in: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            let mut events = watcher(slices_api, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(slice)) = events.next().await {
+                let now = Instant::now();
+                let ready: BTreeSet<String> = slice
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                    .filter_map(|e| e.target_ref.as_ref()?.name.clone())
+                    .collect();
+                let before = ready_in.insert(slice.name_any(), ready.clone());
+                let mut pods = t.pods.lock().expect("tracker lock");
+                for left in before.unwrap_or_default().difference(&ready) {
+                    let track = pods.entry(left.clone()).or_default();
+                    track.endpoint_removed.get_or_insert(now);
+                }
+            }
+        });
+        tracker
+            .tasks
+            .lock()
+            .expect("tracker lock")
+            .extend([pods_task, slices_task]);
+        tracker
+    }
+
+    fn observe_pod(&self, pod: &Pod, now: Instant) {
+        let mut pods = self.pods.lock().expect("tracker lock");
+        let track = pods.entry(pod.name_any()).or_default();
+        track.first_seen.get_or_insert(now);
+        if track.version.is_empty() {
+            track.version = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == "app"))
+                .and_then(|c| c.env.as_ref())
+                .and_then(|env| env.iter().find(|e| e.name == "VERSION"))
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+        }
+        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            track.ip = Some(ip);
+        }
+        if condition_true(pod, "ContainersReady") {
+            track.containers_ready.get_or_insert(now);
+        }
+        if condition_true(pod, "Ready") {
+            track.ready.get_or_insert(now);
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            track.deleting.get_or_insert(now);
+        }
+        if let Some(s) = sidecar_status(pod) {
+            if s.state
+                .as_ref()
+                .and_then(|st| st.running.as_ref())
+                .is_some()
+            {
+                track.sidecar_started.get_or_insert(now);
+            }
+            if s.ready {
+                track.sidecar_ready.get_or_insert(now);
+            }
+            if s.container_id.is_some() {
+                track.sidecar_container_id = s.container_id.clone();
+            }
+        }
+        let drained = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == DRAINED_CONDITION));
+        if let Some(c) = drained {
+            track.drain = Some(DrainReport {
+                status: c.status.clone(),
+                reason: c.reason.clone().unwrap_or_default(),
+                message: c.message.clone().unwrap_or_default(),
+            });
+        }
+    }
+
+    /// Everything seen so far, by pod name.
+    pub fn snapshot(&self) -> BTreeMap<String, PodTrack> {
+        self.pods.lock().expect("tracker lock").clone()
+    }
+
+    /// Stops watching.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().expect("tracker lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// The load of a rollout.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Requests per second (open loop).
+    pub rate: f64,
+    /// Reuse connections, or one new connection per request.
+    pub keep_alive: bool,
+    /// Slow requests in the mix.
+    pub slow: Option<SlowMix>,
+}
+
+impl Load {
+    /// Longest request the app is asked to serve, beyond the network.
+    pub fn longest_request(&self) -> Duration {
+        Duration::from_millis(self.slow.map_or(0, |s| s.ms))
+    }
+}
+
+/// One rollout, measured.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// Outcome of every request sent while it ran.
+    pub summary: Summary,
+    /// From the template change until the last old pod was gone.
+    pub wall: Duration,
+    /// Old pods (deleted during the rollout), in deletion order.
+    pub old: Vec<(String, PodTrack)>,
+    /// New pods (created during the rollout), in creation order.
+    pub new: Vec<(String, PodTrack)>,
+    /// kube-proxy's mean network programming latency during the rollout, when readable.
+    pub kube_proxy_programming: Option<Duration>,
+}
+
+impl Rollout {
+    /// Drain reports of the old pods that have one.
+    pub fn drains(&self) -> Vec<&DrainReport> {
+        self.old
+            .iter()
+            .filter_map(|(_, t)| t.drain.as_ref())
+            .collect()
+    }
+
+    /// Endpoint propagation of each old pod: deletion seen → removal from the EndpointSlices
+    /// seen, on the local clock; or kube-proxy's own measurement (pod change → rules
+    /// programmed), which includes the dataplane, when available.
+    pub fn endpoint_propagation(&self) -> Vec<Duration> {
+        self.old
+            .iter()
+            .map(
+                |(_, t)| match (self.kube_proxy_programming, t.deleting, t.endpoint_removed) {
+                    (Some(kp), _, _) => kp,
+                    (None, Some(d), Some(r)) => r.saturating_duration_since(d),
+                    _ => Duration::ZERO,
+                },
+            )
+            .collect()
+    }
+
+    /// The physical floor: per batch (one new pod in, one old pod out), the new pod's start
+    /// (created → containers ready) + minimum healthy time + the old pod's endpoint propagation
+    /// + the longest request; summed over the batches.
+    pub fn floor(&self, min_healthy: Duration, longest_request: Duration) -> Duration {
+        let prop = self.endpoint_propagation();
+        self.new
+            .iter()
+            .zip(prop.iter().chain(std::iter::repeat(&Duration::ZERO)))
+            .map(|((_, t), p)| {
+                let start = match (t.first_seen, t.containers_ready) {
+                    (Some(a), Some(b)) => b.saturating_duration_since(a),
+                    _ => Duration::ZERO,
+                };
+                start + min_healthy + *p + longest_request
+            })
+            .sum()
+    }
+}
+
+/// kube-proxy's `network_programming_duration` histogram (sum seconds, count), read from its
+/// metrics endpoint on the node's loopback (local provider); `None` elsewhere.
+pub async fn kube_proxy_programming() -> Option<(f64, f64)> {
+    let url = std::env::var("QUIESCE_KUBE_PROXY_METRICS")
+        .unwrap_or_else(|_| "http://127.0.0.1:10249/metrics".into());
+    let (status, body) = harness::http_get(&url).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let value = |name: &str| -> Option<f64> {
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b)
+    };
+    Some((
+        value("kubeproxy_network_programming_duration_seconds_sum")?,
+        value("kubeproxy_network_programming_duration_seconds_count")?,
+    ))
+}
+
+/// Changes the app's `VERSION` to `to` under `load` and waits until the rollout is complete and
+/// every old pod is gone. `progress` is told what happens.
+pub async fn roll(
+    client: &Client,
+    ns: &str,
+    variant: Variant,
+    tracker: &Tracker,
+    to: &str,
+    load: Load,
+    progress: &dyn Fn(&str),
+) -> Result<Rollout> {
+    let url = format!("http://{}:80", harness::cluster_ip(client, ns, APP).await?);
+    let running = loadgen::spawn(LoadConfig {
+        keep_alive: load.keep_alive,
+        slow: load.slow,
+        ..LoadConfig::new(url, load.rate)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: BTreeSet<String> = tracker
+        .snapshot()
+        .into_iter()
+        .filter(|(_, t)| t.gone.is_none())
+        .map(|(n, _)| n)
+        .collect();
+    let kp_before = kube_proxy_programming().await;
+    progress(&format!("rolling to {to} under load"));
+    let started = Instant::now();
+    apply_yaml(client, ns, &deployment_yaml(variant, to)).await?;
+    harness::wait_rollout(client, ns, APP, Duration::from_secs(300)).await?;
+    harness::eventually("old pods to be gone", Duration::from_secs(180), || async {
+        let snap = tracker.snapshot();
+        Ok(before
+            .iter()
+            .all(|n| snap.get(n).is_some_and(|t| t.gone.is_some()))
+            .then_some(()))
+    })
+    .await?;
+    let wall = started.elapsed();
+    let kp_after = kube_proxy_programming().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let summary = running.finish().await;
+    let snap = tracker.snapshot();
+    let mut old: Vec<(String, PodTrack)> = snap
+        .iter()
+        .filter(|(n, _)| before.contains(*n))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    old.sort_by_key(|(_, t)| t.deleting);
+    let mut new: Vec<(String, PodTrack)> = snap
+        .iter()
+        .filter(|(n, t)| !before.contains(*n) && t.first_seen.is_some_and(|f| f >= started))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    new.sort_by_key(|(_, t)| t.first_seen);
+    let kube_proxy_programming = match (kp_before, kp_after) {
+        (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => {
+            Some(Duration::from_secs_f64((s1 - s0) / (c1 - c0)))
+        }
+        _ => None,
+    };
+    Ok(Rollout {
+        summary,
+        wall,
+        old,
+        new,
+        kube_proxy_programming,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_reports_are_parsed() {
+        let r = DrainReport {
+            status: "True".into(),
+            reason: "Drained".into(),
+            message: "drained in 2.41s (endpoints 0.00s, quiet 0.85s, in-flight 1.56s); \
+                      3 connections at start (3 busy); not forced"
+                .into(),
+        };
+        assert_eq!(r.duration(), Some(Duration::from_millis(2410)));
+        assert!(!r.forced());
+        let forced = DrainReport {
+            reason: "DrainTimedOut".into(),
+            ..r
+        };
+        assert!(forced.forced());
+    }
+
+    #[test]
+    fn manifests_are_valid_yaml_for_every_variant() {
+        for v in [Variant::Plain, Variant::PreStopSleep(5), Variant::Quiesce] {
+            for doc in serde_yaml::Deserializer::from_str(&deployment_yaml(v, "v2")) {
+                let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
+                assert!(value.get("kind").is_some(), "{v:?}");
+            }
+        }
+        let d = deployment_yaml(Variant::PreStopSleep(15), "v2");
+        assert!(d.contains("preStop: {sleep: {seconds: 15}}"), "{d}");
+        let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml()).unwrap();
+        assert_eq!(p.spec.target_ref.name, APP);
+    }
+}
