@@ -2,7 +2,8 @@
 #
 #   make test    fmt check, clippy -D warnings, unit + integration tests, the apiserver check of
 #                the CRD and examples, then the e2e suite on a local cluster (what CI runs)
-#   make demo    (coming) a cluster with the demo app rolling under load
+#   make demo    a cluster with the demo app rolling under load, without and with quiesce
+#   make bench   the benchmark table of docs/benchmarks.md
 
 SHELL := bash
 CARGO ?= cargo
@@ -26,6 +27,8 @@ help:
 	@echo "make crd-check     fail when the committed CRD YAML differs from the types"
 	@echo "make crd-validate  the apiserver's own validation of the CRD and examples (needs Go)"
 	@echo "make cluster-up | cluster-down | cluster-status | images | e2e"
+	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
+	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
 
 fmt:
 	$(CARGO) fmt --all
@@ -58,3 +61,12 @@ crd-validate:
 
 test: lint unit crd-validate
 	$(MAKE) e2e
+
+# The cluster rule (KUBECONFIG, kind or the local cluster), images and `helm install` are in
+# e2e/demo.sh; ARGS go to the binary (`make bench ARGS="--rate 100"`).
+.PHONY: demo bench
+demo:
+	e2e/demo.sh demo $(ARGS)
+
+bench:
+	e2e/demo.sh bench $(ARGS)
