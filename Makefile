@@ -29,6 +29,7 @@ help:
 	@echo "make cluster-up | cluster-down | cluster-status | images | e2e"
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
+	@echo "make api-docs      regenerate docs/api.md from the CRD"
 
 fmt:
 	$(CARGO) fmt --all
@@ -70,3 +71,8 @@ demo:
 
 bench:
 	e2e/demo.sh bench $(ARGS)
+
+# docs/api.md from the CRD (a unit test of the e2e crate fails when it drifts).
+.PHONY: api-docs
+api-docs:
+	$(CARGO) run -q -p quiesce-e2e --bin docgen

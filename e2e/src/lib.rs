@@ -1,6 +1,7 @@
 //! End-to-end test support for quiesce: the cluster harness used by the tests in `tests/`, the
 //! load generator, and the measured rollout scenario behind `make demo` and `make bench`.
 
+pub mod apidoc;
 pub mod chart;
 pub mod harness;
 pub mod loadgen;
