@@ -72,6 +72,8 @@ pub struct Context {
     /// Current time.
     pub clock: Clock,
     memory: Mutex<Memory>,
+    /// Requeues other policies (the policy that wins a conflict once the winner is deleted).
+    retrigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<RolloutPolicy>>>,
 }
 
 /// What the shell wrote and the caches may not show yet.
@@ -112,7 +114,17 @@ impl Context {
             sidecar_cluster_role,
             clock,
             memory: Mutex::default(),
+            retrigger: None,
         }
+    }
+
+    /// Sends the policies to reconcile again after a policy's deletion to `tx`.
+    pub fn with_retrigger(
+        mut self,
+        tx: futures::channel::mpsc::UnboundedSender<ObjectRef<RolloutPolicy>>,
+    ) -> Self {
+        self.retrigger = Some(tx);
+        self
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -166,18 +178,23 @@ pub async fn run(
     let policies = controller.store();
     let (p1, p2, p3) = (policies.clone(), policies.clone(), policies.clone());
     let rs_for_pods = replicasets.clone();
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        metrics,
-        policies,
-        deployments,
-        replicasets,
-        pods,
-        sidecar_cluster_role,
-        system_clock(),
-    ));
+    let (retrigger, retriggered) = futures::channel::mpsc::unbounded();
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            recorder,
+            metrics,
+            policies,
+            deployments,
+            replicasets,
+            pods,
+            sidecar_cluster_role,
+            system_clock(),
+        )
+        .with_retrigger(retrigger),
+    );
     controller
+        .reconcile_on(retriggered)
         .watches_stream(deploy_stream, move |d: Deployment| {
             policies_for(&p1, &d.namespace().unwrap_or_default(), &d.name_any())
         })
@@ -314,6 +331,7 @@ impl Context {
         if deleting {
             info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
             self.metrics.set_phase(&ns, &name, None);
+            self.retrigger_siblings(policy);
             return Ok(Requeue::await_change());
         }
         self.metrics.set_phase(&ns, &name, plan.status.phase);
@@ -321,6 +339,17 @@ impl Context {
             Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
             None => Requeue::await_change(),
         })
+    }
+
+    /// Other policies for the same Deployment: one of them governs it now.
+    fn retrigger_siblings(&self, policy: &RolloutPolicy) {
+        let Some(tx) = &self.retrigger else { return };
+        let ns = policy.namespace().unwrap_or_default();
+        for sibling in policies_for(&self.policies, &ns, &policy.spec.target_ref.name) {
+            if sibling.name != policy.name_any() {
+                let _ = tx.unbounded_send(sibling);
+            }
+        }
     }
 
     /// Builds the plan's input from the caches and the shell's memory.
