@@ -339,3 +339,69 @@ pub async fn policy_events(client: &Client, ns: &str, name: &str) -> Result<Vec<
         .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect())
 }
+
+/// Sets an annotation on a policy (`quiesce.dev/promote`, `quiesce.dev/abort`), like
+/// `kubectl annotate rolloutpolicy NAME KEY=VALUE`.
+pub async fn annotate_policy(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Merges `spec` into a policy's spec (e.g. `{"paused": true}`).
+pub async fn patch_policy_spec(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<()> {
+    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({ "spec": spec });
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Pods of `app` on the policy's update revision whose gate is open (not terminating).
+pub async fn admitted_new(client: &Client, ns: &str, app: &str, policy: &str) -> Result<usize> {
+    let status = policy_status(client, ns, policy).await?;
+    let pods = harness::pods(client, ns, &format!("app={app}")).await?;
+    Ok(pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| revision(p) == status.update_revision.as_deref() && gate_open(p))
+        .count())
+}
+
+/// The `VERSION` env of the Deployment's pod template.
+pub async fn template_version(client: &Client, ns: &str, app: &str) -> Result<Option<String>> {
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
+    let d = api.get(app).await?;
+    Ok(d.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.env)
+        .and_then(|env| env.into_iter().find(|e| e.name == "VERSION"))
+        .and_then(|e| e.value))
+}
+
+/// The reason of a policy condition.
+pub fn condition_reason(status: &quiesce_api::RolloutPolicyStatus, type_: &str) -> Option<String> {
+    status.condition(type_).map(|c| c.reason.clone())
+}
