@@ -554,6 +554,7 @@ impl Context {
                 warning,
                 reason,
                 note,
+                action,
             } => {
                 let event = Event {
                     type_: if *warning {
@@ -563,7 +564,7 @@ impl Context {
                     },
                     reason: (*reason).to_owned(),
                     note: Some(truncate(note, 1000)),
-                    action: "Reconcile".to_owned(),
+                    action: action.clone(),
                     secondary: None,
                 };
                 if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {

@@ -185,6 +185,10 @@ pub enum Action {
         reason: &'static str,
         /// Message.
         note: String,
+        /// What was done (`AdvanceToStep2`, `StartRolloutabc123`): Events with the same reason
+        /// and action are folded into one series by the recorder, so distinct steps and
+        /// revisions get distinct actions.
+        action: String,
     },
 }
 
@@ -194,6 +198,7 @@ impl Action {
             warning: false,
             reason,
             note: note.into(),
+            action: "Reconcile".to_owned(),
         }
     }
 
@@ -202,7 +207,15 @@ impl Action {
             warning: true,
             reason,
             note: note.into(),
+            action: "Reconcile".to_owned(),
         }
+    }
+
+    fn with_action(mut self, what: impl Into<String>) -> Self {
+        if let Action::Event { action, .. } = &mut self {
+            *action = what.into();
+        }
+        self
     }
 }
 
@@ -587,8 +600,10 @@ impl<'a> Planner<'a> {
             reasons::ROLLOUT_STARTED,
             msg.clone(),
         );
-        self.actions
-            .push(Action::event(reasons::ROLLOUT_STARTED, msg));
+        self.actions.push(
+            Action::event(reasons::ROLLOUT_STARTED, msg)
+                .with_action(format!("StartRollout{update}")),
+        );
     }
 
     fn promote(&mut self, value: &str) {
@@ -829,8 +844,10 @@ impl<'a> Planner<'a> {
             msg.clone(),
         );
         self.set_paused(false, reasons::NOT_PAUSED, "admission is not held");
-        self.actions
-            .push(Action::event(reasons::ROLLOUT_COMPLETED, msg.clone()));
+        self.actions.push(
+            Action::event(reasons::ROLLOUT_COMPLETED, msg.clone())
+                .with_action(format!("CompleteRollout{update}")),
+        );
         self.counts(Some(update));
         self.status.message = Some(format!("rollout complete: {msg}"));
         true
@@ -848,8 +865,9 @@ impl<'a> Planner<'a> {
             reasons::STEP_ADVANCED,
             note.clone(),
         );
-        self.actions
-            .push(Action::event(reasons::STEP_ADVANCED, note));
+        self.actions.push(
+            Action::event(reasons::STEP_ADVANCED, note).with_action(format!("AdvanceToStep{next}")),
+        );
     }
 
     /// With `waitBeforeNextStep`: why the next step must wait for the old pods the previous
@@ -1147,10 +1165,12 @@ impl<'a> Planner<'a> {
                 Phase::Paused if self.spec.paused => reasons::PAUSED_BY_SPEC,
                 _ => phase_reason(phase),
             };
+            let revision = self.status.update_revision.clone().unwrap_or_default();
             self.actions.push(Action::Event {
                 warning: matches!(phase, Phase::Failed | Phase::RolledBack),
                 reason,
                 note,
+                action: format!("Phase{phase}{revision}"),
             });
         }
         let requeue_after = self
