@@ -99,8 +99,6 @@ pub async fn install(client: &Client) -> Result<()> {
                 "--create-namespace",
                 "--set-string",
                 &stamp,
-                "--set",
-                "operator.logLevel=info\\,quiesce_operator=debug",
                 "--wait",
                 "--timeout",
                 "180s",
