@@ -168,6 +168,9 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// The first few error messages, for diagnosis.
     pub error_samples: Vec<String>,
+    /// When each failed request was launched, milliseconds after the first launch (sorted).
+    #[serde(default)]
+    pub failed_at_ms: Vec<u64>,
 }
 
 /// Latency percentiles, milliseconds.
@@ -208,6 +211,9 @@ impl Summary {
         }
         if let Some(s) = r.status {
             *self.status_codes.entry(s).or_default() += 1;
+        }
+        if r.outcome != Outcome::Ok {
+            self.failed_at_ms.push(r.launched.as_millis() as u64);
         }
         if r.outcome != Outcome::Ok && self.error_samples.len() < 10 {
             self.error_samples
@@ -259,6 +265,8 @@ struct Record {
     status: Option<u16>,
     version: Option<String>,
     latency: Duration,
+    /// Launch time after the run's start.
+    launched: Duration,
 }
 
 type Pool = Client<HttpConnector, Empty<Bytes>>;
@@ -269,6 +277,7 @@ async fn one_request(
     path: String,
     slow: bool,
     timeout: Duration,
+    launched: Duration,
 ) -> Record {
     let started = Instant::now();
     let uri = format!("{target}{path}");
@@ -323,6 +332,7 @@ async fn one_request(
         status,
         version,
         latency: started.elapsed(),
+        launched,
     }
 }
 
@@ -401,7 +411,14 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
         };
         match cfg.targets.pick(i) {
             Some(target) => {
-                set.spawn(one_request(pool.clone(), target, path, slow, cfg.timeout));
+                set.spawn(one_request(
+                    pool.clone(),
+                    target,
+                    path,
+                    slow,
+                    cfg.timeout,
+                    start.elapsed(),
+                ));
             }
             None => records.push(Record {
                 target: String::new(),
@@ -411,6 +428,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
                 status: None,
                 version: None,
                 latency: Duration::ZERO,
+                launched: start.elapsed(),
             }),
         }
         i += 1;
@@ -440,6 +458,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
             lat.push(r.latency.as_secs_f64() * 1000.0);
         }
     }
+    summary.failed_at_ms.sort_unstable();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
@@ -508,8 +527,10 @@ mod tests {
             status: None,
             version: None,
             latency: Duration::ZERO,
+            launched: Duration::from_millis(7),
         });
         assert_eq!(s.failed(), 1);
+        assert_eq!(s.failed_at_ms, vec![7]);
     }
 
     #[tokio::test]
