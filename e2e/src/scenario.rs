@@ -438,9 +438,66 @@ pub struct Rollout {
     pub new: Vec<(String, PodTrack)>,
     /// kube-proxy's mean network programming latency during the rollout, when readable.
     pub kube_proxy_programming: Option<Duration>,
+    /// When the load started (the origin of `summary.failed_at_ms`).
+    pub load_started: Instant,
+    /// When the template was changed.
+    pub started: Instant,
 }
 
 impl Rollout {
+    /// What happened when, in seconds after the template change: each old and new pod's
+    /// milestones and the failed requests grouped into bursts. For diagnosis (`--timeline`).
+    pub fn timeline(&self) -> String {
+        let at = |i: Option<Instant>| {
+            i.map(|i| {
+                let s = if i >= self.started {
+                    i.duration_since(self.started).as_secs_f64()
+                } else {
+                    -self.started.duration_since(i).as_secs_f64()
+                };
+                format!("{s:+.2}s")
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let mut out = String::new();
+        for (name, t) in &self.new {
+            out += &format!(
+                "  new {name}: created {} containers ready {} ready {}\n",
+                at(t.first_seen),
+                at(t.containers_ready),
+                at(t.ready)
+            );
+        }
+        for (name, t) in &self.old {
+            out += &format!(
+                "  old {name}: deleting {} endpoint removed {} gone {}{}\n",
+                at(t.deleting),
+                at(t.endpoint_removed),
+                at(t.gone),
+                t.drain
+                    .as_ref()
+                    .map(|d| format!("; {}", d.message))
+                    .unwrap_or_default()
+            );
+        }
+        let offset = self.started.saturating_duration_since(self.load_started);
+        let mut bursts: Vec<(f64, f64, usize)> = Vec::new();
+        for ms in &self.summary.failed_at_ms {
+            let t = Duration::from_millis(*ms).as_secs_f64() - offset.as_secs_f64();
+            match bursts.last_mut() {
+                Some((_, end, n)) if t - *end < 0.5 => {
+                    *end = t;
+                    *n += 1;
+                }
+                _ => bursts.push((t, t, 1)),
+            }
+        }
+        for (a, b, n) in bursts {
+            out += &format!("  {n} failed requests launched {a:+.2}s..{b:+.2}s\n");
+        }
+        out
+    }
+
     /// Drain reports of the old pods that have one.
     pub fn drains(&self) -> Vec<&DrainReport> {
         self.old
@@ -517,6 +574,20 @@ pub async fn roll(
     progress: &dyn Fn(&str),
 ) -> Result<Rollout> {
     let url = format!("http://{}:80", harness::cluster_ip(client, ns, APP).await?);
+    // A rollout that just finished does not mean kube-proxy has programmed the Service yet:
+    // wait until it answers (10 times in a row), or the load's first second counts against
+    // the rollout under test.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut streak = 0;
+    while streak < 10 {
+        let ok = harness::http_get(&url).await.is_ok_and(|(s, _)| s == 200);
+        streak = if ok { streak + 1 } else { 0 };
+        if Instant::now() > deadline {
+            bail!("the Service {url} did not answer steadily within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load_started = Instant::now();
     let running = loadgen::spawn(LoadConfig {
         keep_alive: load.keep_alive,
         slow: load.slow,
@@ -571,6 +642,8 @@ pub async fn roll(
         old,
         new,
         kube_proxy_programming,
+        load_started,
+        started,
     })
 }
 

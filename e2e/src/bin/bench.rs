@@ -32,6 +32,9 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = ["plain".to_string(),
         "sleep5".to_string(), "sleep15".to_string(), "quiesce".to_string()])]
     variants: Vec<String>,
+    /// Print each rollout's timeline (pod milestones, bursts of failures) to stderr.
+    #[arg(long)]
+    timeline: bool,
 }
 
 struct Row {
@@ -68,7 +71,9 @@ async fn main() -> Result<()> {
         Variant::PreStopSleep(15),
         Variant::Quiesce,
     ];
-    let chosen = all.into_iter().filter(|v| args.variants.contains(&v.slug()));
+    let chosen = all
+        .into_iter()
+        .filter(|v| args.variants.contains(&v.slug()));
     for variant in chosen {
         let label = variant.label();
         let ns = format!("{}-{}", args.prefix, variant.slug());
@@ -120,8 +125,8 @@ async fn main() -> Result<()> {
                 rollout.wall.as_secs_f64(),
                 floor.as_secs_f64()
             ));
-            if let Some(e) = rollout.summary.error_samples.first() {
-                step(&format!("first failure: {e}"));
+            if args.timeline {
+                eprint!("{}", rollout.timeline());
             }
             if variant == Variant::Quiesce {
                 cost.start_to_ready
@@ -268,7 +273,7 @@ fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String
         range(&prop, |d: Duration| format!("{:.2} s", d.as_secs_f64()))
     );
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
-    let mc = |m: f64| format!("{m:.1} mCPU");
+    let mc = |m: f64| format!("{m:.2} mCPU");
     out += "\n| quiesce sidecar | RSS | CPU |\n|---|---:|---:|\n";
     out += &format!(
         "| idle | {} | {} |\n",

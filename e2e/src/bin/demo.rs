@@ -28,6 +28,9 @@ struct Args {
     /// `<namespace>-plain` (deleted afterwards).
     #[arg(long, default_value = "quiesce-demo")]
     namespace: String,
+    /// Print each rollout's timeline (pod milestones, bursts of failures) to stderr.
+    #[arg(long)]
+    timeline: bool,
 }
 
 fn progress(started: Instant) -> impl Fn(&str) {
@@ -56,8 +59,14 @@ async fn main() -> Result<()> {
     };
     let plain_ns = format!("{}-plain", args.namespace);
     let plain = run(&client, &plain_ns, Variant::Plain, load, &say).await?;
+    if args.timeline {
+        eprint!("{}", plain.timeline());
+    }
     scenario::delete_namespace(&client, &plain_ns).await;
     let quiesce = run(&client, &args.namespace, Variant::Quiesce, load, &say).await?;
+    if args.timeline {
+        eprint!("{}", quiesce.timeline());
+    }
     let policy = Api::<RolloutPolicy>::namespaced(client.clone(), &args.namespace)
         .get(APP)
         .await?;
