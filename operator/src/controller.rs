@@ -324,6 +324,11 @@ impl Context {
         // admitted than the recorded step allows. A failed gate write is redone next time.
         if !deleting && plan.status != observed.policy.status {
             self.patch_status(policy, &plan).await?;
+            if plan.status.message != observed.policy.status.message {
+                info!(policy = %name, namespace = %ns, phase = ?plan.status.phase,
+                    step = ?plan.status.current_step, message = plan.status.message.as_deref().unwrap_or(""),
+                    "policy status");
+            }
         }
         for action in &plan.actions {
             self.execute(policy, &observed, action, now).await?;

@@ -103,10 +103,15 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> kube::Result<bo
     }
 }
 
-/// Runs the election forever, publishing leadership on the returned channel.
-pub fn spawn(client: Client, cfg: LeaseConfig) -> watch::Receiver<bool> {
+/// Runs the election until the returned task is aborted, publishing leadership on the
+/// returned channel. Abort the task before [`release`], or a renewal racing the release takes
+/// the Lease back for a full lease duration.
+pub fn spawn(
+    client: Client,
+    cfg: LeaseConfig,
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         let mut last_renewal = tokio::time::Instant::now();
         loop {
@@ -141,7 +146,7 @@ pub fn spawn(client: Client, cfg: LeaseConfig) -> watch::Receiver<bool> {
             tokio::time::sleep(cfg.renew_every).await;
         }
     });
-    rx
+    (rx, task)
 }
 
 /// Releases the Lease on shutdown so the other replica takes over at once.

@@ -232,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         renew_every: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
     };
-    let mut leading = leader::spawn(client.clone(), lease.clone());
+    let (mut leading, election) = leader::spawn(client.clone(), lease.clone());
     let role = (!args.sidecar_cluster_role.is_empty()).then(|| args.sidecar_cluster_role.clone());
     let mut stop = stop_rx.clone();
     loop {
@@ -250,20 +250,31 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         info!("starting the controller");
-        controller::run(
+        let mut ctrl = tokio::spawn(controller::run(
             client.clone(),
             metrics.clone(),
             recorder.clone(),
             role.clone(),
             shutdown,
-        )
-        .await;
+        ));
+        // A graceful stop waits for running reconciles, but never longer than 5 s: the Lease
+        // must be released before the kubelet's SIGKILL.
+        let mut stopping = stop_rx.clone();
+        tokio::select! {
+            _ = &mut ctrl => {}
+            () = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            } => ctrl.abort(),
+        }
         metrics.leader.set(0);
         info!("controller stopped");
         if *stop_rx.borrow() {
             break;
         }
     }
+    election.abort();
+    let _ = election.await;
     leader::release(client, &lease).await;
     Ok(())
 }
