@@ -14,6 +14,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -58,6 +59,8 @@ pub struct CertConfig {
     pub validity: Duration,
     /// How often the Secret is checked.
     pub check_every: Duration,
+    /// Owner of the Secret (the operator Deployment), so uninstalling removes it.
+    pub owner: Option<OwnerReference>,
 }
 
 impl CertConfig {
@@ -213,6 +216,7 @@ fn to_secret(cfg: &CertConfig, b: &Bundle, resource_version: Option<String>) -> 
     }))
     .expect("static secret shape");
     s.metadata.resource_version = resource_version;
+    s.metadata.owner_references = cfg.owner.clone().map(|o| vec![o]);
     s.data = Some(data);
     s
 }

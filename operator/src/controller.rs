@@ -72,6 +72,9 @@ pub struct Context {
     /// Current time.
     pub clock: Clock,
     memory: Mutex<Memory>,
+    /// Owner of the sidecar RoleBindings (the sidecar ClusterRole): uninstalling the chart
+    /// deletes the ClusterRole, and the garbage collector the bindings in every namespace.
+    sidecar_binding_owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     /// Requeues other policies (the policy that wins a conflict once the winner is deleted).
     retrigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<RolloutPolicy>>>,
 }
@@ -114,8 +117,18 @@ impl Context {
             sidecar_cluster_role,
             clock,
             memory: Mutex::default(),
+            sidecar_binding_owner: None,
             retrigger: None,
         }
+    }
+
+    /// Sets the owner of the sidecar RoleBindings.
+    pub fn with_binding_owner(
+        mut self,
+        owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    ) -> Self {
+        self.sidecar_binding_owner = owner;
+        self
     }
 
     /// Sends the policies to reconcile again after a policy's deletion to `tx`.
@@ -143,6 +156,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     recorder: Recorder,
     sidecar_cluster_role: Option<String>,
+    binding_owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (deployments, deploy_writer) = reflector::store::<Deployment>();
@@ -191,7 +205,8 @@ pub async fn run(
             sidecar_cluster_role,
             system_clock(),
         )
-        .with_retrigger(retrigger),
+        .with_retrigger(retrigger)
+        .with_binding_owner(binding_owner),
     );
     controller
         .reconcile_on(retriggered)
@@ -670,7 +685,7 @@ impl Context {
             return Ok(());
         }
         let name = format!("{role}-{sa}");
-        let binding: RoleBinding = serde_json::from_value(json!({
+        let mut binding: RoleBinding = serde_json::from_value(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
             "metadata": {"name": name, "namespace": ns,
@@ -678,6 +693,7 @@ impl Context {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
         }))?;
+        binding.metadata.owner_references = self.sidecar_binding_owner.clone().map(|o| vec![o]);
         Api::<RoleBinding>::namespaced(self.client.clone(), ns)
             .patch(
                 &name,

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
@@ -31,6 +31,8 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the holder renews, and candidates retry.
     pub renew_every: Duration,
+    /// Owner of the Lease (the operator Deployment), so uninstalling removes it.
+    pub owner: Option<OwnerReference>,
 }
 
 /// Whether `lease` may be acquired by `me` at `now`.
@@ -79,6 +81,7 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> kube::Result<bo
                 metadata: ObjectMeta {
                     name: Some(cfg.name.clone()),
                     namespace: Some(cfg.namespace.clone()),
+                    owner_references: cfg.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
                 spec: Some(spec_for(cfg, None, now)),
@@ -203,6 +206,7 @@ mod tests {
             identity: "a".into(),
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
+            owner: None,
         };
         let now = Timestamp::from_second(1_000).unwrap();
         let prev = lease(Some("b"), 900, 15).spec.unwrap();

@@ -103,6 +103,13 @@ struct Args {
         default_value = "quiesce-sidecar"
     )]
     sidecar_cluster_role: String,
+    /// The operator's own Deployment: owner of the Secret and Lease it creates.
+    #[arg(
+        long,
+        env = "QUIESCE_OWNER_DEPLOYMENT",
+        default_value = "quiesce-operator"
+    )]
+    owner_deployment: String,
     /// Log format: json or plain.
     #[arg(long, env = "QUIESCE_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -167,6 +174,22 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // Owners, so that uninstalling the chart leaves nothing the operator created behind.
+    let deployment_owner = owner_ref::<k8s_openapi::api::apps::v1::Deployment>(
+        Api::namespaced(client.clone(), &args.namespace),
+        &args.owner_deployment,
+    )
+    .await;
+    let binding_owner = if args.sidecar_cluster_role.is_empty() {
+        None
+    } else {
+        owner_ref::<k8s_openapi::api::rbac::v1::ClusterRole>(
+            Api::all(client.clone()),
+            &args.sidecar_cluster_role,
+        )
+        .await
+    };
+
     // Webhook TLS, kept current by both replicas.
     let cert_store = Arc::new(certs::CertStore::default());
     tokio::spawn(certs::maintain(
@@ -178,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
             webhook_configuration: args.webhook_configuration.clone(),
             validity: Duration::from_secs(args.cert_validity_days * 86400),
             check_every: Duration::from_secs(600),
+            owner: deployment_owner.clone(),
         },
         cert_store.clone(),
     ));
@@ -231,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
         identity: args.pod_name.clone(),
         lease_duration: Duration::from_secs(args.lease_duration_seconds),
         renew_every: Duration::from_secs((args.lease_duration_seconds / 3).max(1)),
+        owner: deployment_owner,
     };
     let (mut leading, election) = leader::spawn(client.clone(), lease.clone());
     let role = (!args.sidecar_cluster_role.is_empty()).then(|| args.sidecar_cluster_role.clone());
@@ -255,6 +280,7 @@ async fn main() -> anyhow::Result<()> {
             metrics.clone(),
             recorder.clone(),
             role.clone(),
+            binding_owner.clone(),
             shutdown,
         ));
         // A graceful stop waits for running reconciles, but never longer than 5 s: the Lease
@@ -277,6 +303,27 @@ async fn main() -> anyhow::Result<()> {
     let _ = election.await;
     leader::release(client, &lease).await;
     Ok(())
+}
+
+/// An owner reference to the object `name` (`None`, with a log line, when it cannot be read).
+async fn owner_ref<K>(
+    api: Api<K>,
+    name: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get(name).await {
+        Ok(obj) => obj.controller_owner_ref(&()).map(|mut o| {
+            o.controller = None;
+            o.block_owner_deletion = None;
+            o
+        }),
+        Err(err) => {
+            tracing::warn!(%name, error = %err, "owner not found; created objects will not be garbage-collected");
+            None
+        }
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
