@@ -235,3 +235,18 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// Waits until `url` answers 200 several times in a row: a Service's endpoints can be ready in
+/// the API before kube-proxy has programmed them, and load started earlier would count that
+/// as the rollout's failures.
+pub async fn wait_serving(url: &str, timeout: Duration) -> Result<()> {
+    eventually(&format!("{url} to serve"), timeout, || async {
+        for _ in 0..5 {
+            if http_get(url).await?.0 != 200 {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await
+}

@@ -106,6 +106,7 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
         });
 
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
+        harness::wait_serving(&url, Duration::from_secs(30)).await?;
         let load = loadgen::spawn(LoadConfig {
             keep_alive: false,
             ..LoadConfig::new(url, 50.0)

@@ -141,6 +141,7 @@ async fn roll_under_load(client: &Client, ns: &str, sidecar: bool) -> Result<(Su
     apply_yaml(client, ns, &manifests("v1", sidecar)).await?;
     harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
     let url = format!("http://{}:80", cluster_ip(client, ns, APP).await?);
+    harness::wait_serving(&url, Duration::from_secs(30)).await?;
     let load = loadgen::spawn(LoadConfig {
         keep_alive: false,
         ..LoadConfig::new(url, RATE)
