@@ -102,7 +102,10 @@ async fn slow(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> impl 
 }
 
 async fn prestop(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> impl IntoResponse {
-    println!("demo-app: preStop hook called (sleeping {} ms)", p.ms.min(MAX_SLOW_MS));
+    println!(
+        "demo-app: preStop hook called (sleeping {} ms)",
+        p.ms.min(MAX_SLOW_MS)
+    );
     slow(state, Query(p)).await
 }
 
