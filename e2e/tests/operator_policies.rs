@@ -93,3 +93,43 @@ async fn invalid_missing_and_conflicting_policies_are_reported() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_policy_mid_rollout_releases_every_held_pod() {
+    let client = harness::client().await.expect("cluster");
+    chart::install(&client).await.expect("chart installed");
+    with_namespace("op-delete", |client, ns| async move {
+        let spec = "    steps: [{admit: 1}, {pause: {}}, {admit: \"100%\"}]";
+        apply_yaml(&client, &ns, &policy("web", "web", spec)).await?;
+        apply_yaml(&client, &ns, &demo_app("web", 2, "v1", &[])).await?;
+        harness::wait_rollout(&client, &ns, "web", Duration::from_secs(120)).await?;
+        apply_yaml(&client, &ns, &demo_app("web", 2, "v2", &[])).await?;
+        eventually("a held v2 pod", Duration::from_secs(120), || async {
+            let s = chart::policy_status(&client, &ns, "web").await?;
+            let pods = harness::pods(&client, &ns, "app=web").await?;
+            let held = pods.iter().any(|p| {
+                chart::revision(p) == s.update_revision.as_deref()
+                    && chart::condition(p, quiesce_api::constants::READY_GATE_CONDITION)
+                        == Some("False")
+            });
+            Ok((s.current_step == Some(1) && held).then_some(()))
+        })
+        .await?;
+        let api: Api<RolloutPolicy> = Api::namespaced(client.clone(), &ns);
+        api.delete("web", &DeleteParams::default()).await?;
+        // Nothing stuck: the Deployment finishes on its own, every pod Ready.
+        harness::wait_rollout(&client, &ns, "web", Duration::from_secs(120)).await?;
+        eventually("the policy is gone", Duration::from_secs(30), || async {
+            Ok(api.get_opt("web").await?.is_none().then_some(()))
+        })
+        .await?;
+        let pods = harness::pods(&client, &ns, "app=web").await?;
+        assert!(
+            pods.iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .all(chart::gate_open)
+        );
+        Ok(())
+    })
+    .await;
+}

@@ -309,12 +309,10 @@ impl<'a> Planner<'a> {
     // ----- deletion ---------------------------------------------------------------------
 
     fn release_all(&mut self) {
+        // Every gated pod, ready or not: the gate only says quiesce no longer objects; the pod is
+        // Ready once its containers are. A pod left out here would wait for fail-open.
         for pod in &self.o.pods {
-            if pod.has_gate
-                && !pod.terminating
-                && pod.containers_ready_since.is_some()
-                && !gate_ready(pod)
-            {
+            if pod.has_gate && !pod.terminating && !gate_ready(pod) {
                 self.actions.push(Action::SetGate {
                     pod: pod.name.clone(),
                     ready: true,
