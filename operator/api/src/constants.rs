@@ -154,7 +154,8 @@ pub mod reasons {
     pub const WAITING_FOR_DRAIN: &str = "WaitingForDrain";
     /// Gate `False`: the rollout is paused.
     pub const PAUSED: &str = "Paused";
-    /// Gate `True`: the policy was deleted, so every ready pod is let in.
+    /// Gate `True`: the policy was deleted, so every held pod is let in (it is Ready once its
+    /// containers are).
     pub const POLICY_DELETED: &str = "PolicyDeleted";
     /// `Progressing=False`: the target went back to the stable revision without quiesce
     /// (`kubectl rollout undo` or a re-apply of the old template) before the rollout finished.
