@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
@@ -136,27 +136,44 @@ spec:
     )
 }
 
-/// Creates namespace `name` (Pod Security `restricted`), deleting a leftover of that name first.
-pub async fn fresh_namespace(client: &Client, name: &str) -> Result<()> {
+/// Label on the namespaces `make demo` and `make bench` create; the value names the tool.
+pub const NAMESPACE_LABEL: &str = "quiesce.dev/scenario";
+
+/// Deletes (without waiting) the namespaces an earlier run of `tool` left behind.
+pub async fn delete_leftovers(client: &Client, tool: &str) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_some() {
-        let _ = api.delete(name, &DeleteParams::background()).await;
-        harness::eventually(
-            &format!("namespace {name} to be deleted"),
-            Duration::from_secs(180),
-            || async { Ok(api.get_opt(name).await?.is_none().then_some(())) },
-        )
-        .await?;
+    let selector = format!("{NAMESPACE_LABEL}={tool}");
+    for ns in api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        if ns.metadata.deletion_timestamp.is_none() {
+            let _ = api
+                .delete(&ns.name_any(), &DeleteParams::background())
+                .await;
+        }
     }
+    Ok(())
+}
+
+/// Creates a namespace `<prefix>-<random>` (Pod Security `restricted`) labelled for `tool`.
+/// A fresh name every run: nothing of an earlier run (still terminating, or remembered by a
+/// controller) can leak into this one.
+pub async fn fresh_namespace(client: &Client, tool: &str, prefix: &str) -> Result<String> {
+    use std::hash::{BuildHasher, RandomState};
+    let suffix = RandomState::new().hash_one(std::time::SystemTime::now()) & 0xffff;
+    let name = format!("{prefix}-{suffix:04x}");
+    let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {
-            "app.kubernetes.io/part-of": "quiesce-demo",
+            NAMESPACE_LABEL: tool,
             "pod-security.kubernetes.io/enforce": "restricted"}}
     }))?;
     api.create(&PostParams::default(), &ns)
         .await
         .with_context(|| format!("create namespace {name}"))?;
-    Ok(())
+    Ok(name)
 }
 
 /// Deletes a namespace without waiting.

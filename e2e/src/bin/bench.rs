@@ -63,6 +63,7 @@ async fn main() -> Result<()> {
         ms: 1000,
         fraction: 0.05,
     });
+    scenario::delete_leftovers(&client, "bench").await?;
     let mut rows = Vec::new();
     let mut cost = SidecarCost::default();
     let all = [
@@ -76,9 +77,9 @@ async fn main() -> Result<()> {
         .filter(|v| args.variants.contains(&v.slug()));
     for variant in chosen {
         let label = variant.label();
-        let ns = format!("{}-{}", args.prefix, variant.slug());
+        let prefix = format!("{}-{}", args.prefix, variant.slug());
+        let ns = scenario::fresh_namespace(&client, "bench", &prefix).await?;
         say(&format!("{label}: deploying v1 in namespace {ns}"));
-        scenario::fresh_namespace(&client, &ns).await?;
         let tracker = Tracker::start(&client, &ns);
         scenario::deploy(&client, &ns, variant).await?;
         if variant == Variant::Quiesce {

@@ -24,8 +24,8 @@ struct Args {
     /// Reuse connections instead of one new connection per request.
     #[arg(long)]
     keep_alive: bool,
-    /// Namespace of the quiesce run (kept afterwards to look at); the plain run uses
-    /// `<namespace>-plain` (deleted afterwards).
+    /// Namespace prefix: the quiesce run goes to `<prefix>-<random>` (kept afterwards to look
+    /// at, deleted by the next run), the plain run to `<prefix>-plain-<random>` (deleted).
     #[arg(long, default_value = "quiesce-demo")]
     namespace: String,
     /// Print each rollout's timeline (pod milestones, bursts of failures) to stderr.
@@ -57,17 +57,18 @@ async fn main() -> Result<()> {
             fraction: 0.05,
         }),
     };
+    scenario::delete_leftovers(&client, "demo").await?;
     let plain_ns = format!("{}-plain", args.namespace);
-    let plain = run(&client, &plain_ns, Variant::Plain, load, &say).await?;
+    let (plain_ns, plain) = run(&client, &plain_ns, Variant::Plain, load, &say).await?;
     if args.timeline {
         eprint!("{}", plain.timeline());
     }
     scenario::delete_namespace(&client, &plain_ns).await;
-    let quiesce = run(&client, &args.namespace, Variant::Quiesce, load, &say).await?;
+    let (ns, quiesce) = run(&client, &args.namespace, Variant::Quiesce, load, &say).await?;
     if args.timeline {
         eprint!("{}", quiesce.timeline());
     }
-    let policy = Api::<RolloutPolicy>::namespaced(client.clone(), &args.namespace)
+    let policy = Api::<RolloutPolicy>::namespaced(client.clone(), &ns)
         .get(APP)
         .await?;
 
@@ -78,8 +79,7 @@ async fn main() -> Result<()> {
     );
     println!(
         "The quiesce run is left in namespace {ns}: \
-         e2e/cluster/cluster.sh exec kubectl -n {ns} get rolloutpolicy,pods",
-        ns = args.namespace
+         e2e/cluster/cluster.sh exec kubectl -n {ns} get rolloutpolicy,pods"
     );
     let lost = quiesce.summary.failed();
     if quiesce.summary.sent == 0 || !quiesce.summary.ok_by_version.contains_key("v2") {
@@ -97,14 +97,14 @@ async fn main() -> Result<()> {
 
 async fn run(
     client: &kube::Client,
-    ns: &str,
+    prefix: &str,
     variant: Variant,
     load: Load,
     say: &dyn Fn(&str),
-) -> Result<Rollout> {
+) -> Result<(String, Rollout)> {
     let label = variant.label();
+    let ns = &scenario::fresh_namespace(client, "demo", prefix).await?;
     say(&format!("{label}: namespace {ns}"));
-    scenario::fresh_namespace(client, ns).await?;
     let tracker = Tracker::start(client, ns);
     say(&format!(
         "{label}: deploying {APP} v1 (3 replicas, exits at once on SIGTERM)"
@@ -119,7 +119,7 @@ async fn run(
         rollout.summary.failed(),
         rollout.summary.sent
     ));
-    Ok(rollout)
+    Ok((ns.clone(), rollout))
 }
 
 fn secs(d: Duration) -> String {
@@ -210,6 +210,14 @@ fn report(
         if let Some(d) = &t.drain {
             out += &format!("  {pod}: {} {}\n", d.reason, d.message);
         }
+    }
+    if finished.len() < quiesce.old.len() {
+        out += &format!(
+            "warning: {} of {} old pods reported no finished drain: their sidecar could not \
+             write its pod's status (see docs/troubleshooting.md)\n",
+            quiesce.old.len() - finished.len(),
+            quiesce.old.len()
+        );
     }
     out += &format!(
         "\nRESULT: with quiesce {} of {} requests failed; without it {} of {} ({:.1}%). \
