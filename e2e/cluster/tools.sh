@@ -26,5 +26,5 @@ for name in layer.namelist():
         os.chmod(path, 0o755)
         print(f"installed {path} (from {name})")
 PY
-"$bin/kubectl" version --client 2>/dev/null | head -1
-"$bin/helm" version --short 2>/dev/null
+echo "kubectl: $("$bin/kubectl" version --client 2>/dev/null | sed -n 1p)"
+echo "helm: $("$bin/helm" version --short 2>/dev/null)"

@@ -15,7 +15,7 @@ ensure_kind() {
   KIND="$root/.tools/bin/kind"
 }
 
-running() { "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; }
+running() { grep -qx "$NAME" <<<"$("$KIND" get clusters 2>/dev/null)"; }
 
 case "${1:-}" in
   up)

@@ -90,9 +90,7 @@ check_isolation() {
     [ -z "$dev" ] && continue
     [[ "$allowed_devs" == *" $dev "* ]] || problems+=("route through foreign device $dev")
   done < <(grep -oE ' dev [^ ]+' <<<"$routes" | awk '{print $2}' | sort -u)
-  if ip -n "$NETNS" -6 route show table all 2>/dev/null | grep -qvE '^(local|multicast|anycast|ff00|fe80)'; then
-    if [ -n "$(ip -n "$NETNS" -6 route show 2>/dev/null)" ]; then problems+=("IPv6 routes exist"); fi
-  fi
+  if [ -n "$(ip -n "$NETNS" -6 route show 2>/dev/null)" ]; then problems+=("IPv6 routes exist"); fi
   # Every link is loopback, a bridge, or a veth whose peer is in this namespace or is a pod's.
   while read -r name kind netnsid; do
     case "$kind" in
@@ -117,7 +115,7 @@ for l in json.load(sys.stdin):
     print(l["ifname"], kind, l.get("link_netnsid", "-"))')
   # The kernel's own answer: addresses outside the namespace are unreachable.
   local uplink_gw
-  uplink_gw=$(ip -4 route show default 2>/dev/null | awk '/default/ {print $3; exit}')
+  uplink_gw=$(ip -4 route show default 2>/dev/null | awk '/default/ && !g {g = $3} END {print g}')
   for probe in 1.1.1.1 192.168.1.1 172.16.0.1 ${uplink_gw:+$uplink_gw}; do
     if ip -n "$NETNS" route get "$probe" >/dev/null 2>&1; then problems+=("$probe is routable"); fi
   done
