@@ -198,7 +198,9 @@ pub async fn deploy(client: &Client, ns: &str, variant: Variant) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     apply_yaml(client, ns, &deployment_yaml(variant, "v1")).await?;
-    harness::wait_rollout(client, ns, APP, Duration::from_secs(180)).await?;
+    if let Err(e) = harness::wait_rollout(client, ns, APP, Duration::from_secs(180)).await {
+        bail!("{e:#}\n{}", diagnose(client, ns).await);
+    }
     if variant == Variant::Quiesce {
         let pods = harness::pods(client, ns, &format!("app={APP}")).await?;
         let injected = |p: &Pod| {
@@ -222,6 +224,59 @@ pub async fn deploy(client: &Client, ns: &str, variant: Variant) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where a rollout stands, for an error message: the policy's status message and each pod's
+/// readiness and gate.
+pub async fn diagnose(client: &Client, ns: &str) -> String {
+    let mut out = String::new();
+    let policies: Api<RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    if let Ok(Some(p)) = policies.get_opt(APP).await {
+        let st = p.status.unwrap_or_default();
+        out += &format!(
+            "RolloutPolicy {APP}: phase {:?}: {}\n",
+            st.phase,
+            st.message.unwrap_or_default()
+        );
+    }
+    for pod in harness::pods(client, ns, &format!("app={APP}"))
+        .await
+        .unwrap_or_default()
+    {
+        let conditions = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let show = |t: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| {
+                    format!(
+                        "{}={} {}",
+                        t,
+                        c.status,
+                        c.reason.clone().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| format!("{t} unset"))
+        };
+        out += &format!(
+            "  pod {}: {}, {}{}\n",
+            pod.name_any(),
+            show("Ready"),
+            show(quiesce_api::constants::READY_GATE_CONDITION),
+            if pod.metadata.deletion_timestamp.is_some() {
+                ", terminating"
+            } else {
+                ""
+            }
+        );
+    }
+    out += "(docs/troubleshooting.md explains each gate reason; the operator's log: \
+            kubectl -n quiesce-system logs deploy/quiesce-operator)";
+    out
 }
 
 /// A drain as the sidecar reported it in the pod's `quiesce.dev/drained` condition.
@@ -621,7 +676,9 @@ pub async fn roll(
     progress(&format!("rolling to {to} under load"));
     let started = Instant::now();
     apply_yaml(client, ns, &deployment_yaml(variant, to)).await?;
-    harness::wait_rollout(client, ns, APP, Duration::from_secs(300)).await?;
+    if let Err(e) = harness::wait_rollout(client, ns, APP, Duration::from_secs(300)).await {
+        bail!("{e:#}\n{}", diagnose(client, ns).await);
+    }
     harness::eventually("old pods to be gone", Duration::from_secs(180), || async {
         let snap = tracker.snapshot();
         Ok(before

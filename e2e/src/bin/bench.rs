@@ -54,8 +54,15 @@ struct SidecarCost {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+async fn main() {
+    // The error alone, without a backtrace even when RUST_BACKTRACE is set: it says what to do.
+    if let Err(e) = run_bench(Args::parse()).await {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_bench(args: Args) -> Result<()> {
     let started = Instant::now();
     let say = |m: &str| eprintln!("[bench {:>6.1}s] {m}", started.elapsed().as_secs_f64());
     let client = quiesce_e2e::harness::client().await?;

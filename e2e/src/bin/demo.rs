@@ -38,8 +38,15 @@ fn progress(started: Instant) -> impl Fn(&str) {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+async fn main() {
+    // The error alone, without a backtrace even when RUST_BACKTRACE is set: it says what to do.
+    if let Err(e) = run_demo(Args::parse()).await {
+        eprintln!("demo: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_demo(args: Args) -> Result<()> {
     let started = Instant::now();
     let say = progress(started);
     let client = harness::client().await?;
