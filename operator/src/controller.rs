@@ -75,6 +75,10 @@ pub struct Context {
     /// Owner of the sidecar RoleBindings (the sidecar ClusterRole): uninstalling the chart
     /// deletes the ClusterRole, and the garbage collector the bindings in every namespace.
     sidecar_binding_owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    /// `true` once every cache is synced. One task waits on the stores and flips this:
+    /// `Store::wait_until_ready` wakes only one of several concurrent waiters (its oneshot keeps
+    /// the last waker), so reconciles must not call it themselves.
+    ready: tokio::sync::watch::Receiver<bool>,
     /// Requeues other policies (the policy that wins a conflict once the winner is deleted).
     retrigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<RolloutPolicy>>>,
 }
@@ -118,8 +122,15 @@ impl Context {
             clock,
             memory: Mutex::default(),
             sidecar_binding_owner: None,
+            ready: tokio::sync::watch::channel(true).1,
             retrigger: None,
         }
+    }
+
+    /// Reconciles wait until `ready` is `true` (the caches are synced).
+    pub fn with_readiness(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.ready = ready;
+        self
     }
 
     /// Sets the owner of the sidecar RoleBindings.
@@ -193,6 +204,19 @@ pub async fn run(
     let (p1, p2, p3) = (policies.clone(), policies.clone(), policies.clone());
     let rs_for_pods = replicasets.clone();
     let (retrigger, retriggered) = futures::channel::mpsc::unbounded();
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+    {
+        // The single waiter on the stores (see `Context::ready`).
+        let (d, r, p) = (deployments.clone(), replicasets.clone(), pods.clone());
+        tokio::spawn(async move {
+            if d.wait_until_ready().await.is_ok()
+                && r.wait_until_ready().await.is_ok()
+                && p.wait_until_ready().await.is_ok()
+            {
+                let _ = ready_tx.send(true);
+            }
+        });
+    }
     let ctx = Arc::new(
         Context::new(
             client,
@@ -206,6 +230,7 @@ pub async fn run(
             system_clock(),
         )
         .with_retrigger(retrigger)
+        .with_readiness(ready_rx)
         .with_binding_owner(binding_owner),
     );
     controller
@@ -288,11 +313,9 @@ fn error_policy(policy: Arc<RolloutPolicy>, err: &Error, _ctx: Arc<Context>) -> 
 /// One reconcile of one policy: finalizer handling around [`Context::apply`].
 pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile_timer();
-    // The triggers are polled while this waits; a dropped writer means shutdown.
-    let ready = ctx.deployments.wait_until_ready().await.is_ok()
-        && ctx.pods.wait_until_ready().await.is_ok()
-        && ctx.replicasets.wait_until_ready().await.is_ok();
-    if !ready {
+    // The triggers are polled while this waits; a closed channel means shutdown.
+    let mut ready = ctx.ready.clone();
+    if ready.wait_for(|r| *r).await.is_err() {
         return Ok(Requeue::await_change());
     }
     let ns = policy.namespace().unwrap_or_default();
