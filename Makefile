@@ -67,10 +67,10 @@ test: lint unit crd-validate
 # e2e/demo.sh; ARGS go to the binary (`make bench ARGS="--rate 100"`).
 .PHONY: demo bench
 demo:
-	e2e/demo.sh demo $(ARGS)
+	@e2e/demo.sh demo $(ARGS)
 
 bench:
-	e2e/demo.sh bench $(ARGS)
+	@e2e/demo.sh bench $(ARGS)
 
 # docs/api.md from the CRD (a unit test of the e2e crate fails when it drifts).
 .PHONY: api-docs
