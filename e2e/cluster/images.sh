@@ -22,11 +22,16 @@ buildah_() {
 }
 
 build_image() { # dockerfile context ref tar
-  local dockerfile=$1 context=$2 ref=$3 tar=$4
-  buildah_ bud --quiet --isolation chroot --pull-never -f "$dockerfile" -t "$ref" "$context" >/dev/null
-  rm -f "$tar"
-  buildah_ push --quiet "$ref" "docker-archive:$tar:$ref" >/dev/null
-  buildah_ rmi "$ref" >/dev/null 2>&1 || true
+  local dockerfile=$1 context=$2 ref=$3 tar=$4 iid
+  # By image ID, not tag, and through a temporary archive renamed into place: two builds at
+  # once (CI beside a developer's run) never see each other's half-written image.
+  iid=$(mktemp)
+  buildah_ bud --quiet --isolation chroot --pull-never --iidfile "$iid" -f "$dockerfile" "$context" >/dev/null
+  rm -f "$tar.tmp.$$"
+  buildah_ push --quiet "$(cat "$iid")" "docker-archive:$tar.tmp.$$:$ref" >/dev/null
+  mv -f "$tar.tmp.$$" "$tar"
+  buildah_ rmi "$(cat "$iid")" >/dev/null 2>&1 || true
+  rm -f "$iid"
 }
 
 build_pause() { # bin ref tar
