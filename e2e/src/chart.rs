@@ -403,3 +403,22 @@ pub async fn template_version(client: &Client, ns: &str, app: &str) -> Result<Op
 pub fn condition_reason(status: &quiesce_api::RolloutPolicyStatus, type_: &str) -> Option<String> {
     status.condition(type_).map(|c| c.reason.clone())
 }
+
+/// Waits until `url` answers 20 requests in a row: kube-proxy has programmed the Service (until
+/// then a fresh ClusterIP rejects connections, which would count against the rollout).
+pub async fn wait_serving(url: &str) -> Result<()> {
+    eventually(
+        &format!("{url} to serve"),
+        Duration::from_secs(60),
+        || async {
+            for _ in 0..20 {
+                if http_get(url).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+}
