@@ -85,8 +85,9 @@ async fn an_undecided_pod_is_admitted_by_its_sidecar() {
         let took = started.elapsed();
         println!("fail-open admission after {:.1}s", took.as_secs_f64());
         assert_eq!(gate_reason(&pod).as_deref(), Some(reasons::FAIL_OPEN));
+        // startTime has whole seconds: allow for its truncation.
         assert!(
-            took >= Duration::from_secs(10),
+            took >= Duration::from_secs(9),
             "not before failOpenAfterSeconds: {took:?}"
         );
         assert_eq!(chart::condition(&pod, "Ready"), Some("True"));
