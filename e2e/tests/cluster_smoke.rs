@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, LogParams};
@@ -79,12 +79,14 @@ async fn rolling_update_calls_prestop_and_publishes_terminating_endpoints() {
                     },
                 )
                 .await?;
+            // Keep every line read: the stream may end with an error when the container exits.
             log_tasks.push(tokio::spawn(async move {
-                stream
-                    .lines()
-                    .try_collect::<Vec<String>>()
-                    .await
-                    .unwrap_or_default()
+                let mut lines = Vec::new();
+                let mut stream = std::pin::pin!(stream.lines());
+                while let Some(Ok(line)) = stream.next().await {
+                    lines.push(line);
+                }
+                lines
             }));
         }
 
