@@ -92,8 +92,8 @@ struct Memory {
     gates: HashMap<String, GateView>,
     /// Pod UIDs whose drain report was counted.
     drains: HashSet<String>,
-    /// (namespace, service account) whose sidecar RoleBinding was applied.
-    bindings: HashSet<(String, String)>,
+    /// (namespace, service account, Deployment UID) whose sidecar RoleBinding was applied.
+    bindings: HashSet<(String, String, String)>,
 }
 
 impl Context {
@@ -690,9 +690,11 @@ impl Context {
         let TargetState::Found(target) = &o.target else {
             return Ok(());
         };
-        let sa = self
+        let deployment = self
             .deployments
-            .get(&ObjectRef::new(&target.name).within(ns))
+            .get(&ObjectRef::new(&target.name).within(ns));
+        let sa = deployment
+            .as_ref()
             .and_then(|d| {
                 d.spec
                     .as_ref()?
@@ -703,7 +705,12 @@ impl Context {
                     .clone()
             })
             .unwrap_or_else(|| "default".to_owned());
-        let key = (ns.to_owned(), sa.clone());
+        // Keyed by the Deployment's UID too: a namespace deleted and created again under the
+        // same name has a new Deployment and needs its binding again.
+        let deployment_uid = deployment
+            .and_then(|d| d.metadata.uid.clone())
+            .unwrap_or_default();
+        let key = (ns.to_owned(), sa.clone(), deployment_uid);
         if self.memory().bindings.contains(&key) {
             return Ok(());
         }
