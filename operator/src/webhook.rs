@@ -38,6 +38,10 @@ use quiesce_api::{DrainMode, RolloutPolicy};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+mod proxy_ports;
+
+pub use proxy_ports::{ProxyRoute, take_over_named_ports};
+
 use crate::certs::CertStore;
 use crate::controller::pod_deployment;
 use crate::metrics::Metrics;
@@ -191,9 +195,17 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
             ..field("status.podIP")
         },
     ];
-    let mode = match drain.mode {
-        DrainMode::Observe => "observe",
-        DrainMode::Proxy => "proxy",
+    let admin_port = i32::from(SIDECAR_ADMIN_PORT);
+    // Proxy mode takes over the app's named ports; with none, nothing can route through the
+    // proxy and the pod drains in Observe mode (the policy reports why).
+    let routes = match drain.mode {
+        DrainMode::Proxy => take_over_named_ports(spec, &[admin_port]),
+        DrainMode::Observe => Vec::new(),
+    };
+    let mode = if routes.is_empty() {
+        DrainMode::Observe
+    } else {
+        DrainMode::Proxy
     };
     let ports = app_ports
         .iter()
@@ -203,7 +215,11 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     let mut plain = vec![
         ("QUIESCE_MODE", "kubernetes".to_owned()),
         ("QUIESCE_APP_PORTS", ports),
-        ("QUIESCE_DRAIN_MODE", mode.to_owned()),
+        ("QUIESCE_DRAIN_MODE", mode.as_str().to_ascii_lowercase()),
+        (
+            "QUIESCE_APP_SHUTDOWN",
+            drain.app_shutdown.as_str().to_ascii_lowercase(),
+        ),
         (
             "QUIESCE_ENDPOINT_TIMEOUT",
             format!("{}s", drain.endpoint_timeout_seconds),
@@ -222,6 +238,9 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         ),
         ("QUIESCE_LOG_FORMAT", settings.log_format.clone()),
     ];
+    if !routes.is_empty() {
+        plain.push(("QUIESCE_PROXY_PORTS", proxy_ports::routes_env(&routes)));
+    }
     plain.extend(probe_env);
     env.extend(plain.into_iter().map(|(name, value)| EnvVar {
         name: name.into(),
@@ -229,7 +248,6 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         ..Default::default()
     }));
 
-    let admin_port = i32::from(SIDECAR_ADMIN_PORT);
     let http = |path: &str| HTTPGetAction {
         path: Some(path.into()),
         port: IntOrString::Int(admin_port),
@@ -247,12 +265,16 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         image_pull_policy: Some(settings.pull_policy.clone()),
         restart_policy: Some("Always".into()),
         env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("quiesce-admin".into()),
-            container_port: admin_port,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(
+            std::iter::once(ContainerPort {
+                name: Some("quiesce-admin".into()),
+                container_port: admin_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            })
+            .chain(routes.iter().map(ProxyRoute::container_port))
+            .collect(),
+        ),
         readiness_probe: Some(Probe {
             http_get: Some(http("/readyz")),
             period_seconds: Some(2),
@@ -314,6 +336,8 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         pod.annotations_mut()
             .insert(annotations::DRAIN_CONFIG.into(), config);
     }
+    pod.annotations_mut()
+        .insert(annotations::DRAIN_MODE.into(), mode.as_str().into());
     pod.labels_mut().insert(labels::POLICY.into(), name);
     Decision::Inject {
         pod: Box::new(pod),

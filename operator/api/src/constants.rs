@@ -205,4 +205,7 @@ pub mod annotations {
     /// Pod annotation written by the webhook: the drain configuration handed to the sidecar, as
     /// JSON of `DrainSpec`.
     pub const DRAIN_CONFIG: &str = "quiesce.dev/drain-config";
+    /// Pod annotation written by the webhook: the drain mode the sidecar really runs
+    /// (`Observe` when the policy asks for `Proxy` but the pod has no named port to take over).
+    pub const DRAIN_MODE: &str = "quiesce.dev/drain-mode";
 }

@@ -12,7 +12,7 @@ pub mod defaults;
 mod rollout_policy;
 
 pub use rollout_policy::{
-    ADMIT_PERCENT_PATTERN, Admit, DrainMode, DrainSpec, DrainStats, FailureAction, FailureSpec,
-    InvalidAdmit, PauseStep, Phase, ReadinessSpec, RolloutPolicy, RolloutPolicySpec,
+    ADMIT_PERCENT_PATTERN, Admit, AppShutdown, DrainMode, DrainSpec, DrainStats, FailureAction,
+    FailureSpec, InvalidAdmit, PauseStep, Phase, ReadinessSpec, RolloutPolicy, RolloutPolicySpec,
     RolloutPolicyStatus, Step, StepAction, TargetRef, messages,
 };

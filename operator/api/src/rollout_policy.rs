@@ -315,6 +315,41 @@ pub enum DrainMode {
     Proxy,
 }
 
+/// How the app treats SIGTERM, which decides what a drain must wait for.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AppShutdown {
+    /// The app exits at once on SIGTERM: the drain waits until no request arrives, on new or
+    /// kept-alive connections, and none is in flight (with kept-alive clients in `Observe` mode
+    /// that can take until `timeoutSeconds`: use `Proxy`, which closes them).
+    #[default]
+    Immediate,
+    /// The app shuts down gracefully on SIGTERM (finishes in-flight requests, closes idle
+    /// keep-alive connections, like Go's `http.Server.Shutdown`, Spring graceful shutdown or
+    /// nginx quit): the drain releases SIGTERM once the pod is out of the endpoints and no new
+    /// connection arrived for the quiet period, and then follows the app's own shutdown.
+    Graceful,
+}
+
+impl AppShutdown {
+    /// The value as written in the API and in the sidecar's environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppShutdown::Immediate => "Immediate",
+            AppShutdown::Graceful => "Graceful",
+        }
+    }
+}
+
+impl DrainMode {
+    /// The value as written in the API and in the sidecar's environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainMode::Observe => "Observe",
+            DrainMode::Proxy => "Proxy",
+        }
+    }
+}
+
 /// How an old pod is drained before the kubelet stops it.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
@@ -340,6 +375,11 @@ pub struct DrainSpec {
     /// How in-flight work is observed: `Observe` (connection tracking, default) or `Proxy`
     /// (the sidecar proxies HTTP).
     pub mode: DrainMode,
+
+    /// How the app treats SIGTERM: `Immediate` (default: it exits at once, so the drain waits
+    /// for in-flight work itself) or `Graceful` (it finishes in-flight work and closes its
+    /// keep-alive connections itself, so SIGTERM is released once no new connection arrives).
+    pub app_shutdown: AppShutdown,
 }
 
 impl Default for DrainSpec {
@@ -350,6 +390,7 @@ impl Default for DrainSpec {
             timeout_seconds: defaults::DRAIN_TIMEOUT_SECONDS,
             wait_before_next_step: defaults::WAIT_BEFORE_NEXT_STEP,
             mode: DrainMode::default(),
+            app_shutdown: AppShutdown::default(),
         }
     }
 }

@@ -104,6 +104,76 @@ fn injects_a_native_sidecar_gate_and_prestop() {
 }
 
 #[test]
+fn proxy_mode_takes_over_the_named_port_and_says_so() {
+    let mut proxy = policy("web", "web");
+    proxy.spec.drain.mode = DrainMode::Proxy;
+    proxy.spec.drain.app_shutdown = quiesce_api::AppShutdown::Graceful;
+    let (p, _) = injected(&pod(), &proxy);
+    let spec = p.spec.as_ref().unwrap();
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    let ports: Vec<_> = sidecar
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("quiesce-admin".into(), 9901), ("http".into(), 15001)]
+    );
+    assert_eq!(env(sidecar, "QUIESCE_DRAIN_MODE").as_deref(), Some("proxy"));
+    assert_eq!(
+        env(sidecar, "QUIESCE_PROXY_PORTS").as_deref(),
+        Some("15001:8080")
+    );
+    assert_eq!(
+        env(sidecar, "QUIESCE_APP_SHUTDOWN").as_deref(),
+        Some("graceful")
+    );
+    assert_eq!(env(sidecar, "QUIESCE_APP_PORTS").as_deref(), Some("8080"));
+    // The sidecar probes the app itself, on the app's port.
+    assert_eq!(env(sidecar, "QUIESCE_PROBE_PORT").as_deref(), Some("8080"));
+    let app = &spec.containers[0];
+    assert_eq!(
+        app.ports.as_ref().unwrap()[0].name.as_deref(),
+        Some("qz-8080")
+    );
+    let probe = app
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.port, IntOrString::Int(8080));
+    assert_eq!(
+        p.annotations()
+            .get(annotations::DRAIN_MODE)
+            .map(String::as_str),
+        Some("Proxy")
+    );
+
+    // Without a named port nothing routes through a proxy: Observe, and the pod says so.
+    let mut unnamed = pod();
+    let c = &mut unnamed.spec.as_mut().unwrap().containers[0];
+    c.ports.as_mut().unwrap()[0].name = None;
+    c.readiness_probe = None;
+    let (p, _) = injected(&unnamed, &proxy);
+    let sidecar = &p.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert_eq!(
+        env(sidecar, "QUIESCE_DRAIN_MODE").as_deref(),
+        Some("observe")
+    );
+    assert_eq!(env(sidecar, "QUIESCE_PROXY_PORTS"), None);
+    assert_eq!(
+        p.annotations()
+            .get(annotations::DRAIN_MODE)
+            .map(String::as_str),
+        Some("Observe")
+    );
+}
+
+#[test]
 fn keeps_an_existing_prestop_and_reports_a_short_grace_period() {
     let mut p = pod();
     let spec = p.spec.as_mut().unwrap();

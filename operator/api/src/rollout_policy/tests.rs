@@ -28,6 +28,7 @@ fn full_spec() -> RolloutPolicySpec {
             timeout_seconds: 30,
             wait_before_next_step: true,
             mode: DrainMode::Proxy,
+            app_shutdown: AppShutdown::Graceful,
         },
         failure: FailureSpec {
             progress_deadline_seconds: 300,
