@@ -28,7 +28,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use quiesce_api::constants::{
     DRAINED_CONDITION, OPERATOR_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL, POLICY_FINALIZER,
-    READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, annotations, reasons,
+    READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, annotations,
 };
 use quiesce_api::{RolloutPolicy, RolloutPolicyStatus};
 use serde_json::json;
@@ -37,12 +37,16 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::plan::{
-    self, Action, DrainReport, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
-    TargetState, TargetView,
+    self, Action, DrainedView, GateView, Observed, Plan, PodView, PolicyView, TargetState,
+    TargetView,
 };
 
+mod drains;
 #[cfg(test)]
 mod tests;
+
+use drains::CountedDrains;
+pub use drains::{DrainInbox, drain_report};
 
 /// Annotation of a ReplicaSet: the Deployment revision it belongs to.
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -71,6 +75,8 @@ pub struct Context {
     pub sidecar_cluster_role: Option<String>,
     /// Current time.
     pub clock: Clock,
+    /// Drain reports recorded by the pod watch (see [`pod_event`]).
+    pub drain_inbox: Arc<DrainInbox>,
     memory: Mutex<Memory>,
     /// Owner of the sidecar RoleBindings (the sidecar ClusterRole): uninstalling the chart
     /// deletes the ClusterRole, and the garbage collector the bindings in every namespace.
@@ -91,7 +97,7 @@ struct Memory {
     /// Pod UID → gate written.
     gates: HashMap<String, GateView>,
     /// Pod UIDs whose drain report was counted.
-    drains: HashSet<String>,
+    drains: CountedDrains,
     /// (namespace, service account, Deployment UID) whose sidecar RoleBinding was applied.
     bindings: HashSet<(String, String, String)>,
 }
@@ -120,6 +126,7 @@ impl Context {
             pods,
             sidecar_cluster_role,
             clock,
+            drain_inbox: Arc::default(),
             memory: Mutex::default(),
             sidecar_binding_owner: None,
             ready: tokio::sync::watch::channel(true).1,
@@ -233,6 +240,7 @@ pub async fn run(
         .with_readiness(ready_rx)
         .with_binding_owner(binding_owner),
     );
+    let (inbox, clock) = (ctx.drain_inbox.clone(), ctx.clock.clone());
     controller
         .reconcile_on(retriggered)
         .watches_stream(deploy_stream, move |d: Deployment| {
@@ -246,10 +254,7 @@ pub async fn run(
             },
         )
         .watches_stream(pod_stream, move |pod: Pod| {
-            match pod_deployment(&pod, &rs_for_pods) {
-                Some(name) => policies_for(&p3, &pod.namespace().unwrap_or_default(), &name),
-                None => Vec::new(),
-            }
+            pod_event(&pod, &p3, &rs_for_pods, &inbox, clock())
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -274,6 +279,26 @@ pub fn policies_for(
         .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.target_ref.name == name)
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
+}
+
+/// The pod watch's mapper: the policies to reconcile for a touched pod (created, changed or
+/// deleted). A finished drain report on the pod is recorded in `inbox` on the way, so it is
+/// counted even if the pod is gone before the reconcile looks.
+pub fn pod_event(
+    pod: &Pod,
+    policies: &Store<RolloutPolicy>,
+    replicasets: &Store<PartialObjectMeta<ReplicaSet>>,
+    inbox: &DrainInbox,
+    now: Timestamp,
+) -> Vec<ObjectRef<RolloutPolicy>> {
+    let Some(deployment) = pod_deployment(pod, replicasets) else {
+        return Vec::new();
+    };
+    let refs = policies_for(policies, &pod.namespace().unwrap_or_default(), &deployment);
+    if !refs.is_empty() {
+        inbox.record(pod, &deployment, now);
+    }
+    refs
 }
 
 /// The Deployment owning a ReplicaSet.
@@ -431,6 +456,7 @@ impl Context {
                 (TargetState::Found(view), pods)
             }
         };
+        let now = (self.clock)();
         let mut new_drains = Vec::new();
         let mut views = Vec::new();
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
@@ -449,12 +475,27 @@ impl Context {
                 }
             }
             if let Some(report) = drain_report(pod)
-                && memory.drains.insert(pod_uid.clone())
+                && memory
+                    .drains
+                    .first_sight(&pod_uid, &ns, &pod.name_any(), now)
             {
                 new_drains.push(report);
             }
             views.push(view);
         }
+        if matches!(target, TargetState::Found(_)) {
+            // Pods that reported and went away before this reconcile (see `pod_event`).
+            for taken in self.drain_inbox.take(&ns, target_name) {
+                if memory.drains.first_sight(&taken.uid, &ns, &taken.pod, now) {
+                    new_drains.push(taken.report);
+                }
+            }
+        }
+        memory.drains.forget_gone(now, |ns, name, uid| {
+            self.pods
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some_and(|p| p.uid().as_deref() == Some(uid))
+        });
         memory.gates.retain(|uid, _| live.contains(uid));
         Observed {
             policy: PolicyView {
@@ -813,29 +854,6 @@ pub fn pod_view(pod: &Pod) -> PodView {
         restarts,
         terminating: pod.meta().deletion_timestamp.is_some(),
     }
-}
-
-/// The sidecar's finished-drain report on a pod, if any.
-pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
-    let c = pod_condition(pod, DRAINED_CONDITION).filter(|c| c.status == "True")?;
-    let message = c.message.as_deref().unwrap_or("");
-    Some(DrainReport {
-        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT),
-        duration_millis: parse_duration_millis(message),
-    })
-}
-
-/// The first `<number>s` or `<number>ms` in a drain report message (`drained in 1.25s`).
-fn parse_duration_millis(message: &str) -> Option<i64> {
-    message.split_whitespace().find_map(|word| {
-        let word = word.trim_end_matches([',', ';', ')']);
-        if let Some(ms) = word.strip_suffix("ms") {
-            return ms.parse::<f64>().ok().map(|v| v as i64);
-        }
-        word.strip_suffix('s')
-            .and_then(|s| s.parse::<f64>().ok())
-            .map(|v| (v * 1000.0) as i64)
-    })
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -14,6 +14,7 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
+use quiesce_api::constants::reasons;
 use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus};
 use serde_json::{Value, json};
 
@@ -450,4 +451,187 @@ fn drain_reports_are_parsed_from_the_sidecar_condition() {
     let r = drain_report(&p).unwrap();
     assert!(r.forced);
     assert_eq!(r.duration_millis, Some(30000));
+}
+
+fn drained(mut p: Pod, reason: &str, message: &str) -> Pod {
+    p.status
+        .as_mut()
+        .unwrap()
+        .conditions
+        .as_mut()
+        .unwrap()
+        .push(
+            serde_json::from_value(json!({"type": DRAINED_CONDITION, "status": "True",
+                "reason": reason, "message": message}))
+            .unwrap(),
+        );
+    p
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_second(NOW).unwrap()
+}
+
+#[tokio::test]
+async fn a_drain_seen_only_by_the_pod_watch_is_counted_once() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    // The pod reported its drain and was deleted before the reconcile: never in the cache.
+    let ctx = context(client, vec![p.clone()], vec![], None);
+    let gone = drained(
+        pod("o1", "old", Some("True")),
+        reasons::DRAINED,
+        "drained in 1.25s (endpoints 0.01s, quiet 1.00s, in-flight 0.24s)",
+    );
+    let refs = pod_event(
+        &gone,
+        &ctx.policies,
+        &ctx.replicasets,
+        &ctx.drain_inbox,
+        now(),
+    );
+    assert_eq!(refs, vec![ObjectRef::from_obj(&p)]);
+    let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(
+            status["status"]["drains"],
+            json!({"completed": 1, "forced": 0, "lastDurationMillis": 1250, "maxDurationMillis": 1250})
+        );
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    assert!(ctx.drain_inbox.is_empty(), "taken by the reconcile");
+    // The deletion event brings the same report again: not counted twice, nothing to write.
+    pod_event(
+        &gone,
+        &ctx.policies,
+        &ctx.replicasets,
+        &ctx.drain_inbox,
+        now(),
+    );
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let report = drained(
+        pod("o1", "old", Some("True")),
+        reasons::DRAIN_TIMED_OUT,
+        "drained in 30.02s; forced (quiet timeout)",
+    );
+    let ctx = context(client, vec![p.clone()], vec![report.clone()], None);
+    pod_event(
+        &report,
+        &ctx.policies,
+        &ctx.replicasets,
+        &ctx.drain_inbox,
+        now(),
+    );
+    let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(status["status"]["drains"]["forced"], 1);
+        assert_eq!(status["status"]["drains"]["completed"], 0);
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[test]
+fn pods_of_deployments_without_a_policy_leave_no_report() {
+    let inbox = DrainInbox::default();
+    let report = drained(pod("o1", "old", None), reasons::DRAINED, "drained in 1s");
+    let refs = pod_event(
+        &report,
+        &store(vec![]),
+        &store(vec![rs("old", "1")]),
+        &inbox,
+        now(),
+    );
+    assert!(refs.is_empty());
+    assert!(inbox.is_empty());
+}
+
+#[test]
+fn the_drain_inbox_and_memory_are_bounded() {
+    let inbox = DrainInbox::default();
+    let report = |i: usize| {
+        let mut p = drained(
+            pod(&format!("o{i}"), "old", None),
+            reasons::DRAINED,
+            "drained in 1s",
+        );
+        p.metadata.uid = Some(format!("uid-{i}"));
+        p
+    };
+    assert!(inbox.record(&report(0), "web", now()));
+    assert!(
+        !inbox.record(&pod("n1", "new", None), "web", now()),
+        "no report, nothing recorded"
+    );
+    // Nobody took it for longer than the retention: dropped with the next record.
+    let later = Timestamp::from_second(NOW + 2 * drains::RETENTION.as_secs() as i64).unwrap();
+    inbox.record(&report(1), "web", later);
+    assert_eq!(
+        inbox
+            .take("shop", "web")
+            .iter()
+            .map(|t| t.pod.as_str())
+            .collect::<Vec<_>>(),
+        vec!["o1"]
+    );
+    // A hard cap on top: the oldest go first.
+    for i in 0..drains::MAX_PENDING + 5 {
+        let at = Timestamp::from_millisecond(NOW * 1000 + i as i64).unwrap();
+        inbox.record(&report(i), "web", at);
+    }
+    assert_eq!(inbox.len(), drains::MAX_PENDING);
+    assert!(!inbox.take("shop", "web").iter().any(|t| t.pod == "o0"));
+
+    // Counted UIDs are forgotten once the pod has been gone for the retention.
+    let mut counted = drains::CountedDrains::default();
+    assert!(counted.first_sight("uid-a", "shop", "a", now()));
+    assert!(counted.first_sight("uid-b", "shop", "b", now()));
+    assert!(!counted.first_sight("uid-a", "shop", "a", now()), "once");
+    counted.forget_gone(now(), |_, _, _| false);
+    assert_eq!(counted.len(), 2, "recently seen: kept");
+    counted.forget_gone(later, |_, name, _| name == "b");
+    assert_eq!(counted.len(), 1, "a is gone, b still present");
+    assert!(!counted.first_sight("uid-b", "shop", "b", later));
+}
+
+#[test]
+fn garbled_drain_durations_are_ignored() {
+    let millis = drains::parse_duration_millis;
+    assert_eq!(millis("drained in 1.25s (endpoints 0.01s)"), Some(1250));
+    assert_eq!(millis("drained in 850ms"), Some(850));
+    assert_eq!(millis("drained in 0s"), Some(0));
+    for garbled in [
+        "drained in infs",
+        "drained in NaNs",
+        "drained in -3s (endpoints 0.01s)",
+        "drained in 90000s",
+        "drained in 1e300ms",
+    ] {
+        assert_eq!(millis(garbled), None, "{garbled}");
+    }
+    let p = drained(pod("o1", "old", None), reasons::DRAINED, "drained in infs");
+    let r = drain_report(&p).expect("still a finished drain");
+    assert_eq!(r.duration_millis, None);
 }

@@ -1,0 +1,252 @@
+//! Drain reports, each counted once per pod — also when the pod is gone before a reconcile
+//! looks.
+//!
+//! The sidecar reports a finished drain as the pod condition `quiesce.dev/drained=True`. An app
+//! that exits right after its drain lets the pod disappear within milliseconds, often before the
+//! reconcile the report triggered runs, and then the pod cache no longer holds it. So the pod
+//! watch records every finished report at event time in the [`DrainInbox`], keyed by
+//! (namespace, Deployment); a reconcile takes its target's reports from there as well as from
+//! the pods still in the cache, and [`CountedDrains`] remembers the pod UIDs it counted.
+//!
+//! Both are bounded: a report nobody takes (its policy went away) is dropped after
+//! [`RETENTION`] or when the inbox holds [`MAX_PENDING`] reports, and a counted UID is
+//! forgotten once its pod has been gone from the cache for [`RETENTION`] (a gone pod sends no
+//! more events, so it cannot be counted twice).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use quiesce_api::constants::{DRAINED_CONDITION, reasons};
+
+use crate::plan::DrainReport;
+
+/// How long a report waits in the inbox, and how long a counted UID is kept after its pod was
+/// last seen.
+pub const RETENTION: Duration = Duration::from_secs(3600);
+
+/// Most reports the inbox holds; the oldest go first.
+pub const MAX_PENDING: usize = 10_000;
+
+/// How often the inbox looks for expired reports.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Longest drain duration taken from a report (a day): anything above, negative or not a
+/// finite number is a garbled report, and the drain is counted without a duration.
+const MAX_DURATION_MILLIS: f64 = 86_400_000.0;
+
+/// The sidecar's finished-drain report on a pod, if any.
+pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == DRAINED_CONDITION && c.status == "True")?;
+    let message = c.message.as_deref().unwrap_or("");
+    Some(DrainReport {
+        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT),
+        duration_millis: parse_duration_millis(message),
+    })
+}
+
+/// The first `<number>s` or `<number>ms` in a drain report message (`drained in 1.25s`), when
+/// it is a plausible duration (finite, 0 to a day).
+pub fn parse_duration_millis(message: &str) -> Option<i64> {
+    let millis = message.split_whitespace().find_map(|word| {
+        let word = word.trim_end_matches([',', ';', ')']);
+        if let Some(ms) = word.strip_suffix("ms")
+            && let Ok(v) = ms.parse::<f64>()
+        {
+            return Some(v);
+        }
+        word.strip_suffix('s')
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|v| v * 1000.0)
+    })?;
+    // The first duration is the drain's total; a garbled one is not replaced by a later part.
+    (millis.is_finite() && (0.0..=MAX_DURATION_MILLIS).contains(&millis)).then_some(millis as i64)
+}
+
+/// A report waiting for its policy's reconcile.
+#[derive(Clone, Debug)]
+struct Pending {
+    pod: String,
+    report: DrainReport,
+    at: Timestamp,
+}
+
+/// A finished drain taken from the inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// Pod UID.
+    pub uid: String,
+    /// Pod name.
+    pub pod: String,
+    /// The report.
+    pub report: DrainReport,
+}
+
+/// Reports by (namespace, Deployment), then pod UID.
+type ByTarget = HashMap<(String, String), HashMap<String, Pending>>;
+
+/// Finished drain reports seen by the pod watch, by (namespace, Deployment) and pod UID.
+#[derive(Debug, Default)]
+pub struct DrainInbox {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    pending: ByTarget,
+    /// When to look for expired reports next (once a minute at most).
+    next_prune: Option<Timestamp>,
+}
+
+impl DrainInbox {
+    /// Records the pod's drain report, if it has a finished one, for the Deployment
+    /// `deployment` in the pod's namespace. Returns whether it had one.
+    pub fn record(&self, pod: &Pod, deployment: &str, now: Timestamp) -> bool {
+        let (Some(report), Some(uid)) = (drain_report(pod), pod.uid()) else {
+            return false;
+        };
+        let key = (pod.namespace().unwrap_or_default(), deployment.to_owned());
+        let mut inner = self.lock();
+        if inner.next_prune.is_none_or(|t| now >= t) {
+            prune(&mut inner.pending, now);
+            inner.next_prune = now.checked_add(PRUNE_EVERY).ok();
+        }
+        let pending = &mut inner.pending;
+        pending
+            .entry(key)
+            .or_default()
+            .entry(uid)
+            .or_insert(Pending {
+                pod: pod.name_any(),
+                report,
+                at: now,
+            });
+        let total: usize = pending.values().map(HashMap::len).sum();
+        if total > MAX_PENDING {
+            drop_oldest(pending, total - MAX_PENDING);
+        }
+        true
+    }
+
+    /// Takes every report recorded for `deployment` in `namespace`.
+    pub fn take(&self, namespace: &str, deployment: &str) -> Vec<Taken> {
+        let key = (namespace.to_owned(), deployment.to_owned());
+        let mut taken: Vec<Taken> = self
+            .lock()
+            .pending
+            .remove(&key)
+            .into_iter()
+            .flatten()
+            .map(|(uid, p)| Taken {
+                uid,
+                pod: p.pod,
+                report: p.report,
+            })
+            .collect();
+        taken.sort_by(|a, b| a.pod.cmp(&b.pod));
+        taken
+    }
+
+    /// Reports waiting, over every Deployment.
+    pub fn len(&self) -> usize {
+        self.lock().pending.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no report waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("drain inbox lock")
+    }
+}
+
+fn prune(pending: &mut ByTarget, now: Timestamp) {
+    for reports in pending.values_mut() {
+        reports.retain(|_, p| !expired(p.at, now));
+    }
+    pending.retain(|_, reports| !reports.is_empty());
+}
+
+fn drop_oldest(pending: &mut ByTarget, n: usize) {
+    let mut all: Vec<(Timestamp, (String, String), String)> = pending
+        .iter()
+        .flat_map(|(key, reports)| {
+            reports
+                .iter()
+                .map(|(uid, p)| (p.at, key.clone(), uid.clone()))
+        })
+        .collect();
+    all.sort();
+    for (_, key, uid) in all.into_iter().take(n) {
+        if let Some(reports) = pending.get_mut(&key) {
+            reports.remove(&uid);
+        }
+    }
+    pending.retain(|_, reports| !reports.is_empty());
+}
+
+fn expired(at: Timestamp, now: Timestamp) -> bool {
+    let retention = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+    now.as_millisecond().saturating_sub(at.as_millisecond()) > retention
+}
+
+/// A counted pod: where to look for it, and when it was last seen.
+#[derive(Clone, Debug)]
+struct Seen {
+    namespace: String,
+    pod: String,
+    last_seen: Timestamp,
+}
+
+/// Pod UIDs whose drain was counted.
+#[derive(Debug, Default)]
+pub struct CountedDrains {
+    seen: HashMap<String, Seen>,
+}
+
+impl CountedDrains {
+    /// Remembers the pod as seen now; returns `true` the first time (count its drain).
+    pub fn first_sight(&mut self, uid: &str, namespace: &str, pod: &str, now: Timestamp) -> bool {
+        match self.seen.get_mut(uid) {
+            Some(seen) => {
+                seen.last_seen = now;
+                false
+            }
+            None => {
+                self.seen.insert(
+                    uid.to_owned(),
+                    Seen {
+                        namespace: namespace.to_owned(),
+                        pod: pod.to_owned(),
+                        last_seen: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Forgets the UIDs last seen more than [`RETENTION`] ago whose pod is not `present`
+    /// (namespace, name, UID) any more.
+    pub fn forget_gone(&mut self, now: Timestamp, present: impl Fn(&str, &str, &str) -> bool) {
+        self.seen
+            .retain(|uid, s| !expired(s.last_seen, now) || present(&s.namespace, &s.pod, uid));
+    }
+
+    /// UIDs remembered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
