@@ -14,7 +14,9 @@ use quiesce_api::constants::SIDECAR_DRAIN_PATH;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{config::RunMode, drainer::Drainer, metrics::Metrics, pod::OwnPod, sockets};
+use crate::{
+    config::RunMode, drainer::Drainer, metrics::Metrics, pod::OwnPod, proxy::ProxyHandle, sockets,
+};
 
 /// The app's health as last probed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -96,6 +98,8 @@ pub struct AdminState {
     pub auth: Arc<Authorizer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Proxy mode: the proxy, whose counters `/status` shows.
+    pub proxy: Option<ProxyHandle>,
 }
 
 /// The admin router; needs `ConnectInfo<SocketAddr>`.
@@ -166,15 +170,23 @@ async fn status(State(s): State<AdminState>) -> Response {
         Err(e) => json!({"error": e.to_string()}),
     };
     let health = s.health.borrow().clone();
-    Json(json!({
+    let mut v = json!({
         "mode": s.mode,
         "app_ports": s.ports,
         "health": health,
         "ready": health.healthy && !s.drainer.started(),
         "drain": s.drainer.state(),
         "connections": connections,
-    }))
-    .into_response()
+    });
+    if let Some(p) = &s.proxy {
+        let listeners: Vec<_> = p
+            .listeners()
+            .iter()
+            .map(|(addr, upstream)| json!({"addr": addr.to_string(), "upstream": upstream}))
+            .collect();
+        v["proxy"] = json!({"listeners": listeners, "counters": p.counters()});
+    }
+    Json(v).into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
@@ -229,6 +241,7 @@ mod tests {
             health,
             auth: Arc::new(Authorizer::Loopback),
             metrics,
+            proxy: None,
         }
     }
 

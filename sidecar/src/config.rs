@@ -39,7 +39,8 @@ pub enum ProbeKind {
 pub enum DrainMode {
     /// Read the shared network namespace's socket table.
     Observe,
-    /// Sit in front of the app (not implemented yet).
+    /// Sit in front of the app as an HTTP reverse proxy (`--proxy-ports`): requests in flight
+    /// are known, kept-alive connections are closed with `Connection: close` or GOAWAY.
     Proxy,
 }
 
@@ -158,6 +159,19 @@ pub struct Args {
     #[arg(long, env = "QUIESCE_REPORT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub report_timeout: Duration,
 
+    /// Proxy mode: `LISTEN:UPSTREAM` port pairs, comma-separated (`15001:8080,15002:9090`);
+    /// the proxy listens on LISTEN and forwards to 127.0.0.1:UPSTREAM, an app port. LISTEN 0
+    /// picks a free port (tests).
+    #[arg(long, env = "QUIESCE_PROXY_PORTS")]
+    pub proxy_ports: Option<String>,
+    /// Proxy mode: address the proxy listeners bind.
+    #[arg(long, env = "QUIESCE_PROXY_BIND", default_value = "0.0.0.0")]
+    pub proxy_bind: IpAddr,
+    /// Proxy mode: during a drain, an idle kept-alive connection is closed only once it has
+    /// been idle this long (default: the quiet period, or 1s if that is 0).
+    #[arg(long, env = "QUIESCE_PROXY_IDLE_CLOSE", value_parser = parse_duration)]
+    pub proxy_idle_close: Option<Duration>,
+
     /// Pod name (downward API `metadata.name`); required in kubernetes mode.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -228,6 +242,17 @@ pub struct DrainConfig {
     pub report_timeout: Duration,
 }
 
+/// Proxy mode settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// `(listen, upstream)` port pairs; upstream is an app port on 127.0.0.1.
+    pub routes: Vec<(u16, u16)>,
+    /// Address the listeners bind.
+    pub bind: IpAddr,
+    /// During a drain, idle time after which a kept-alive connection is closed.
+    pub idle_close: Duration,
+}
+
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -245,6 +270,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// Own pod, `Some` in kubernetes mode.
     pub pod: Option<PodIdentity>,
+    /// Proxy settings, `Some` in proxy drain mode.
+    pub proxy: Option<ProxyConfig>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -307,9 +334,7 @@ impl Args {
                     .to_string(),
             );
         }
-        if self.drain_mode == DrainMode::Proxy {
-            errs.push("--drain-mode proxy is not implemented yet; use observe".to_string());
-        }
+        let proxy = self.proxy_config(&app_ports, &mut errs);
         if self.poll_interval.is_zero() {
             errs.push("--poll-interval must be more than 0".to_string());
         }
@@ -386,9 +411,105 @@ impl Args {
             },
             app_ports,
             pod,
+            proxy,
             log_format: self.log_format,
         })
     }
+}
+
+impl Args {
+    /// The proxy settings (`Some` in proxy mode); problems are added to `errs`.
+    fn proxy_config(&self, app_ports: &[u16], errs: &mut Vec<String>) -> Option<ProxyConfig> {
+        let raw = self.proxy_ports.as_deref().unwrap_or("").trim();
+        if self.drain_mode != DrainMode::Proxy {
+            if !raw.is_empty() {
+                errs.push("--proxy-ports is only used with --drain-mode proxy".to_string());
+            }
+            return None;
+        }
+        let routes = match parse_proxy_routes(raw) {
+            Ok(r) if r.is_empty() => {
+                errs.push(
+                    "--drain-mode proxy needs --proxy-ports LISTEN:UPSTREAM[,LISTEN:UPSTREAM...]"
+                        .to_string(),
+                );
+                Vec::new()
+            }
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(format!("--proxy-ports: {e}"));
+                Vec::new()
+            }
+        };
+        let mut seen = Vec::new();
+        for &(listen, upstream) in &routes {
+            if !app_ports.contains(&upstream) {
+                errs.push(format!(
+                    "--proxy-ports: upstream {upstream} is not one of --app-ports"
+                ));
+            }
+            if listen == 0 {
+                continue;
+            }
+            if app_ports.contains(&listen) {
+                errs.push(format!(
+                    "--proxy-ports: listen port {listen} is an app port (the app listens there)"
+                ));
+            }
+            if listen == self.admin_port {
+                errs.push(format!(
+                    "--proxy-ports: listen port {listen} is also the admin port"
+                ));
+            }
+            if seen.contains(&listen) {
+                errs.push(format!("--proxy-ports: listen port {listen} appears twice"));
+            }
+            seen.push(listen);
+        }
+        let idle_close = self
+            .proxy_idle_close
+            .unwrap_or(if self.quiet_period.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                self.quiet_period
+            });
+        if idle_close.is_zero() {
+            errs.push(
+                "--proxy-idle-close must be more than 0 (closing a just-idle connection races the client's next request)"
+                    .to_string(),
+            );
+        }
+        // A default taken from a too-long quiet period is reported as the quiet period's error.
+        if self.proxy_idle_close.is_some() && idle_close >= self.drain_timeout {
+            errs.push(format!(
+                "--proxy-idle-close ({idle_close:?}) must be shorter than --drain-timeout ({:?})",
+                self.drain_timeout
+            ));
+        }
+        Some(ProxyConfig {
+            routes,
+            bind: self.proxy_bind,
+            idle_close,
+        })
+    }
+}
+
+/// Parses `15001:8080,15002:9090` into `(listen, upstream)` pairs (empty input: none).
+pub fn parse_proxy_routes(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let bad = || format!("{pair:?} is not LISTEN:UPSTREAM (two port numbers)");
+            let (l, u) = pair.split_once(':').ok_or_else(bad)?;
+            let listen: u16 = l.trim().parse().map_err(|_| bad())?;
+            let upstream: u16 = u.trim().parse().map_err(|_| bad())?;
+            if upstream == 0 {
+                return Err(format!("{pair:?}: upstream port 0 is not a port"));
+            }
+            Ok((listen, upstream))
+        })
+        .collect()
 }
 
 /// Parses `250ms`, `2s`, `1m`, `1h` or a bare number of seconds.
@@ -489,6 +610,8 @@ mod tests {
             "1s",
             "--drain-mode",
             "proxy",
+            "--proxy-ports",
+            "15001:7070",
             "--quiet-period",
             "40s",
         ])
@@ -500,11 +623,72 @@ mod tests {
             "--admin-port 9901",
             "--probe-status",
             "--probe-timeout",
-            "proxy",
+            "--proxy-ports: upstream 7070",
             "--quiet-period",
         ] {
             assert!(msg.contains(needle), "{needle} missing in {msg}");
         }
+    }
+
+    #[test]
+    fn proxy_mode_needs_routes_to_app_ports_on_free_listen_ports() {
+        let base = ["--mode", "standalone", "--drain-mode", "proxy"];
+        let err = args(&base).validate().unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("needs --proxy-ports"), "{err}");
+
+        let mut v = base.to_vec();
+        v.extend([
+            "--app-ports",
+            "8080,9090",
+            "--proxy-ports",
+            "15001:8080, 15002:9090",
+        ]);
+        let c = args(&v).validate().unwrap();
+        let p = c.proxy.expect("proxy settings");
+        assert_eq!(p.routes, vec![(15001, 8080), (15002, 9090)]);
+        // Default idle close: the quiet period.
+        assert_eq!(p.idle_close, c.drain.quiet_period);
+
+        let mut v = base.to_vec();
+        v.extend([
+            "--app-ports",
+            "8080",
+            "--proxy-ports",
+            "8080:8080,9901:8080,15001:8080,15001:8080,15003:1234",
+            "--proxy-idle-close",
+            "0s",
+        ]);
+        let err = args(&v).validate().unwrap_err();
+        let msg = err.to_string();
+        for needle in [
+            "listen port 8080 is an app port",
+            "listen port 9901 is also the admin port",
+            "listen port 15001 appears twice",
+            "upstream 1234 is not one of --app-ports",
+            "--proxy-idle-close must be more than 0",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing in {msg}");
+        }
+        assert_eq!(err.0.len(), 5, "{err}");
+
+        let mut v = base.to_vec();
+        v.extend(["--proxy-ports", "15001-8080"]);
+        assert!(args(&v).validate().unwrap_err().0[0].contains("not LISTEN:UPSTREAM"));
+        let err = args(&["--mode", "standalone", "--proxy-ports", "15001:8080"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.0[0].contains("only used with --drain-mode proxy"),
+            "{err}"
+        );
+        assert!(
+            args(&["--mode", "standalone"])
+                .validate()
+                .unwrap()
+                .proxy
+                .is_none()
+        );
     }
 
     #[test]

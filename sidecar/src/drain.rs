@@ -88,6 +88,9 @@ pub struct DrainReport {
     pub forced: bool,
     /// The phases that ended by their bound.
     pub forced_phases: Vec<Phase>,
+    /// Proxy mode: what the proxy did during the drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<crate::proxy::ProxyReport>,
 }
 
 impl DrainReport {
@@ -104,15 +107,22 @@ impl DrainReport {
         } else {
             "not forced".to_string()
         };
+        let proxy = self.proxy.map_or(String::new(), |p| {
+            format!(
+                "; proxy: {} requests while draining, {} Connection: close, {} GOAWAY, {} idle closed, {} left open",
+                p.requests_while_draining, p.connection_close, p.goaways, p.idle_closed, p.left_open
+            )
+        });
         format!(
-            "drained in {} (endpoints {}, quiet {}, in-flight {}); {} connections at start ({} busy); {}",
+            "drained in {} (endpoints {}, quiet {}, in-flight {}); {} connections at start ({} busy); {}{}",
             s(self.duration_ms),
             s(self.endpoints_ms),
             s(self.quiet_ms),
             s(self.in_flight_ms),
             self.connections_at_start,
             self.busy_at_start,
-            forced
+            forced,
+            proxy
         )
     }
 }
@@ -253,6 +263,7 @@ impl DrainMachine {
             busy_at_end: if forced { last.busy } else { 0 },
             forced,
             forced_phases: self.forced.clone(),
+            proxy: None,
         });
     }
 }

@@ -8,7 +8,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -23,6 +23,7 @@ use crate::{
     endpoints::{EndpointWatch, watch_pod_ip},
     metrics::Metrics,
     pod::Reporter,
+    proxy::{ProxyHandle, ProxyReport},
     sockets::{self, ArrivalTracker, ConnCounts},
 };
 
@@ -85,6 +86,8 @@ struct Inner {
     admin_accepts: Arc<AtomicU64>,
     started: AtomicBool,
     state: watch::Sender<DrainState>,
+    /// Proxy mode: the proxy, whose counts replace the socket table.
+    proxy: OnceLock<ProxyHandle>,
 }
 
 impl Drainer {
@@ -106,8 +109,16 @@ impl Drainer {
                 admin_accepts,
                 started: AtomicBool::new(false),
                 state,
+                proxy: OnceLock::new(),
             }),
         }
+    }
+
+    /// Proxy mode: drains observe `proxy` instead of the socket table, and tell it to start
+    /// draining when the Endpoints phase ends (at once in standalone mode). Set once, before
+    /// any drain.
+    pub fn attach_proxy(&self, proxy: ProxyHandle) {
+        let _ = self.inner.proxy.set(proxy);
     }
 
     /// Whether a drain started (readiness is then 503 for good).
@@ -201,6 +212,7 @@ fn failed_report() -> DrainReport {
         busy_at_end: 0,
         forced: true,
         forced_phases: vec![],
+        proxy: None,
     }
 }
 
@@ -212,10 +224,24 @@ struct Observer {
     admin_accepts: Arc<AtomicU64>,
     last: ConnCounts,
     last_at: Instant,
+    /// Proxy mode: the proxy and its accepted count at the previous observation.
+    proxy: Option<(ProxyHandle, u64)>,
 }
 
 impl Observer {
     async fn observe(&mut self, metrics: &Metrics) -> (ConnCounts, bool) {
+        if let Some((proxy, accepted)) = &mut self.proxy {
+            // Every open connection holds the drain: the proxy closes each at its safe moment.
+            let c = proxy.counters();
+            let arrived = c.accepted != *accepted;
+            *accepted = c.accepted;
+            let counts = ConnCounts {
+                listening_ports: 0,
+                established: c.open,
+                busy: c.open,
+            };
+            return (counts, arrived);
+        }
         match sockets::snapshot().await {
             Ok(snap) => {
                 let admin = self
@@ -261,6 +287,10 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
         admin_accepts: inner.admin_accepts.clone(),
         last: ConnCounts::default(),
         last_at: Instant::now(),
+        proxy: inner
+            .proxy
+            .get()
+            .map(|p| (p.clone(), p.counters().accepted)),
     };
     let (start, _) = observer.observe(&inner.metrics).await;
     let at_start = Observation {
@@ -271,6 +301,11 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
     };
     let mut machine = DrainMachine::new(d.timings(), Instant::now(), at_start);
     let mut phase = machine.phase();
+    if phase != Phase::Endpoints
+        && let Some(p) = inner.proxy.get()
+    {
+        p.start_draining();
+    }
     let mut tick = tokio::time::interval(cfg.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -286,6 +321,10 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
         let done = machine.observe(Instant::now(), obs).cloned();
         if machine.phase() != phase {
             phase = machine.phase();
+            // Phases only move forward: the Endpoints phase is over.
+            if let Some(p) = inner.proxy.get() {
+                p.start_draining();
+            }
             tracing::info!(
                 phase = phase.as_str(),
                 established = counts.established,
@@ -304,6 +343,13 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
         }
     };
     drop(endpoints);
+    let report = DrainReport {
+        proxy: inner
+            .proxy
+            .get()
+            .map(|p| ProxyReport::from_counters(&p.counters(), report.forced)),
+        ..report
+    };
 
     let message = report.message();
     let result = if report.forced { "forced" } else { "completed" };

@@ -4,7 +4,8 @@
 //! Modules, one concern each: [`config`] (flags/env, validation), [`probe`] (health checks),
 //! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
 //! shell), [`endpoints`] (EndpointSlice watch), [`pod`] (own pod: terminating check and the
-//! drained condition), [`admin`] (HTTP endpoints), [`metrics`], [`run`] (process wiring).
+//! drained condition), [`admin`] (HTTP endpoints), [`metrics`], [`proxy`] (proxy drain mode:
+//! the reverse proxy in front of the app), [`run`] (process wiring).
 
 pub mod admin;
 pub mod config;
@@ -15,5 +16,6 @@ pub mod fail_open;
 pub mod metrics;
 pub mod pod;
 pub mod probe;
+pub mod proxy;
 pub mod run;
 pub mod sockets;

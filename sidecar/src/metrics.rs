@@ -34,6 +34,20 @@ pub struct Metrics {
     pub app_connections: Gauge,
     /// Busy connections on app ports at the last observation.
     pub app_busy_connections: Gauge,
+    /// Proxy mode: answered requests by class (`2xx`..`5xx`, `error`: no answer from the app).
+    pub proxy_requests: Family<Labels, Counter>,
+    /// Proxy mode: request durations, first byte in to last byte out.
+    pub proxy_request_duration: Histogram,
+    /// Proxy mode: requests whose response is not fully sent yet.
+    pub proxy_requests_in_flight: Gauge,
+    /// Proxy mode: connections accepted.
+    pub proxy_connections_accepted: Counter,
+    /// Proxy mode: open client connections (HTTP, tunnels, passthrough).
+    pub proxy_connections_open: Gauge,
+    /// Proxy mode: open tunnels (upgraded HTTP/1.1 connections and TCP passthrough).
+    pub proxy_tunnels_open: Gauge,
+    /// Proxy mode: closed connections by how they ended.
+    pub proxy_connections_closed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,6 +67,15 @@ impl Default for Metrics {
             admin_connections: Counter::default(),
             app_connections: Gauge::default(),
             app_busy_connections: Gauge::default(),
+            proxy_requests: Family::default(),
+            proxy_request_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            proxy_requests_in_flight: Gauge::default(),
+            proxy_connections_accepted: Counter::default(),
+            proxy_connections_open: Gauge::default(),
+            proxy_tunnels_open: Gauge::default(),
+            proxy_connections_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -97,6 +120,41 @@ impl Default for Metrics {
             "app_busy_connections",
             "Busy connections on app ports",
             m.app_busy_connections.clone(),
+        );
+        registry.register(
+            "proxy_requests",
+            "Proxied requests by status class (error: no answer from the app)",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Proxied request durations, first byte in to last byte out",
+            m.proxy_request_duration.clone(),
+        );
+        registry.register(
+            "proxy_requests_in_flight",
+            "Proxied requests whose response is not fully sent",
+            m.proxy_requests_in_flight.clone(),
+        );
+        registry.register(
+            "proxy_connections_accepted",
+            "Connections accepted by the proxy",
+            m.proxy_connections_accepted.clone(),
+        );
+        registry.register(
+            "proxy_connections_open",
+            "Open proxy client connections",
+            m.proxy_connections_open.clone(),
+        );
+        registry.register(
+            "proxy_tunnels_open",
+            "Open proxy tunnels (upgrades and TCP passthrough)",
+            m.proxy_tunnels_open.clone(),
+        );
+        registry.register(
+            "proxy_connections_closed",
+            "Closed proxy connections by how they ended",
+            m.proxy_connections_closed.clone(),
         );
         Metrics { registry, ..m }
     }

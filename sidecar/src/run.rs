@@ -2,7 +2,8 @@
 //!
 //! SIGTERM (or SIGINT): if no drain happened (no preStop configured), drain now — unless the
 //! app's ports are already closed — then exit once the app's ports are closed or
-//! `--exit-timeout` is spent. A second signal exits at once.
+//! `--exit-timeout` is spent. A second signal exits at once. In proxy mode the proxy stops
+//! accepting once that drain is over; open connections end with the process.
 
 use std::{
     net::SocketAddr,
@@ -27,6 +28,7 @@ use crate::{
     metrics::Metrics,
     pod::{OwnPod, Reporter},
     probe::{HealthTracker, probe_once},
+    proxy::{self, ProxyHandle},
     sockets,
 };
 
@@ -66,6 +68,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
         admin_accepts.clone(),
     );
+    let proxy = match &cfg.proxy {
+        Some(p) => {
+            let handle = proxy::start(p, metrics.clone()).await?;
+            drainer.attach_proxy(handle.clone());
+            Some(handle)
+        }
+        None => None,
+    };
     let (health_tx, health_rx) = watch::channel(Health::default());
     tokio::spawn(probe_loop(
         cfg.clone(),
@@ -97,6 +107,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         health: health_rx,
         auth: Arc::new(auth),
         metrics,
+        proxy: proxy.clone(),
     };
     let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
@@ -119,7 +130,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "signal received; a second one exits at once"
     );
     let shutdown = async {
-        shutdown(&cfg, &drainer).await;
+        shutdown(&cfg, &drainer, proxy.as_ref()).await;
     };
     tokio::select! {
         () = shutdown => {}
@@ -136,11 +147,14 @@ async fn listening_app_ports(ports: &[u16]) -> Option<usize> {
         .map(|s| s.counts(ports).listening_ports)
 }
 
-async fn shutdown(cfg: &Config, drainer: &Drainer) {
+async fn shutdown(cfg: &Config, drainer: &Drainer, proxy: Option<&ProxyHandle>) {
     // A native sidecar gets SIGTERM after the app exited: nothing left to drain then.
     let app_up = listening_app_ports(&cfg.app_ports).await.unwrap_or(1) > 0;
     if drainer.started() || app_up {
         drainer.drain("sigterm").await;
+    }
+    if let Some(p) = proxy {
+        p.stop_accepting();
     }
     let deadline = Instant::now() + cfg.drain.exit_timeout;
     loop {
