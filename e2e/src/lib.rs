@@ -3,6 +3,8 @@
 
 pub mod apidoc;
 pub mod chart;
+pub mod h2chan;
+pub mod h2frames;
 pub mod harness;
 pub mod loadgen;
 pub mod node;

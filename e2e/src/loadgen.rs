@@ -10,10 +10,16 @@
 //! ready, the way kube-proxy stops sending new connections to a pod that left the endpoints.
 //! With keep-alive, pooled connections to a switched-off target stay open but receive no new
 //! requests.
+//!
+//! Three [`Protocol`]s cover what real clients do: a new HTTP/1.1 connection per request, an
+//! HTTP/1.1 keep-alive pool (most HTTP libraries), and HTTP/2 cleartext over a few multiplexed
+//! connections per target (gRPC-style channels, [`crate::h2chan`]), which are redialed after a
+//! GOAWAY. For HTTP/2 the summary also counts connections opened, ended and sent a GOAWAY, so a
+//! test can tell "no loss because the drain was graceful" from "no loss because nothing happened".
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -25,6 +31,47 @@ use hyper_util::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinSet};
+
+use crate::h2chan::{ChannelStats, H2Channel};
+
+/// How requests travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1, one new connection per request (`Connection: close`).
+    #[default]
+    Http1,
+    /// HTTP/1.1 over a keep-alive connection pool.
+    #[serde(rename = "keepalive")]
+    KeepAlive,
+    /// HTTP/2 cleartext with prior knowledge over a few multiplexed connections per target,
+    /// redialed when the server sends GOAWAY or closes them.
+    H2c,
+}
+
+impl Protocol {
+    /// The name used on command lines and in summaries: `http1`, `keepalive`, `h2c`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::KeepAlive => "keepalive",
+            Self::H2c => "h2c",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "http1" => Ok(Self::Http1),
+            "keepalive" | "keep-alive" => Ok(Self::KeepAlive),
+            "h2c" | "h2" => Ok(Self::H2c),
+            _ => Err(format!("unknown protocol {s:?} (http1, keepalive, h2c)")),
+        }
+    }
+}
 
 /// A share of slow requests (`/slow?ms=N`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -47,7 +94,13 @@ pub struct LoadConfig {
     /// Stop after this many requests.
     pub count: Option<u64>,
     /// Reuse connections (`false`: one new connection per request, `Connection: close`).
+    /// The older switch, kept for existing callers: with `protocol: Http1`, `true` means
+    /// [`Protocol::KeepAlive`]. See [`LoadConfig::effective_protocol`].
     pub keep_alive: bool,
+    /// How requests travel.
+    pub protocol: Protocol,
+    /// HTTP/2 connections per target with [`Protocol::H2c`] (at least 1).
+    pub h2_connections: usize,
     /// Path of ordinary requests.
     pub path: String,
     /// Optional slow requests.
@@ -65,9 +118,19 @@ impl LoadConfig {
             duration: None,
             count: None,
             keep_alive: false,
+            protocol: Protocol::Http1,
+            h2_connections: 2,
             path: "/".to_string(),
             slow: None,
             timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The protocol in force: `protocol`, upgraded to keep-alive by the older `keep_alive`.
+    pub fn effective_protocol(&self) -> Protocol {
+        match self.protocol {
+            Protocol::Http1 if self.keep_alive => Protocol::KeepAlive,
+            p => p,
         }
     }
 }
@@ -125,6 +188,11 @@ pub enum Outcome {
     Reset,
     /// Connection refused.
     Refused,
+    /// HTTP/2: the server's GOAWAY left this stream out (it was not processed); a gRPC client
+    /// would retry such a request transparently, so a graceful drain should never cause one.
+    GoAway,
+    /// HTTP/2: the server reset the stream with `REFUSED_STREAM` (not processed).
+    StreamRefused,
     /// No answer within the timeout.
     Timeout,
     /// No active target to send to.
@@ -146,6 +214,12 @@ pub struct Summary {
     pub reset: u64,
     /// Refused connections.
     pub refused: u64,
+    /// HTTP/2 streams left out by a GOAWAY.
+    #[serde(default)]
+    pub goaway: u64,
+    /// HTTP/2 streams refused (`REFUSED_STREAM`).
+    #[serde(default)]
+    pub stream_refused: u64,
     /// Timeouts.
     pub timeout: u64,
     /// Requests that had no active target.
@@ -171,6 +245,19 @@ pub struct Summary {
     /// When each failed request was launched, milliseconds after the first launch (sorted).
     #[serde(default)]
     pub failed_at_ms: Vec<u64>,
+    /// The protocol the run used.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// HTTP/2 only: connections dialed (0 for HTTP/1).
+    #[serde(default)]
+    pub connections_opened: u64,
+    /// HTTP/2 only: connections that ended during the run (server close, reset, or let go
+    /// after a GOAWAY).
+    #[serde(default)]
+    pub connections_ended: u64,
+    /// HTTP/2 only: connections on which the server sent a GOAWAY.
+    #[serde(default)]
+    pub connections_goaway: u64,
 }
 
 /// Latency percentiles, milliseconds.
@@ -187,7 +274,14 @@ pub struct Latency {
 impl Summary {
     /// Requests that did not end in a 2xx answer.
     pub fn failed(&self) -> u64 {
-        self.http_status + self.reset + self.refused + self.timeout + self.no_target + self.other
+        self.http_status
+            + self.reset
+            + self.refused
+            + self.goaway
+            + self.stream_refused
+            + self.timeout
+            + self.no_target
+            + self.other
     }
 
     fn add(&mut self, r: &Record) {
@@ -205,6 +299,8 @@ impl Summary {
             Outcome::HttpStatus(_) => self.http_status += 1,
             Outcome::Reset => self.reset += 1,
             Outcome::Refused => self.refused += 1,
+            Outcome::GoAway => self.goaway += 1,
+            Outcome::StreamRefused => self.stream_refused += 1,
             Outcome::Timeout => self.timeout += 1,
             Outcome::NoTarget => self.no_target += 1,
             Outcome::Other(_) => self.other += 1,
@@ -243,6 +339,21 @@ pub fn classify(err: &(dyn std::error::Error + 'static)) -> Outcome {
                 continue;
             }
         }
+        if let Some(h) = e.downcast_ref::<h2::Error>() {
+            if h.is_go_away() {
+                return Outcome::GoAway;
+            }
+            if h.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Outcome::StreamRefused;
+            }
+            if h.is_reset() {
+                return Outcome::Reset;
+            }
+            if let Some(io) = h.get_io() {
+                cur = Some(io);
+                continue;
+            }
+        }
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
         {
@@ -271,8 +382,73 @@ struct Record {
 
 type Pool = Client<HttpConnector, Empty<Bytes>>;
 
+/// Connections shared by the requests of one run.
+enum Transport {
+    /// A new connection per request.
+    Fresh,
+    /// hyper's keep-alive pool.
+    Pool(Box<Pool>),
+    /// One h2c channel per target.
+    H2 {
+        channels: Mutex<HashMap<String, Arc<H2Channel<Empty<Bytes>>>>>,
+        connections: usize,
+        stats: Arc<ChannelStats>,
+    },
+}
+
+impl Transport {
+    fn new(protocol: Protocol, h2_connections: usize) -> Self {
+        match protocol {
+            Protocol::Http1 => Self::Fresh,
+            Protocol::KeepAlive => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Self::Pool(Box::new(
+                    Client::builder(TokioExecutor::new())
+                        .retry_canceled_requests(false)
+                        .pool_idle_timeout(Duration::from_secs(30))
+                        .build(connector),
+                ))
+            }
+            Protocol::H2c => Self::H2 {
+                channels: Mutex::default(),
+                connections: h2_connections,
+                stats: Arc::default(),
+            },
+        }
+    }
+
+    fn channel(&self, target: &str) -> Option<Arc<H2Channel<Empty<Bytes>>>> {
+        let Self::H2 {
+            channels,
+            connections,
+            stats,
+        } = self
+        else {
+            return None;
+        };
+        let mut map = channels.lock().expect("channels lock");
+        let ch = map.entry(target.to_string()).or_insert_with(|| {
+            Arc::new(H2Channel::new(
+                authority(target),
+                *connections,
+                stats.clone(),
+            ))
+        });
+        Some(ch.clone())
+    }
+}
+
+/// `host:port` of a base URL `http://host:port[/]`.
+pub fn authority(base_url: &str) -> String {
+    base_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
 async fn one_request(
-    pool: Option<Pool>,
+    transport: Arc<Transport>,
     target: String,
     path: String,
     slow: bool,
@@ -283,15 +459,22 @@ async fn one_request(
     let uri = format!("{target}{path}");
     let fut = async {
         let req = hyper::Request::get(&uri).header(hyper::header::USER_AGENT, "quiesce-loadgen");
-        let res = match &pool {
-            Some(pool) => {
+        let res = match &*transport {
+            Transport::Pool(pool) => {
                 let req = req
                     .body(Empty::new())
                     .map_err(|e| Outcome::Other(e.to_string()))?;
                 pool.request(req).await.map_err(|e| classify(&e))?
             }
-            None => {
-                let authority = target.trim_start_matches("http://").to_string();
+            Transport::H2 { .. } => {
+                let req = req
+                    .body(Empty::new())
+                    .map_err(|e| Outcome::Other(e.to_string()))?;
+                let ch = transport.channel(&target).expect("h2 transport");
+                ch.request(req).await?
+            }
+            Transport::Fresh => {
+                let authority = authority(&target);
                 let stream = tokio::net::TcpStream::connect(&authority)
                     .await
                     .map_err(|e| classify(&e))?;
@@ -377,14 +560,8 @@ pub async fn run(cfg: LoadConfig) -> Summary {
 }
 
 async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
-    let pool: Option<Pool> = cfg.keep_alive.then(|| {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .retry_canceled_requests(false)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector)
-    });
+    let protocol = cfg.effective_protocol();
+    let transport = Arc::new(Transport::new(protocol, cfg.h2_connections));
     let interval = Duration::from_secs_f64(1.0 / cfg.rate.max(0.001));
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
@@ -412,7 +589,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
         match cfg.targets.pick(i) {
             Some(target) => {
                 set.spawn(one_request(
-                    pool.clone(),
+                    transport.clone(),
                     target,
                     path,
                     slow,
@@ -446,8 +623,15 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
     let mut summary = Summary {
         sent: i,
         elapsed_ms: start.elapsed().as_millis() as u64,
+        protocol,
         ..Default::default()
     };
+    if let Transport::H2 { stats, .. } = &*transport {
+        let c = stats.snapshot();
+        summary.connections_opened = c.opened;
+        summary.connections_ended = c.ended;
+        summary.connections_goaway = c.goaways;
+    }
     let mut lat: Vec<f64> = Vec::new();
     for r in &records {
         summary.add(r);
@@ -508,6 +692,9 @@ mod tests {
             classify(&Error::other("weird")),
             Outcome::Other(_)
         ));
+        // HTTP/2 stream errors, as hyper wraps them.
+        let refused = Error::other(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert_eq!(classify(&refused), Outcome::StreamRefused);
     }
 
     #[test]
@@ -547,5 +734,91 @@ mod tests {
         assert_eq!((s.sent, s.refused, s.failed()), (20, 20, 20), "{s:?}");
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Summary>(&json).unwrap(), s);
+    }
+
+    /// An in-process h2c server that answers 200 and sends each connection a graceful GOAWAY
+    /// after `per_conn` requests (the way a draining server does), counting connections.
+    async fn goaway_server(per_conn: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                    let s = served.clone();
+                    let svc = hyper::service::service_fn(move |_req| {
+                        if s.fetch_add(1, Ordering::Relaxed) + 1 == per_conn {
+                            let _ = tx.send(());
+                        }
+                        async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = rx.recv() => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        (url, conns)
+    }
+
+    #[tokio::test]
+    async fn h2c_redials_after_goaway_and_loses_nothing() {
+        let (url, conns) = goaway_server(25).await;
+        let mut cfg = LoadConfig::new(url, 500.0);
+        cfg.protocol = Protocol::H2c;
+        cfg.h2_connections = 2;
+        cfg.count = Some(400);
+        let s = run(cfg).await;
+        assert_eq!((s.sent, s.ok, s.failed()), (400, 400, 0), "{s:?}");
+        assert_eq!(s.protocol, Protocol::H2c);
+        // 400 requests at 25 per connection: about 16 connections, each sent a GOAWAY.
+        assert!(s.connections_goaway >= 10, "{s:?}");
+        assert!(s.connections_opened > s.connections_goaway, "{s:?}");
+        assert!(s.connections_ended >= s.connections_goaway - 2, "{s:?}");
+        let accepted = conns.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        assert_eq!(accepted, s.connections_opened, "{s:?}");
+    }
+
+    #[test]
+    fn protocol_names_and_the_older_keep_alive_switch() {
+        for p in [Protocol::Http1, Protocol::KeepAlive, Protocol::H2c] {
+            assert_eq!(p.name().parse::<Protocol>(), Ok(p));
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                format!("\"{}\"", p.name())
+            );
+        }
+        assert!("h3".parse::<Protocol>().is_err());
+        let mut cfg = LoadConfig::new("http://127.0.0.1:1", 1.0);
+        assert_eq!(cfg.effective_protocol(), Protocol::Http1);
+        cfg.keep_alive = true;
+        assert_eq!(cfg.effective_protocol(), Protocol::KeepAlive);
+        cfg.protocol = Protocol::H2c;
+        assert_eq!(cfg.effective_protocol(), Protocol::H2c);
+        // A summary written before the protocol fields existed still reads.
+        let old = r#"{"sent":1,"ok":1,"http_status":0,"reset":0,"refused":0,"timeout":0,
+            "no_target":0,"other":0,"slow_sent":0,"slow_ok":0,"status_codes":{"200":1},
+            "ok_by_target":{},"ok_by_version":{},"latency_ms":{"p50":1.0,"p99":1.0,"max":1.0},
+            "elapsed_ms":5,"error_samples":[]}"#;
+        let s: Summary = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (s.protocol, s.goaway, s.connections_goaway),
+            (Protocol::Http1, 0, 0)
+        );
     }
 }

@@ -1,12 +1,25 @@
-//! `loadgen`: open-loop HTTP load, one JSON summary on stdout.
+//! `loadgen`: open-loop load, one JSON summary on stdout.
 //!
-//! `loadgen --url http://127.0.0.1:8080 --rate 100 --duration-secs 10 [--keep-alive]
+//! `loadgen --url http://127.0.0.1:8080 --rate 100 --duration-secs 10
+//!  [--protocol http1|keepalive|h2c|grpc] [--h2-connections 2] [--keep-alive]
 //!  [--slow-ms 2000 --slow-fraction 0.05]`; exits 1 with `--fail-on-error` if a request failed.
+//! `--keep-alive` is the older spelling of `--protocol keepalive`.
 
 use std::time::Duration;
 
-use clap::Parser;
-use quiesce_e2e::loadgen::{self, LoadConfig, SlowMix, Targets};
+use clap::{Parser, ValueEnum};
+use quiesce_e2e::loadgen::{self, LoadConfig, Protocol, SlowMix, Targets};
+
+/// The wire protocol of the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Wire {
+    /// HTTP/1.1, a new connection per request.
+    Http1,
+    /// HTTP/1.1 over a keep-alive pool.
+    Keepalive,
+    /// HTTP/2 cleartext over a few multiplexed connections.
+    H2c,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "Open-loop HTTP load generator that counts every request's outcome")]
@@ -23,9 +36,15 @@ struct Args {
     /// Stop after this many requests.
     #[arg(long)]
     count: Option<u64>,
-    /// Reuse connections.
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value = "http1")]
+    protocol: Wire,
+    /// Reuse connections (same as `--protocol keepalive`).
     #[arg(long)]
     keep_alive: bool,
+    /// HTTP/2 connections per target (h2c).
+    #[arg(long, default_value_t = 2)]
+    h2_connections: usize,
     /// Path of ordinary requests.
     #[arg(long, default_value = "/")]
     path: String,
@@ -46,12 +65,19 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let a = Args::parse();
+    let protocol = match a.protocol {
+        Wire::Http1 => Protocol::Http1,
+        Wire::Keepalive => Protocol::KeepAlive,
+        Wire::H2c => Protocol::H2c,
+    };
     let cfg = LoadConfig {
         targets: Targets::new(a.url),
         rate: a.rate,
         duration: Some(Duration::from_secs_f64(a.duration_secs)),
         count: a.count,
         keep_alive: a.keep_alive,
+        protocol,
+        h2_connections: a.h2_connections,
         path: a.path,
         slow: a.slow_ms.map(|ms| SlowMix {
             ms,
