@@ -6,6 +6,7 @@ pub mod chart;
 pub mod h2chan;
 pub mod h2frames;
 pub mod harness;
+pub mod hey;
 pub mod loadgen;
 pub mod node;
 pub mod scenario;
