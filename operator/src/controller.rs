@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use futures::{Future, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
@@ -30,15 +31,15 @@ use quiesce_api::constants::{
     DRAINED_CONDITION, OPERATOR_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL, POLICY_FINALIZER,
     READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, annotations,
 };
-use quiesce_api::{RolloutPolicy, RolloutPolicyStatus};
+use quiesce_api::{DrainMode, RolloutPolicy, RolloutPolicyStatus};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::plan::{
-    self, Action, DrainedView, GateView, Observed, Plan, PodView, PolicyView, TargetState,
-    TargetView,
+    self, Action, AppPort, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
+    ServicePortView, ServiceView, TargetPort, TargetState, TargetView,
 };
 
 mod drains;
@@ -70,6 +71,8 @@ pub struct Context {
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
     /// Cache of Deployment pods (label `pod-template-hash`).
     pub pods: Store<Pod>,
+    /// Cache of Services (metadata and spec): which ports the drain proxy can take over.
+    pub services: Store<Service>,
     /// ClusterRole bound to the pods' service account in each namespace with a policy, so the
     /// injected sidecar may report its drain (`None`: the chart binds it).
     pub sidecar_cluster_role: Option<String>,
@@ -113,6 +116,7 @@ impl Context {
         deployments: Store<Deployment>,
         replicasets: Store<PartialObjectMeta<ReplicaSet>>,
         pods: Store<Pod>,
+        services: Store<Service>,
         sidecar_cluster_role: Option<String>,
         clock: Clock,
     ) -> Self {
@@ -124,6 +128,7 @@ impl Context {
             deployments,
             replicasets,
             pods,
+            services,
             sidecar_cluster_role,
             clock,
             drain_inbox: Arc::default(),
@@ -180,6 +185,7 @@ pub async fn run(
     let (deployments, deploy_writer) = reflector::store::<Deployment>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
     let (pods, pod_writer) = reflector::store::<Pod>();
+    let (services, svc_writer) = reflector::store::<Service>();
     let deploy_stream = watcher(
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
@@ -201,6 +207,19 @@ pub async fn run(
     .default_backoff()
     .reflect(pod_writer)
     .touched_objects();
+    let svc_stream = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|svc| {
+        // Only the selector and ports are read: keep the cache small.
+        svc.managed_fields_mut().clear();
+        svc.annotations_mut().clear();
+        svc.status = None;
+    })
+    .reflect(svc_writer)
+    .touched_objects();
 
     let controller = Controller::new(
         Api::<RolloutPolicy>::all(client.clone()),
@@ -208,17 +227,28 @@ pub async fn run(
     )
     .with_config(ControllerConfig::default().concurrency(8));
     let policies = controller.store();
-    let (p1, p2, p3) = (policies.clone(), policies.clone(), policies.clone());
+    let (p1, p2, p3, p4) = (
+        policies.clone(),
+        policies.clone(),
+        policies.clone(),
+        policies.clone(),
+    );
     let rs_for_pods = replicasets.clone();
     let (retrigger, retriggered) = futures::channel::mpsc::unbounded();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     {
         // The single waiter on the stores (see `Context::ready`).
-        let (d, r, p) = (deployments.clone(), replicasets.clone(), pods.clone());
+        let (d, r, p, s) = (
+            deployments.clone(),
+            replicasets.clone(),
+            pods.clone(),
+            services.clone(),
+        );
         tokio::spawn(async move {
             if d.wait_until_ready().await.is_ok()
                 && r.wait_until_ready().await.is_ok()
                 && p.wait_until_ready().await.is_ok()
+                && s.wait_until_ready().await.is_ok()
             {
                 let _ = ready_tx.send(true);
             }
@@ -233,6 +263,7 @@ pub async fn run(
             deployments,
             replicasets,
             pods,
+            services,
             sidecar_cluster_role,
             system_clock(),
         )
@@ -256,6 +287,7 @@ pub async fn run(
         .watches_stream(pod_stream, move |pod: Pod| {
             pod_event(&pod, &p3, &rs_for_pods, &inbox, clock())
         })
+        .watches_stream(svc_stream, move |svc: Service| service_event(&svc, &p4))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -299,6 +331,48 @@ pub fn pod_event(
         inbox.record(pod, &deployment, now);
     }
     refs
+}
+
+/// The Service watch's mapper: every `drain.mode: Proxy` policy in the Service's namespace.
+/// All of them, not only those whose pods the Service selects now: a Service that stopped
+/// selecting a target (or was deleted) must drop out of that policy's `ProxyTakeover` too.
+pub fn service_event(
+    svc: &Service,
+    policies: &Store<RolloutPolicy>,
+) -> Vec<ObjectRef<RolloutPolicy>> {
+    let ns = svc.namespace();
+    policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace() == ns && p.spec.drain.mode == DrainMode::Proxy)
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The plan's view of a Service: its selector and TCP ports.
+pub fn service_view(svc: &Service) -> ServiceView {
+    let spec = svc.spec.as_ref();
+    ServiceView {
+        name: svc.name_any(),
+        selector: spec.and_then(|s| s.selector.clone()).unwrap_or_default(),
+        ports: spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .map(|p| ServicePortView {
+                port: p.port,
+                target: match &p.target_port {
+                    None => TargetPort::Number(p.port),
+                    Some(IntOrString::Int(n)) => TargetPort::Number(*n),
+                    Some(IntOrString::String(name)) => match name.parse() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(name.clone()),
+                    },
+                },
+            })
+            .collect(),
+    }
 }
 
 /// The Deployment owning a ReplicaSet.
@@ -456,6 +530,16 @@ impl Context {
                 (TargetState::Found(view), pods)
             }
         };
+        let services = if policy.spec.drain.mode == DrainMode::Proxy {
+            self.services
+                .state()
+                .iter()
+                .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+                .map(|s| service_view(s))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let now = (self.clock)();
         let mut new_drains = Vec::new();
         let mut views = Vec::new();
@@ -510,6 +594,7 @@ impl Context {
             target,
             pods: views,
             new_drains,
+            services,
         }
     }
 
@@ -542,6 +627,7 @@ impl Context {
                     .any(|o| o.kind == "ReplicaSet" && rs_names.contains(&o.name))
         });
         let spec = d.spec.as_ref();
+        let template = spec.map(|s| &s.template);
         let view = TargetView {
             name: d.name_any(),
             replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
@@ -551,6 +637,22 @@ impl Context {
                 .and_then(|s| s.template.spec.as_ref())
                 .and_then(|s| s.termination_grace_period_seconds)
                 .unwrap_or(30),
+            template_labels: template
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default(),
+            app_ports: template
+                .and_then(|t| t.spec.as_ref())
+                .map(|s| s.containers.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                .map(|p| AppPort {
+                    name: p.name.clone(),
+                    number: p.container_port,
+                })
+                .collect(),
         };
         (view, pods)
     }

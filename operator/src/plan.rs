@@ -22,13 +22,14 @@
 //!   sidecar's fail-open path reads: a pod the operator stopped looking at is let in after
 //!   `failOpenAfterSeconds`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use quiesce_api::constants::{annotations, conditions, reasons};
 use quiesce_api::{
-    DrainStats, FailureAction, Phase, RolloutPolicySpec, RolloutPolicyStatus, StepAction,
+    DrainMode, DrainStats, FailureAction, Phase, RolloutPolicySpec, RolloutPolicyStatus, StepAction,
 };
 
 #[cfg(test)]
@@ -45,6 +46,8 @@ pub struct Observed {
     pub pods: Vec<PodView>,
     /// Drains reported since the last call (the shell counts each pod's report once).
     pub new_drains: Vec<DrainReport>,
+    /// Services of the policy's namespace (filled only with `spec.drain.mode: Proxy`).
+    pub services: Vec<ServiceView>,
 }
 
 /// The policy as the plan needs it.
@@ -93,7 +96,52 @@ pub struct TargetView {
     pub revisions: Vec<String>,
     /// `spec.template.spec.terminationGracePeriodSeconds` (Kubernetes' default: 30).
     pub termination_grace_period_seconds: i64,
+    /// `spec.template.metadata.labels`: what a Service selector must match.
+    pub template_labels: BTreeMap<String, String>,
+    /// The TCP ports of the template's app containers (`spec.containers[].ports`).
+    pub app_ports: Vec<AppPort>,
 }
+
+/// A TCP container port of the target's app containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppPort {
+    /// `name`, if any: only named ports can be taken over by the drain proxy.
+    pub name: Option<String>,
+    /// `containerPort`.
+    pub number: i32,
+}
+
+/// A Service, as the proxy-takeover check needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    /// Name.
+    pub name: String,
+    /// `spec.selector` (empty: the Service selects no pods by itself).
+    pub selector: BTreeMap<String, String>,
+    /// The TCP ports (`spec.ports`).
+    pub ports: Vec<ServicePortView>,
+}
+
+/// One TCP port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortView {
+    /// `port`.
+    pub port: i32,
+    /// `targetPort` (absent means the same number as `port`).
+    pub target: TargetPort,
+}
+
+/// A Service port's `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    /// A container port number: resolved once for all pods, so it goes straight to the app.
+    Number(i32),
+    /// A container port name: resolved per pod, so it reaches the sidecar's proxy listener.
+    Name(String),
+}
+
+/// The `ProxyTakeover` condition: `(status, reason, message)`.
+pub type ConditionDecision = (bool, &'static str, String);
 
 /// One pod of the target.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -292,6 +340,7 @@ impl<'a> Planner<'a> {
         self.count_drains();
         self.check_injection();
         self.check_grace_period(target);
+        self.check_proxy_takeover(target);
         self.rollout(target);
         self.finish(before)
     }
@@ -402,6 +451,19 @@ impl<'a> Planner<'a> {
                 self.actions
                     .push(Action::warning(reasons::GRACE_PERIOD_TOO_SHORT, msg));
             }
+        }
+    }
+
+    fn check_proxy_takeover(&mut self, t: &TargetView) {
+        if self.spec.drain.mode != DrainMode::Proxy {
+            self.status
+                .conditions
+                .retain(|c| c.type_ != conditions::PROXY_TAKEOVER);
+            return;
+        }
+        let (ok, reason, msg) = proxy_takeover(t, &self.o.services);
+        if self.set(conditions::PROXY_TAKEOVER, ok, reason, msg.clone()) && !ok {
+            self.actions.push(Action::warning(reason, msg));
         }
     }
 
@@ -1183,6 +1245,92 @@ impl<'a> Planner<'a> {
             requeue_after,
         }
     }
+}
+
+/// Whether the drain proxy sees the Services' traffic to the target's pods (`drain.mode:
+/// Proxy`). The webhook renames the app containers' *named* TCP ports and gives their names to
+/// the sidecar's proxy listeners, so a Service whose `targetPort` is a name reaches the proxy
+/// (the EndpointSlice controller resolves names per pod), while a numeric `targetPort` goes
+/// straight to the app. Services whose selector does not match the pod template's labels, and
+/// Services without a selector, are not about these pods and are ignored.
+pub fn proxy_takeover(t: &TargetView, services: &[ServiceView]) -> ConditionDecision {
+    let named: Vec<(&str, i32)> = t
+        .app_ports
+        .iter()
+        .filter_map(|p| Some((p.name.as_deref().filter(|n| !n.is_empty())?, p.number)))
+        .collect();
+    let mut selecting: Vec<&ServiceView> = services
+        .iter()
+        .filter(|s| {
+            !s.selector.is_empty()
+                && s.selector
+                    .iter()
+                    .all(|(k, v)| t.template_labels.get(k) == Some(v))
+        })
+        .collect();
+    selecting.sort_by(|a, b| a.name.cmp(&b.name));
+    let names = || {
+        selecting
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if named.is_empty() {
+        let services = if selecting.is_empty() {
+            String::new()
+        } else {
+            format!(" (Services: {})", names())
+        };
+        return (
+            false,
+            reasons::NO_NAMED_PORT,
+            format!(
+                "Deployment {} declares no named container port, so the drain proxy takes over nothing and its pods drain in Observe mode: name the app's port (containers[].ports[].name, e.g. http) and set targetPort to that name in its Services{services}",
+                t.name
+            ),
+        );
+    }
+    let mut fixes = Vec::new();
+    for s in &selecting {
+        for p in &s.ports {
+            let TargetPort::Number(number) = p.target else {
+                continue;
+            };
+            let fix = match named.iter().find(|(_, n)| *n == number) {
+                Some((name, _)) => {
+                    format!(
+                        "set targetPort: {name} instead of {number} in Service {}",
+                        s.name
+                    )
+                }
+                None => format!(
+                    "name container port {number} (containers[].ports[].name) and set targetPort to that name instead of {number} in Service {}",
+                    s.name
+                ),
+            };
+            fixes.push(format!(
+                "Service {} port {} targets port {number} by number, so its traffic bypasses the drain proxy (drained as in Observe mode): {fix}",
+                s.name, p.port
+            ));
+        }
+    }
+    if !fixes.is_empty() {
+        return (false, reasons::NUMERIC_TARGET_PORT, fixes.join("; "));
+    }
+    let msg = if selecting.is_empty() {
+        format!(
+            "no Service selects the pods of Deployment {}; the proxy serves named ports {}",
+            t.name,
+            named.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )
+    } else {
+        format!(
+            "every Service selecting the pods targets a named port the drain proxy serves: {}",
+            names()
+        )
+    };
+    (true, reasons::ALL_SERVICES_NAMED, msg)
 }
 
 /// A problem with the spec the CRD schema cannot see.

@@ -82,6 +82,13 @@ pub mod conditions {
     /// `False` when the pods' `terminationGracePeriodSeconds` is shorter than the drain budget
     /// (see `DrainSpec::budget_seconds`), so the kubelet could kill a pod mid-drain.
     pub const DRAIN_BUDGET_SUFFICIENT: &str = "DrainBudgetSufficient";
+
+    /// Present only with `spec.drain.mode: Proxy`. `True` when every Service selecting the
+    /// target's pods targets a *named* port, which the sidecar's proxy takes over; `False` when a
+    /// Service's numeric `targetPort` bypasses the proxy
+    /// ([`NUMERIC_TARGET_PORT`](super::reasons::NUMERIC_TARGET_PORT)) or the pods have no named
+    /// port to take over ([`NO_NAMED_PORT`](super::reasons::NO_NAMED_PORT)).
+    pub const PROXY_TAKEOVER: &str = "ProxyTakeover";
 }
 
 /// Reasons: CamelCase, machine-readable, for policy conditions, pod conditions and events.
@@ -136,6 +143,17 @@ pub mod reasons {
     pub const GRACE_PERIOD_SUFFICIENT: &str = "GracePeriodSufficient";
     /// `terminationGracePeriodSeconds` is shorter than the drain budget.
     pub const GRACE_PERIOD_TOO_SHORT: &str = "GracePeriodTooShort";
+
+    // --- ProxyTakeover ---
+    /// `ProxyTakeover=True`: every Service selecting the pods targets a named port the proxy
+    /// serves (or no Service selects them).
+    pub const ALL_SERVICES_NAMED: &str = "AllServicesNamed";
+    /// `ProxyTakeover=False`: a Service selecting the pods has a numeric `targetPort`, so its
+    /// traffic goes straight to the app, around the drain proxy.
+    pub const NUMERIC_TARGET_PORT: &str = "NumericTargetPort";
+    /// `ProxyTakeover=False`: the pod template declares no named TCP container port, so the
+    /// sidecar takes over nothing and drains in `Observe` mode.
+    pub const NO_NAMED_PORT: &str = "NoNamedPort";
 
     // --- pod condition quiesce.dev/ready (readiness gate) ---
     /// Gate `True`: a pod of the stable revision, or any pod outside a rollout.

@@ -7,14 +7,14 @@ use std::time::Duration;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Client;
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use quiesce_api::constants::reasons;
+use quiesce_api::constants::{conditions, reasons};
 use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus};
 use serde_json::{Value, json};
 
@@ -55,7 +55,8 @@ fn deployment() -> Deployment {
         "metadata": {"name": "web", "namespace": "shop", "uid": "deploy-uid"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
-                "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "app", "image": "demo:v2"}]}}}
+                "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "app", "image": "demo:v2",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}}}
     }))
     .unwrap()
 }
@@ -98,6 +99,16 @@ fn context(
     pods: Vec<Pod>,
     role: Option<&str>,
 ) -> Context {
+    context_with_services(client, policies, pods, vec![], role)
+}
+
+fn context_with_services(
+    client: Client,
+    policies: Vec<RolloutPolicy>,
+    pods: Vec<Pod>,
+    services: Vec<Service>,
+    role: Option<&str>,
+) -> Context {
     Context::new(
         client.clone(),
         Recorder::new(
@@ -112,6 +123,7 @@ fn context(
         store(vec![deployment()]),
         store(vec![rs("old", "1"), rs("new", "2")]),
         store(pods),
+        store(services),
         role.map(str::to_owned),
         Arc::new(|| Timestamp::from_second(NOW).unwrap()),
     )
@@ -634,4 +646,94 @@ fn garbled_drain_durations_are_ignored() {
     let p = drained(pod("o1", "old", None), reasons::DRAINED, "drained in infs");
     let r = drain_report(&p).expect("still a finished drain");
     assert_eq!(r.duration_millis, None);
+}
+
+fn service(name: &str, target_port: Value) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"selector": {"app": "web"},
+            "ports": [{"port": 80, "protocol": "TCP", "targetPort": target_port}]}
+    }))
+    .unwrap()
+}
+
+fn proxy_policy() -> RolloutPolicy {
+    let mut p = policy(settled_on_new());
+    p.spec.drain.mode = DrainMode::Proxy;
+    p
+}
+
+#[tokio::test]
+async fn a_service_with_a_numeric_target_port_is_reported_on_a_proxy_policy() {
+    let (client, mut handle) = mock();
+    let p = proxy_policy();
+    let ctx = context_with_services(
+        client,
+        vec![p.clone()],
+        vec![],
+        vec![
+            service("web", json!("http")),
+            service("web-direct", json!(8080)),
+        ],
+        None,
+    );
+    let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        let conditions = status["status"]["conditions"].as_array().unwrap();
+        let c = conditions
+            .iter()
+            .find(|c| c["type"] == conditions::PROXY_TAKEOVER)
+            .expect("ProxyTakeover condition");
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], reasons::NUMERIC_TARGET_PORT);
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.contains("set targetPort: http instead of 8080 in Service web-direct"),
+            "{message}"
+        );
+        let e = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        assert_eq!(e["reason"], reasons::NUMERIC_TARGET_PORT);
+        assert_eq!(e["type"], "Warning");
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[test]
+fn a_service_change_requeues_the_proxy_policies_of_its_namespace() {
+    let proxy = proxy_policy();
+    let mut observe = policy(settled_on_new());
+    observe.metadata.name = Some("other".into());
+    let mut elsewhere = proxy_policy();
+    elsewhere.metadata.namespace = Some("elsewhere".into());
+    let policies = store(vec![proxy.clone(), observe, elsewhere]);
+    assert_eq!(
+        service_event(&service("web", json!(8080)), &policies),
+        vec![ObjectRef::from_obj(&proxy)]
+    );
+    let view = service_view(&service("web", json!(8080)));
+    assert_eq!(
+        view.ports,
+        vec![ServicePortView {
+            port: 80,
+            target: TargetPort::Number(8080)
+        }]
+    );
+    assert_eq!(
+        service_view(&service("web", json!("http"))).ports[0].target,
+        TargetPort::Name("http".into())
+    );
 }

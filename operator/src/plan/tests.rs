@@ -22,6 +22,11 @@ fn target(replicas: i32, update: &str) -> TargetView {
         update_revision: Some(update.into()),
         revisions: vec!["old".into(), update.into()],
         termination_grace_period_seconds: 60,
+        template_labels: [("app".to_owned(), "web".to_owned())].into(),
+        app_ports: vec![AppPort {
+            name: Some("http".into()),
+            number: 8080,
+        }],
     }
 }
 
@@ -62,6 +67,7 @@ impl World {
                 target: TargetState::Found(target),
                 pods,
                 new_drains: vec![],
+                services: vec![],
             },
         }
     }
@@ -774,4 +780,118 @@ fn drains_are_added_up() {
     let d = p.status.drains.unwrap();
     assert_eq!((d.completed, d.forced), (1, 1));
     assert_eq!(d.max_duration_millis, Some(30000));
+}
+
+fn service(name: &str, selector: &[(&str, &str)], target: TargetPort) -> ServiceView {
+    ServiceView {
+        name: name.into(),
+        selector: selector
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ports: vec![ServicePortView { port: 80, target }],
+    }
+}
+
+fn proxy_world(services: Vec<ServiceView>) -> World {
+    let mut s = spec(vec![]);
+    s.drain.mode = DrainMode::Proxy;
+    let mut w = World::new(s, target(1, "old"), vec![]);
+    w.o.services = services;
+    w
+}
+
+#[test]
+fn proxy_takeover_holds_when_every_selecting_service_targets_a_named_port() {
+    let mut w = proxy_world(vec![
+        service("web", &[("app", "web")], TargetPort::Name("http".into())),
+        // Selects other pods: not about this target, numeric or not.
+        service("api", &[("app", "api")], TargetPort::Number(8080)),
+        // No selector (hand-made endpoints): ignored.
+        service("external", &[], TargetPort::Number(8080)),
+    ]);
+    let p = w.step(1);
+    let c = cond(&p, conditions::PROXY_TAKEOVER);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::ALL_SERVICES_NAMED)
+    );
+    assert!(c.message.ends_with(": web"), "{}", c.message);
+    assert!(!events(&p).contains(&reasons::NUMERIC_TARGET_PORT));
+}
+
+#[test]
+fn a_numeric_target_port_is_reported_with_the_service_and_the_fix() {
+    let mut w = proxy_world(vec![
+        service("web", &[("app", "web")], TargetPort::Name("http".into())),
+        service("web-direct", &[("app", "web")], TargetPort::Number(8080)),
+        service("web-debug", &[("app", "web")], TargetPort::Number(9090)),
+    ]);
+    let p = w.step(1);
+    let c = cond(&p, conditions::PROXY_TAKEOVER);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::NUMERIC_TARGET_PORT)
+    );
+    assert!(
+        c.message
+            .contains("set targetPort: http instead of 8080 in Service web-direct"),
+        "{}",
+        c.message
+    );
+    assert!(
+        c.message.contains(
+            "name container port 9090 (containers[].ports[].name) and set targetPort to that name instead of 9090 in Service web-debug"
+        ),
+        "{}",
+        c.message
+    );
+    assert!(!c.message.contains("Service web "), "the named one is fine");
+    assert!(events(&p).contains(&reasons::NUMERIC_TARGET_PORT));
+    // Reported once: no second Warning while it stays False.
+    let p = w.step(2);
+    assert!(events(&p).is_empty());
+    assert_eq!(
+        cond(&p, conditions::PROXY_TAKEOVER).last_transition_time,
+        Time(at(1))
+    );
+}
+
+#[test]
+fn a_template_without_named_ports_cannot_be_taken_over() {
+    let mut w = proxy_world(vec![service(
+        "web",
+        &[("app", "web")],
+        TargetPort::Number(8080),
+    )]);
+    if let TargetState::Found(t) = &mut w.o.target {
+        t.app_ports = vec![AppPort {
+            name: None,
+            number: 8080,
+        }];
+    }
+    let p = w.step(1);
+    let c = cond(&p, conditions::PROXY_TAKEOVER);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::NO_NAMED_PORT)
+    );
+    assert!(c.message.contains("Observe mode"), "{}", c.message);
+    assert!(c.message.contains("(Services: web)"), "{}", c.message);
+}
+
+#[test]
+fn observe_mode_has_no_proxy_takeover_condition() {
+    let mut w = proxy_world(vec![service(
+        "web",
+        &[("app", "web")],
+        TargetPort::Number(8080),
+    )]);
+    let p = w.step(1);
+    assert_eq!(cond(&p, conditions::PROXY_TAKEOVER).status, "False");
+    // Back to Observe: the condition goes away.
+    w.o.policy.spec.drain.mode = DrainMode::Observe;
+    let p = w.step(2);
+    assert!(p.status.condition(conditions::PROXY_TAKEOVER).is_none());
+    assert!(events(&p).is_empty());
 }
