@@ -214,6 +214,7 @@ mod tests {
     fn state(healthy: bool) -> AdminState {
         let metrics = Arc::new(Metrics::default());
         let cfg = DrainConfig {
+            app_shutdown: crate::config::AppShutdown::Immediate,
             endpoint_timeout: Duration::from_secs(1),
             quiet_period: Duration::from_millis(50),
             drain_timeout: Duration::from_secs(2),

@@ -44,6 +44,18 @@ pub enum DrainMode {
     Proxy,
 }
 
+/// How the app treats SIGTERM (the policy's `drain.appShutdown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppShutdown {
+    /// The app exits at once: the drain waits until requests stop on every connection and
+    /// none is in flight.
+    Immediate,
+    /// The app finishes in-flight work and closes its connections on SIGTERM: the drain ends
+    /// once no new connection arrived for the quiet period, then follows the app's shutdown.
+    Graceful,
+}
+
 /// Which evidence of new inbound connections the quiet period uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -132,6 +144,15 @@ pub struct Args {
         default_value = "observe"
     )]
     pub drain_mode: DrainMode,
+    /// How the app treats SIGTERM: `immediate` (exits at once) or `graceful` (finishes in-flight
+    /// work and closes idle keep-alive connections itself).
+    #[arg(
+        long,
+        env = "QUIESCE_APP_SHUTDOWN",
+        value_enum,
+        default_value = "immediate"
+    )]
+    pub app_shutdown: AppShutdown,
     /// Bound of the wait for the pod's IP to leave the ready EndpointSlice endpoints.
     #[arg(long, env = "QUIESCE_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub endpoint_timeout: Duration,
@@ -226,6 +247,8 @@ pub struct ProbeConfig {
 /// Drain settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DrainConfig {
+    /// How the app treats SIGTERM.
+    pub app_shutdown: AppShutdown,
     /// Bound of the EndpointSlice wait.
     pub endpoint_timeout: Duration,
     /// Required time without new connections.
@@ -401,6 +424,7 @@ impl Args {
                 failure_threshold: self.probe_failure_threshold,
             },
             drain: DrainConfig {
+                app_shutdown: self.app_shutdown,
                 endpoint_timeout: self.endpoint_timeout,
                 quiet_period: self.quiet_period,
                 drain_timeout: self.drain_timeout,

@@ -52,6 +52,10 @@ pub struct Timings {
     pub quiet_period: Duration,
     /// Bound of phases 2 and 3 together.
     pub drain_timeout: Duration,
+    /// Whether phase 3 runs. `false` for an app that shuts down gracefully: it finishes its
+    /// in-flight work and closes its kept-alive connections itself once it gets SIGTERM, so
+    /// the drain ends with the quiet period and hands the open connections over to the app.
+    pub wait_in_flight: bool,
 }
 
 /// What the shell saw since the previous observation.
@@ -88,6 +92,10 @@ pub struct DrainReport {
     pub forced: bool,
     /// The phases that ended by their bound.
     pub forced_phases: Vec<Phase>,
+    /// Graceful app: established connections left for the app's own shutdown when the drain
+    /// released SIGTERM (`None`: the drain waited for in-flight work itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_to_app: Option<usize>,
     /// Proxy mode: what the proxy did during the drain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<crate::proxy::ProxyReport>,
@@ -106,6 +114,10 @@ impl DrainReport {
             )
         } else {
             "not forced".to_string()
+        };
+        let forced = match self.handed_to_app {
+            Some(n) => format!("{forced}; {n} connections left to the app's graceful shutdown"),
+            None => forced,
         };
         let proxy = self.proxy.map_or(String::new(), |p| {
             format!(
@@ -196,7 +208,11 @@ impl DrainMachine {
                 }
                 Phase::Quiet => {
                     if now.saturating_duration_since(self.last_arrival) >= self.t.quiet_period {
-                        Some(Phase::InFlight)
+                        Some(if self.t.wait_in_flight {
+                            Phase::InFlight
+                        } else {
+                            Phase::Done
+                        })
                     } else if self.window_expired(now) {
                         self.forced.push(Phase::Quiet);
                         Some(Phase::Done)
@@ -263,6 +279,7 @@ impl DrainMachine {
             busy_at_end: if forced { last.busy } else { 0 },
             forced,
             forced_phases: self.forced.clone(),
+            handed_to_app: (!self.t.wait_in_flight).then_some(last.established),
             proxy: None,
         });
     }

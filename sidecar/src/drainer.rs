@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::{
-    config::{DrainConfig, NewConnectionSignal},
+    config::{AppShutdown, DrainConfig, NewConnectionSignal},
     drain::{DrainMachine, DrainReport, Observation, Phase, Timings},
     endpoints::{EndpointWatch, watch_pod_ip},
     metrics::Metrics,
@@ -137,6 +137,7 @@ impl Drainer {
             endpoint_timeout: self.inner.kube.as_ref().map(|_| c.endpoint_timeout),
             quiet_period: c.quiet_period,
             drain_timeout: c.drain_timeout,
+            wait_in_flight: c.app_shutdown == AppShutdown::Immediate,
         }
     }
 
@@ -212,6 +213,7 @@ fn failed_report() -> DrainReport {
         busy_at_end: 0,
         forced: true,
         forced_phases: vec![],
+        handed_to_app: None,
         proxy: None,
     }
 }
@@ -282,7 +284,12 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
 
     let mut observer = Observer {
         ports: inner.ports.clone(),
-        tracker: ArrivalTracker::default(),
+        tracker: match cfg.app_shutdown {
+            AppShutdown::Immediate => ArrivalTracker::default(),
+            // Requests on kept-alive connections are the app's to finish: only new connections
+            // say that routing still sends traffic here.
+            AppShutdown::Graceful => ArrivalTracker::new_connections_only(),
+        },
         use_passive: cfg.signal == NewConnectionSignal::Netns,
         admin_accepts: inner.admin_accepts.clone(),
         last: ConnCounts::default(),
@@ -377,5 +384,51 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
     {
         tracing::warn!("drained condition not confirmed in time; answering anyway");
     }
+    if report.handed_to_app.is_some() {
+        tokio::spawn(follow_app_shutdown(d.clone(), report.clone()));
+    }
     report
+}
+
+/// Graceful app: after SIGTERM was released, watch the app close its connections and ports,
+/// and add how long that took to the report (log, metric and, in a pod, the condition).
+async fn follow_app_shutdown(d: Drainer, report: DrainReport) {
+    let inner = &d.inner;
+    let cfg = &inner.cfg;
+    let released = Instant::now();
+    let ended = loop {
+        tokio::time::sleep(cfg.poll_interval).await;
+        match sockets::snapshot().await {
+            Ok(snap) => {
+                let c = snap.counts(&inner.ports);
+                if c.established == 0 && c.listening_ports == 0 {
+                    break Some(released.elapsed());
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the socket table failed"),
+        }
+        if released.elapsed() >= cfg.exit_timeout {
+            break None;
+        }
+    };
+    let note = match ended {
+        Some(t) => format!("app shut down in {:.2}s after release", t.as_secs_f64()),
+        None => format!(
+            "app still listening or connected {}s after release",
+            cfg.exit_timeout.as_secs()
+        ),
+    };
+    tracing::info!(
+        after_release_ms = ended.map(|t| t.as_millis() as u64),
+        "{note}"
+    );
+    if let Some(t) = ended {
+        inner.metrics.app_shutdown_duration.observe(t.as_secs_f64());
+    }
+    if let Some(k) = &inner.kube {
+        let message = format!("{}; {note}", report.message());
+        k.reporter
+            .drained(report.forced, &message, cfg.report_timeout)
+            .await;
+    }
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub drains: Family<Labels, Counter>,
     /// Drain durations.
     pub drain_duration: Histogram,
+    /// Graceful app: time from the drain's release to the app's ports and connections closed.
+    pub app_shutdown_duration: Histogram,
     /// Probe results.
     pub probes: Family<Labels, Counter>,
     /// Failed Kubernetes API calls by operation.
@@ -61,6 +63,9 @@ impl Default for Metrics {
             drain_duration: Histogram::new([
                 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
             ]),
+            app_shutdown_duration: Histogram::new([
+                0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+            ]),
             probes: Family::default(),
             api_errors: Family::default(),
             report_failures: Counter::default(),
@@ -94,6 +99,11 @@ impl Default for Metrics {
             "drain_duration_seconds",
             "Drain durations",
             m.drain_duration.clone(),
+        );
+        registry.register(
+            "app_shutdown_duration_seconds",
+            "Graceful app: release of SIGTERM to the app's ports and connections closed",
+            m.app_shutdown_duration.clone(),
         );
         registry.register("probes", "App health probe results", m.probes.clone());
         registry.register(

@@ -212,14 +212,36 @@ impl Snapshot {
 ///   previous observation's. The admin accept count can lag the kernel's handshake by a moment:
 ///   the lag shows as one early (conservative) arrival, and when it resolves in the same
 ///   interval as a real arrival, that arrival was already flagged one poll interval earlier.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ArrivalTracker {
     seen: Option<HashSet<(u64, u64, SocketAddr)>>,
     base: Option<(u64, u64)>,
     unexplained: i64,
+    /// Whether data on an established connection counts as an arrival.
+    count_requests: bool,
+}
+
+impl Default for ArrivalTracker {
+    fn default() -> Self {
+        Self {
+            seen: None,
+            base: None,
+            unexplained: 0,
+            count_requests: true,
+        }
+    }
 }
 
 impl ArrivalTracker {
+    /// A tracker that ignores requests on established connections: only new connections count
+    /// (an app that shuts down gracefully finishes what arrives on its kept-alive connections).
+    pub fn new_connections_only() -> Self {
+        Self {
+            count_requests: false,
+            ..Self::default()
+        }
+    }
+
     /// Feeds one snapshot taken `since` after the previous one; `admin_accepts` is the
     /// sidecar's cumulative admin accept count (`None` ignores `PassiveOpens`). Returns whether
     /// a new connection or request arrived since the previous call; the first call only sets
@@ -240,14 +262,15 @@ impl ArrivalTracker {
         let mut arrived = match &self.seen {
             Some(prev) => {
                 current.iter().any(|k| !prev.contains(k))
-                    || snap.sockets.iter().any(|s| {
-                        s.is_inbound_on(ports)
-                            && s.state == TcpState::Established
-                            && s.activity.is_some_and(|a| {
-                                a.bytes_received > 0
-                                    && u128::from(a.last_data_recv_ms) < since.as_millis()
-                            })
-                    })
+                    || self.count_requests
+                        && snap.sockets.iter().any(|s| {
+                            s.is_inbound_on(ports)
+                                && s.state == TcpState::Established
+                                && s.activity.is_some_and(|a| {
+                                    a.bytes_received > 0
+                                        && u128::from(a.last_data_recv_ms) < since.as_millis()
+                                })
+                        })
             }
             None => false,
         };

@@ -434,6 +434,56 @@ async fn drain_hitting_its_timeout_is_reported_as_forced() {
     );
 }
 
+/// Kept-alive clients that never stop sending (a client pool reaching the pod through a
+/// ClusterIP: kube-proxy never moves an established connection), once in each app shutdown mode.
+/// Returns the drain report and how long the preStop call took.
+async fn drain_with_endless_keep_alive(app_shutdown: &str) -> (Value, Duration, Summary) {
+    let app = demo_app("v1", "graceful");
+    let side = sidecar(
+        &app,
+        &[
+            "--quiet-period",
+            "300ms",
+            "--drain-timeout",
+            "3s",
+            "--new-connection-signal",
+            "ports",
+            "--app-shutdown",
+            app_shutdown,
+        ],
+    );
+    let mut cfg = LoadConfig::new(url(&app), 200.0);
+    cfg.keep_alive = true;
+    let load = loadgen::spawn(cfg);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, v, took) = prestop(side.addr).await;
+    assert_eq!(code, 200, "{v}\n{}", side.output());
+    load.stop();
+    let summary = load.finish().await;
+    (v["report"].clone(), took, summary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_app_is_released_after_the_quiet_period_despite_kept_alive_traffic() {
+    let _g = serial().await;
+    let (graceful, took, s) = drain_with_endless_keep_alive("graceful").await;
+    eprintln!("[graceful] drain took {took:?}: {graceful}; load {s:?}");
+    assert_eq!(graceful["forced"], false, "{graceful}");
+    assert!(
+        graceful["handed_to_app"].as_u64().unwrap() >= 1,
+        "the kept-alive connections are left to the app: {graceful}"
+    );
+    assert_eq!(graceful["in_flight_ms"], 0, "{graceful}");
+    assert!(s.ok > 100 && s.failed() == 0, "{s:?}");
+
+    // The same traffic holds an Immediate drain until its bound: requests keep arriving.
+    let (immediate, took, _) = drain_with_endless_keep_alive("immediate").await;
+    eprintln!("[immediate] drain took {took:?}: {immediate}");
+    assert_eq!(immediate["forced"], true, "{immediate}");
+    assert_eq!(immediate["forced_phases"], serde_json::json!(["quiet"]));
+    assert!(immediate.get("handed_to_app").is_none(), "{immediate}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_does_not_hold_the_drain_and_calls_share_one_drain() {
     let _g = serial().await;

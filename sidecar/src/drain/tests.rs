@@ -9,6 +9,7 @@ fn timings(endpoints: Option<u64>) -> Timings {
         endpoint_timeout: endpoints.map(Duration::from_secs),
         quiet_period: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(30),
+        wait_in_flight: true,
     }
 }
 
@@ -141,4 +142,37 @@ fn observing_after_done_returns_the_same_report() {
     let first = m.observe(c.at(1000), obs(None, false, 0)).cloned().unwrap();
     let again = m.observe(c.at(5000), obs(None, true, 7)).cloned().unwrap();
     assert_eq!(first, again);
+}
+
+#[test]
+fn a_graceful_app_gets_sigterm_after_the_quiet_period_with_its_connections() {
+    let c = Clock(Instant::now());
+    let t = Timings {
+        wait_in_flight: false,
+        ..timings(Some(10))
+    };
+    let mut m = DrainMachine::new(t, c.at(0), obs(Some(true), false, 3));
+    assert!(m.observe(c.at(200), obs(Some(false), false, 3)).is_none());
+    assert_eq!(m.phase(), Phase::Quiet);
+    // A new connection restarts the quiet period; busy kept-alive connections do not hold it.
+    assert!(m.observe(c.at(700), obs(Some(false), true, 3)).is_none());
+    assert!(m.observe(c.at(1600), obs(Some(false), false, 3)).is_none());
+    let r = m
+        .observe(c.at(1700), obs(Some(false), false, 3))
+        .cloned()
+        .unwrap();
+    assert_eq!(m.phase(), Phase::Done);
+    assert!(!r.forced);
+    assert_eq!((r.quiet_ms, r.in_flight_ms), (1500, 0));
+    assert_eq!(
+        r.handed_to_app,
+        Some(4),
+        "established connections left to the app"
+    );
+    assert!(
+        r.message()
+            .ends_with("not forced; 4 connections left to the app's graceful shutdown"),
+        "{}",
+        r.message()
+    );
 }
