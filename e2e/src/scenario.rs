@@ -22,7 +22,7 @@ use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_CONTAINER_NAME, reasons};
 
 use crate::harness::{self, apply_yaml};
-use crate::loadgen::{self, LoadConfig, SlowMix, Summary};
+use crate::loadgen::{self, LoadConfig, Protocol, SlowMix, Summary};
 
 /// Name of the Deployment, its Service and its RolloutPolicy.
 pub const APP: &str = "demo-app";
@@ -33,16 +33,24 @@ pub const MIN_HEALTHY_SECONDS: u64 = 0;
 /// Pod grace period: covers the policy's drain budget (10 s endpoints + 1 s quiet + 30 s).
 pub const GRACE_SECONDS: u64 = 60;
 
-/// How the Deployment shuts its old pods down.
+/// How the Deployment shuts its old pods down. Unless a variant says `Graceful`, the app exits
+/// the moment it gets SIGTERM (the worst case); a graceful app finishes in-flight requests and
+/// closes its idle keep-alive connections (HTTP/2: GOAWAY) first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     /// Nothing: the app gets SIGTERM the moment its pod is deleted.
     Plain,
     /// `lifecycle.preStop.sleep.seconds`: the usual workaround.
     PreStopSleep(u32),
+    /// `preStop: sleep N` in front of an app that shuts down gracefully.
+    GracefulPreStopSleep(u32),
     /// A `RolloutPolicy` targets the Deployment: the webhook injects the sidecar, the operator
-    /// paces the rollout through the readiness gate.
+    /// paces the rollout through the readiness gate. `drain.mode: Observe`.
     Quiesce,
+    /// quiesce, `Observe` with `appShutdown: Graceful`, in front of a graceful app.
+    QuiesceGraceful,
+    /// quiesce, `drain.mode: Proxy`: the sidecar proxies the app's traffic.
+    QuiesceProxy,
 }
 
 impl Variant {
@@ -51,16 +59,38 @@ impl Variant {
         match self {
             Variant::Plain => "plain Deployment".into(),
             Variant::PreStopSleep(s) => format!("`preStop: sleep {s}`"),
+            Variant::GracefulPreStopSleep(s) => format!("graceful app, `preStop: sleep {s}`"),
             Variant::Quiesce => "quiesce".into(),
+            Variant::QuiesceGraceful => "graceful app, quiesce Observe+Graceful".into(),
+            Variant::QuiesceProxy => "quiesce Proxy".into(),
         }
     }
 
-    /// Short name, for namespaces.
+    /// Short name, for namespaces and `--variants`.
     pub fn slug(self) -> String {
         match self {
             Variant::Plain => "plain".into(),
             Variant::PreStopSleep(s) => format!("sleep{s}"),
+            Variant::GracefulPreStopSleep(s) => format!("graceful-sleep{s}"),
             Variant::Quiesce => "quiesce".into(),
+            Variant::QuiesceGraceful => "graceful-quiesce".into(),
+            Variant::QuiesceProxy => "proxy".into(),
+        }
+    }
+
+    /// Whether a RolloutPolicy governs the Deployment.
+    pub fn is_quiesce(self) -> bool {
+        matches!(
+            self,
+            Variant::Quiesce | Variant::QuiesceGraceful | Variant::QuiesceProxy
+        )
+    }
+
+    /// The demo app's `EXIT_ON_SIGTERM`.
+    pub fn app_exit(self) -> &'static str {
+        match self {
+            Variant::GracefulPreStopSleep(_) | Variant::QuiesceGraceful => "graceful",
+            _ => "immediate",
         }
     }
 }
@@ -69,8 +99,9 @@ impl Variant {
 /// app keeps its own readiness probe in every variant: with quiesce the sidecar copies it.
 pub fn deployment_yaml(variant: Variant, version: &str) -> String {
     let image = harness::image("demo-app");
+    let exit = variant.app_exit();
     let prestop = match variant {
-        Variant::PreStopSleep(s) => {
+        Variant::PreStopSleep(s) | Variant::GracefulPreStopSleep(s) => {
             format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {s}}}}}}}")
         }
         _ => String::new(),
@@ -97,7 +128,7 @@ spec:
           imagePullPolicy: IfNotPresent
           env:
             - {{name: VERSION, value: "{version}"}}
-            - {{name: EXIT_ON_SIGTERM, value: immediate}}
+            - {{name: EXIT_ON_SIGTERM, value: {exit}}}
           ports: [{{containerPort: 8080, name: http}}]
           readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 2}}{prestop}
           resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
@@ -117,8 +148,13 @@ spec:
 }
 
 /// The demo's RolloutPolicy: no steps (admit every new pod once healthy), drain every old pod
-/// before the next one goes.
-pub fn policy_yaml() -> String {
+/// before the next one goes; the drain mode and app shutdown as `variant` says.
+pub fn policy_yaml(variant: Variant) -> String {
+    let (mode, app_shutdown) = match variant {
+        Variant::QuiesceProxy => ("Proxy", "Immediate"),
+        Variant::QuiesceGraceful => ("Observe", "Graceful"),
+        _ => ("Observe", "Immediate"),
+    };
     format!(
         r#"apiVersion: quiesce.dev/v1alpha1
 kind: RolloutPolicy
@@ -131,7 +167,8 @@ spec:
     quietPeriodMillis: 1000
     timeoutSeconds: 30
     waitBeforeNextStep: true
-    mode: Observe
+    mode: {mode}
+    appShutdown: {app_shutdown}
 "#
     )
 }
@@ -185,8 +222,8 @@ pub async fn delete_namespace(client: &Client, name: &str) {
 /// Deploys `variant` at version `v1` in `ns` and waits until it is rolled out. With quiesce the
 /// policy goes first, and the pods are checked for the injected sidecar.
 pub async fn deploy(client: &Client, ns: &str, variant: Variant) -> Result<()> {
-    if variant == Variant::Quiesce {
-        apply_yaml(client, ns, &policy_yaml()).await?;
+    if variant.is_quiesce() {
+        apply_yaml(client, ns, &policy_yaml(variant)).await?;
         // The webhook injects only once the operator has seen the policy.
         let api: Api<RolloutPolicy> = Api::namespaced(client.clone(), ns);
         harness::eventually(
@@ -201,7 +238,7 @@ pub async fn deploy(client: &Client, ns: &str, variant: Variant) -> Result<()> {
     if let Err(e) = harness::wait_rollout(client, ns, APP, Duration::from_secs(180)).await {
         bail!("{e:#}\n{}", diagnose(client, ns).await);
     }
-    if variant == Variant::Quiesce {
+    if variant.is_quiesce() {
         let pods = harness::pods(client, ns, &format!("app={APP}")).await?;
         let injected = |p: &Pod| {
             p.spec.as_ref().is_some_and(|s| {
@@ -484,10 +521,19 @@ impl Tracker {
 pub struct Load {
     /// Requests per second (open loop).
     pub rate: f64,
-    /// Reuse connections, or one new connection per request.
-    pub keep_alive: bool,
+    /// How the clients connect: a new connection per request, a keep-alive pool, or HTTP/2.
+    pub protocol: Protocol,
     /// Slow requests in the mix.
     pub slow: Option<SlowMix>,
+}
+
+/// How a load's clients connect, in words.
+pub fn clients(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "new connection per request",
+        Protocol::KeepAlive => "keep-alive pool",
+        Protocol::H2c => "HTTP/2 (h2c)",
+    }
 }
 
 impl Load {
@@ -661,7 +707,7 @@ pub async fn roll(
     }
     let load_started = Instant::now();
     let running = loadgen::spawn(LoadConfig {
-        keep_alive: load.keep_alive,
+        protocol: load.protocol,
         slow: load.slow,
         ..LoadConfig::new(url, load.rate)
     });
@@ -745,7 +791,14 @@ mod tests {
 
     #[test]
     fn manifests_are_valid_yaml_for_every_variant() {
-        for v in [Variant::Plain, Variant::PreStopSleep(5), Variant::Quiesce] {
+        for v in [
+            Variant::Plain,
+            Variant::PreStopSleep(5),
+            Variant::GracefulPreStopSleep(5),
+            Variant::Quiesce,
+            Variant::QuiesceGraceful,
+            Variant::QuiesceProxy,
+        ] {
             for doc in serde_yaml::Deserializer::from_str(&deployment_yaml(v, "v2")) {
                 let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
                 assert!(value.get("kind").is_some(), "{v:?}");
@@ -753,7 +806,16 @@ mod tests {
         }
         let d = deployment_yaml(Variant::PreStopSleep(15), "v2");
         assert!(d.contains("preStop: {sleep: {seconds: 15}}"), "{d}");
-        let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml()).unwrap();
+        let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml(Variant::Quiesce)).unwrap();
         assert_eq!(p.spec.target_ref.name, APP);
+        let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml(Variant::QuiesceProxy)).unwrap();
+        assert_eq!(p.spec.drain.mode, quiesce_api::DrainMode::Proxy);
+        let p: RolloutPolicy =
+            serde_yaml::from_str(&policy_yaml(Variant::QuiesceGraceful)).unwrap();
+        assert_eq!(
+            p.spec.drain.app_shutdown,
+            quiesce_api::AppShutdown::Graceful
+        );
+        assert!(deployment_yaml(Variant::QuiesceGraceful, "v2").contains("value: graceful"));
     }
 }

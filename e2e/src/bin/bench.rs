@@ -1,8 +1,9 @@
 //! `bench`: the benchmark table of docs/benchmarks.md, in one run on one cluster.
 //!
-//! For each variant (plain Deployment, `preStop: sleep 5`, `preStop: sleep 15`, quiesce) one
-//! namespace with the demo app at v1; a rollout to v2 under load with a new connection per
-//! request, then to v3 with keep-alive clients. Each row: failed requests, rollout wall time
+//! For each variant (plain Deployment, `preStop: sleep 5`, `preStop: sleep 15`, quiesce Observe,
+//! quiesce Proxy, and a graceful app with `preStop: sleep 5` and with quiesce Observe+Graceful)
+//! one namespace with the demo app at v1; a rollout to v2 under load with a new connection per
+//! request, to v3 with a keep-alive pool, to v4 with HTTP/2 clients. Each row: failed requests, rollout wall time
 //! (template change → last old pod gone) and its ratio to the physical floor (see
 //! [`Rollout::floor`]). For quiesce also the sidecar's RSS and CPU, idle and under load (read
 //! from `/proc` on the node: the bench runs as root on it), and its start-to-ready time.
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use quiesce_e2e::loadgen::{self, LoadConfig, SlowMix};
+use quiesce_e2e::loadgen::{self, LoadConfig, Protocol, SlowMix};
 use quiesce_e2e::node;
 use quiesce_e2e::scenario::{self, APP, Load, MIN_HEALTHY_SECONDS, Rollout, Tracker, Variant};
 
@@ -28,9 +29,11 @@ struct Args {
     /// Namespace prefix.
     #[arg(long, default_value = "quiesce-bench")]
     prefix: String,
-    /// Variants to run, comma-separated: plain, sleep5, sleep15, quiesce.
+    /// Variants to run, comma-separated: plain, sleep5, sleep15, quiesce, proxy,
+    /// graceful-sleep5, graceful-quiesce.
     #[arg(long, value_delimiter = ',', default_values_t = ["plain".to_string(),
-        "sleep5".to_string(), "sleep15".to_string(), "quiesce".to_string()])]
+        "sleep5".to_string(), "sleep15".to_string(), "quiesce".to_string(),
+        "proxy".to_string(), "graceful-sleep5".to_string(), "graceful-quiesce".to_string()])]
     variants: Vec<String>,
     /// Print each rollout's timeline (pod milestones, bursts of failures) to stderr.
     #[arg(long)]
@@ -39,7 +42,7 @@ struct Args {
 
 struct Row {
     variant: Variant,
-    keep_alive: bool,
+    protocol: Protocol,
     rollout: Rollout,
     floor: Duration,
 }
@@ -78,6 +81,9 @@ async fn run_bench(args: Args) -> Result<()> {
         Variant::PreStopSleep(5),
         Variant::PreStopSleep(15),
         Variant::Quiesce,
+        Variant::QuiesceProxy,
+        Variant::GracefulPreStopSleep(5),
+        Variant::QuiesceGraceful,
     ];
     let chosen = all
         .into_iter()
@@ -89,7 +95,7 @@ async fn run_bench(args: Args) -> Result<()> {
         say(&format!("{label}: deploying v1 in namespace {ns}"));
         let tracker = Tracker::start(&client, &ns);
         scenario::deploy(&client, &ns, variant).await?;
-        if variant == Variant::Quiesce {
+        if variant.is_quiesce() {
             say("quiesce: sidecar cost, idle");
             measure_sidecars(&client, &ns, &tracker, None, args.window_secs, &mut cost).await?;
             say(&format!("quiesce: sidecar cost, {} req/s", args.rate));
@@ -103,24 +109,16 @@ async fn run_bench(args: Args) -> Result<()> {
             )
             .await?;
         }
-        for (to, keep_alive) in [("v2", false), ("v3", true)] {
+        let protocols = [Protocol::Http1, Protocol::KeepAlive, Protocol::H2c];
+        for (to, protocol) in ["v2", "v3", "v4"].into_iter().zip(protocols) {
             let load = Load {
                 rate: args.rate,
-                keep_alive,
+                protocol,
                 slow,
             };
-            let step = |m: &str| {
-                say(&format!(
-                    "{label}, {}: {m}",
-                    if keep_alive {
-                        "keep-alive"
-                    } else {
-                        "new connections"
-                    }
-                ))
-            };
+            let step = |m: &str| say(&format!("{label}, {}: {m}", scenario::clients(protocol)));
             let rollout = scenario::roll(&client, &ns, variant, &tracker, to, load, &step).await?;
-            let min_healthy = if variant == Variant::Quiesce {
+            let min_healthy = if variant.is_quiesce() {
                 Duration::from_secs(MIN_HEALTHY_SECONDS)
             } else {
                 Duration::ZERO
@@ -136,7 +134,7 @@ async fn run_bench(args: Args) -> Result<()> {
             if args.timeline {
                 eprint!("{}", rollout.timeline());
             }
-            if variant == Variant::Quiesce {
+            if variant.is_quiesce() {
                 cost.start_to_ready
                     .extend(rollout.new.iter().filter_map(|(_, t)| {
                         Some(
@@ -147,7 +145,7 @@ async fn run_bench(args: Args) -> Result<()> {
             }
             rows.push(Row {
                 variant,
-                keep_alive,
+                protocol,
                 rollout,
                 floor,
             });
@@ -229,14 +227,16 @@ fn range<T: PartialOrd + Copy>(v: &[T], f: impl Fn(T) -> String) -> String {
 fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String {
     let mut out = format!(
         "Rolling update of {} replicas (maxSurge 1, maxUnavailable 0) of an app that exits at once \
-         on SIGTERM, under {rate} req/s open-loop load with 5% of requests taking 1 s.\n\n",
+         on SIGTERM (\"graceful app\" rows: it finishes in-flight requests and closes its \
+         keep-alive connections first), under {rate} req/s open-loop load with 5% of requests \
+         taking 1 s.\n\n",
         scenario::REPLICAS
     );
     out += "| variant | clients | failed / sent | reset | refused | timeout | other | rollout | floor | rollout / floor | drains (forced) |\n";
     out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for r in rows {
         let s = &r.rollout.summary;
-        let drains = if r.variant == Variant::Quiesce {
+        let drains = if r.variant.is_quiesce() {
             let d = r.rollout.drains();
             let done = d.iter().filter(|d| d.status == "True").count();
             let forced = d.iter().filter(|d| d.forced()).count();
@@ -247,11 +247,7 @@ fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String
         out += &format!(
             "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
             r.variant.label(),
-            if r.keep_alive {
-                "keep-alive"
-            } else {
-                "new connection per request"
-            },
+            scenario::clients(r.protocol),
             s.failed(),
             s.sent,
             s.reset,

@@ -12,8 +12,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Api;
 use quiesce_api::RolloutPolicy;
 use quiesce_e2e::harness;
-use quiesce_e2e::loadgen::SlowMix;
-use quiesce_e2e::scenario::{self, APP, Load, Rollout, Tracker, Variant};
+use quiesce_e2e::loadgen::{Protocol, SlowMix};
+use quiesce_e2e::scenario::{self, APP, Load, Rollout, Tracker, Variant, clients};
 
 #[derive(Debug, Parser)]
 #[command(about = "A rolling update under load, without and with quiesce")]
@@ -57,7 +57,11 @@ async fn run_demo(args: Args) -> Result<()> {
 
     let load = Load {
         rate: args.rate,
-        keep_alive: args.keep_alive,
+        protocol: if args.keep_alive {
+            Protocol::KeepAlive
+        } else {
+            Protocol::Http1
+        },
         // One request in 20 takes a second: in flight when its pod goes.
         slow: Some(SlowMix {
             ms: 1000,
@@ -185,11 +189,7 @@ fn report(
         "quiesce demo: rolling update of {APP} (3 replicas, maxSurge 1, the app exits at once on \
          SIGTERM)\nload: {} req/s open loop, {}, 5% of requests take 1 s\n\n",
         load.rate,
-        if load.keep_alive {
-            "keep-alive connections"
-        } else {
-            "a new connection per request"
-        }
+        clients(load.protocol)
     );
     out += &format!(
         "{:<w$}  {:>16}  {:>16}\n",
