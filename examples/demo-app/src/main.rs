@@ -4,11 +4,19 @@
 //! - `GET /slow?ms=N` answers the same after sleeping `N` milliseconds (at most 10 minutes);
 //! - `GET /healthz` answers 200, or 503 with `--fail-health`;
 //! - `GET /prestop?ms=N` prints `demo-app: preStop hook called` and answers after `N` ms: a
-//!   target for a plain (quiesce-less) `preStop.httpGet` hook whose call tests can see in the log.
+//!   target for a plain (quiesce-less) `preStop.httpGet` hook whose call tests can see in the log;
+//! - gRPC over h2c on the same port ([`grpc`]): `quiesce.demo.Demo/Echo`, `…/Stream` and
+//!   `grpc.health.v1.Health/Check`;
+//! - `GET /ws`: a WebSocket echo ([`ws`]).
 //!
 //! On SIGTERM it either exits at once, dropping every connection (`--exit-on-sigterm=immediate`,
 //! the worst case quiesce must handle), or shuts down gracefully: stops accepting, finishes
-//! in-flight requests, bounded by `--graceful-timeout-secs`.
+//! in-flight requests, bounded by `--graceful-timeout-secs`. Graceful shutdown (hyper's) also
+//! closes idle HTTP/1.1 keep-alive connections, sends GOAWAY on HTTP/2 connections, and the app
+//! closes its WebSockets with a Close frame.
+
+mod grpc;
+mod ws;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,11 +25,14 @@ use axum::{
     extract::{Query, State},
     http::{HeaderValue, StatusCode, header::HeaderName},
     response::IntoResponse,
-    routing::get,
+    routing::{get, post},
 };
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 
 /// What to do on SIGTERM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +77,8 @@ struct AppState {
     version: String,
     pod_name: String,
     fail_health: bool,
+    /// Turns true when a graceful shutdown starts (WebSockets then close).
+    shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +95,10 @@ fn app(state: Arc<AppState>) -> Router {
         .route("/slow", get(slow))
         .route("/healthz", get(healthz))
         .route("/prestop", get(prestop))
+        .route("/quiesce.demo.Demo/Echo", post(grpc::echo))
+        .route("/quiesce.demo.Demo/Stream", post(grpc::stream))
+        .route("/grpc.health.v1.Health/Check", post(grpc::health_check))
+        .route("/ws", get(ws::ws))
         .with_state(state)
 }
 
@@ -120,10 +137,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         version: args.app_version.clone(),
         pod_name: args.pod_name.clone(),
         fail_health: args.fail_health,
+        shutdown: shutdown_rx,
     });
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port)).await?;
     // Tests parse this line to learn the port.
@@ -162,6 +181,7 @@ async fn main() -> std::io::Result<()> {
             let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
                 shutdown.await;
                 println!("demo-app: signal received, shutting down gracefully");
+                let _ = shutdown_tx.send(true);
                 let _ = tx.send(());
             });
             let timeout = Duration::from_secs(args.graceful_timeout_secs);
