@@ -3,6 +3,7 @@
 
 pub mod apidoc;
 pub mod chart;
+pub mod grpc;
 pub mod h2chan;
 pub mod h2frames;
 pub mod harness;

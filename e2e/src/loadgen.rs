@@ -190,6 +190,7 @@ pub enum Outcome {
     Refused,
     /// HTTP/2: the server's GOAWAY left this stream out (it was not processed); a gRPC client
     /// would retry such a request transparently, so a graceful drain should never cause one.
+    #[serde(rename = "goaway")]
     GoAway,
     /// HTTP/2: the server reset the stream with `REFUSED_STREAM` (not processed).
     StreamRefused,
