@@ -137,7 +137,11 @@ impl Drainer {
             endpoint_timeout: self.inner.kube.as_ref().map(|_| c.endpoint_timeout),
             quiet_period: c.quiet_period,
             drain_timeout: c.drain_timeout,
-            wait_in_flight: c.app_shutdown == AppShutdown::Immediate,
+            // Proxy mode ends every client connection itself, whatever the app does on
+            // SIGTERM: a graceful app stopping first would answer the proxy's next request on a
+            // kept-alive client connection with a refused connection (502).
+            wait_in_flight: c.app_shutdown == AppShutdown::Immediate
+                || self.inner.proxy.get().is_some(),
         }
     }
 

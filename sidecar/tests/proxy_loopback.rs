@@ -829,3 +829,42 @@ async fn passthrough_left_open_forces_the_drain_at_its_bound() {
     // Still forwarding: the drain does not cut it, the app's exit will.
     assert_eq!(echo(&mut tls, b"after"), b"after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_app_in_proxy_mode_still_waits_for_the_proxys_connections() {
+    let _g = serial().await;
+    let app = demo_app("v1", "graceful");
+    let (side, proxy) = proxy_sidecar(
+        app.addr.port(),
+        &HTTP_PROBE,
+        &[
+            "--quiet-period",
+            "200ms",
+            "--drain-timeout",
+            "10s",
+            "--app-shutdown",
+            "graceful",
+        ],
+    );
+    // A slow request on a kept-alive client connection: were SIGTERM released after the quiet
+    // period (what --app-shutdown graceful does in observe mode), the app would stop and the
+    // client's next request on that connection would find no app behind the proxy.
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET /slow?ms=1200 HTTP/1.1\r\nhost: app\r\n\r\n").unwrap();
+        read_head(&mut s)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, v, took) = prestop(side.addr).await;
+    let head = slow.join().unwrap();
+    eprintln!("[graceful app, proxy] took={took:?}: {v}");
+    assert_eq!(code, 200);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(v["report"]["forced"], false, "{v}");
+    assert!(
+        v["report"]["in_flight_ms"].as_u64().unwrap() > 0 && took >= Duration::from_millis(900),
+        "the drain must wait for the proxy's connections: {took:?} {v}"
+    );
+}
