@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::plan::{
     self, Action, AppPort, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
-    ServicePortView, ServiceView, TargetPort, TargetState, TargetView,
+    ServicePortView, ServiceView, SidecarView, TargetPort, TargetState, TargetView,
 };
 
 mod drains;
@@ -909,6 +909,47 @@ fn gate_transition_time(pod: &Pod) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
+/// The quiesce sidecar's status on a pod: the native sidecar's entry in
+/// `initContainerStatuses` (or in `containerStatuses`, for a sidecar injected as a container).
+pub fn sidecar_view(pod: &Pod) -> Option<SidecarView> {
+    let status = pod.status.as_ref()?;
+    let c = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|c| c.name == SIDECAR_CONTAINER_NAME)?;
+    let last_termination = c
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .map(|t| match t.message.as_deref().and_then(last_line) {
+            Some(m) => m.to_owned(),
+            _ => format!(
+                "{}, exit code {}",
+                t.reason.as_deref().unwrap_or("Terminated"),
+                t.exit_code
+            ),
+        });
+    Some(SidecarView {
+        restarts: c.restart_count,
+        crash_looping: c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.as_deref())
+            == Some("CrashLoopBackOff"),
+        last_termination,
+    })
+}
+
+/// The last non-empty line of a termination message: the sidecar's termination message policy
+/// is `FallbackToLogsOnError`, so after a crash it is the tail of its log, which ends with the
+/// error.
+fn last_line(message: &str) -> Option<&str> {
+    message.lines().map(str::trim).rfind(|l| !l.is_empty())
+}
+
 /// The plan's view of a pod.
 pub fn pod_view(pod: &Pod) -> PodView {
     let containers_ready_since = pod_condition(pod, "ContainersReady")
@@ -938,11 +979,14 @@ pub fn pod_view(pod: &Pod) -> PodView {
             .any(|c| c.name == SIDECAR_CONTAINER_NAME)
     });
     let status = pod.status.as_ref();
+    let sidecar = sidecar_view(pod);
     let restarts = status
         .and_then(|s| s.container_statuses.as_ref())
         .into_iter()
         .flatten()
+        .filter(|c| c.name != SIDECAR_CONTAINER_NAME)
         .map(|c| c.restart_count)
+        .chain(sidecar.as_ref().map(|s| s.restarts))
         .max()
         .unwrap_or(0);
     PodView {
@@ -954,6 +998,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         injected,
         drained,
         restarts,
+        sidecar,
         terminating: pod.meta().deletion_timestamp.is_some(),
     }
 }

@@ -160,10 +160,23 @@ pub struct PodView {
     pub injected: bool,
     /// The drained condition reported by the sidecar.
     pub drained: Option<DrainedView>,
-    /// Highest restart count of the pod's containers.
+    /// Highest restart count of the pod's app containers and its quiesce sidecar.
     pub restarts: i32,
+    /// The quiesce sidecar's container status, when the pod runs it and the kubelet reported.
+    pub sidecar: Option<SidecarView>,
     /// `deletionTimestamp` is set.
     pub terminating: bool,
+}
+
+/// The status of a pod's quiesce sidecar (`status.initContainerStatuses[quiesce-sidecar]`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SidecarView {
+    /// `restartCount`.
+    pub restarts: i32,
+    /// `state.waiting.reason == CrashLoopBackOff`.
+    pub crash_looping: bool,
+    /// `lastState.terminated`: its message, else its reason and exit code.
+    pub last_termination: Option<String>,
 }
 
 /// The pod's `quiesce.dev/ready` condition.
@@ -286,6 +299,8 @@ struct Planner<'a> {
     status: RolloutPolicyStatus,
     actions: Vec<Action>,
     timers: Vec<Timestamp>,
+    /// Appended to the status message (a crash-looping sidecar).
+    note: Option<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -299,6 +314,7 @@ impl<'a> Planner<'a> {
             status,
             actions: Vec::new(),
             timers: Vec::new(),
+            note: None,
         }
     }
 
@@ -341,6 +357,7 @@ impl<'a> Planner<'a> {
         self.check_injection();
         self.check_grace_period(target);
         self.check_proxy_takeover(target);
+        self.check_sidecars();
         self.rollout(target);
         self.finish(before)
     }
@@ -464,6 +481,16 @@ impl<'a> Planner<'a> {
         let (ok, reason, msg) = proxy_takeover(t, &self.o.services);
         if self.set(conditions::PROXY_TAKEOVER, ok, reason, msg.clone()) && !ok {
             self.actions.push(Action::warning(reason, msg));
+        }
+    }
+
+    fn check_sidecars(&mut self) {
+        let (ok, reason, msg) = sidecar_health(&self.o.pods);
+        if self.set(conditions::SIDECAR_HEALTHY, ok, reason, msg.clone()) && !ok {
+            self.actions.push(Action::warning(reason, msg.clone()));
+        }
+        if !ok {
+            self.note = Some(msg);
         }
     }
 
@@ -745,10 +772,14 @@ impl<'a> Planner<'a> {
             .filter(|p| p.revision.as_deref() == Some(update))
             .find(|p| p.restarts > max)
         {
+            let which = match &pod.sidecar {
+                Some(s) if s.restarts == pod.restarts => " (its quiesce sidecar)",
+                _ => "",
+            };
             return Some((
                 reasons::TOO_MANY_RESTARTS,
                 format!(
-                    "pod {} of revision {update} restarted {} times (maxRestarts {max})",
+                    "pod {} of revision {update} restarted {} times{which} (maxRestarts {max})",
                     pod.name, pod.restarts
                 ),
             ));
@@ -1206,6 +1237,17 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self, before: Option<Phase>) -> Plan {
+        // The note goes at the end of the message, replacing the one of the last pass (a path
+        // that keeps the previous message must not stack them).
+        if let Some(message) = self.status.message.as_mut() {
+            if let Some(at) = message.find(NOTE_MARKER) {
+                message.truncate(at);
+            }
+            if let Some(note) = &self.note {
+                message.push_str(NOTE_MARKER);
+                message.push_str(note);
+            }
+        }
         let after = self.status.phase;
         let reason_taken = |reason: &str| {
             self.actions
@@ -1331,6 +1373,86 @@ pub fn proxy_takeover(t: &TargetView, services: &[ServiceView]) -> ConditionDeci
         )
     };
     (true, reasons::ALL_SERVICES_NAMED, msg)
+}
+
+/// Separates the status message from the note about crash-looping sidecars.
+const NOTE_MARKER: &str = "; SidecarHealthy=False: ";
+
+/// Longest termination message quoted per pod.
+const MAX_TERMINATION_MESSAGE: usize = 200;
+
+/// Pods named in `SidecarHealthy=False`; the rest are counted.
+const MAX_PODS_NAMED: usize = 3;
+
+/// The `SidecarHealthy` condition: `False` while the quiesce sidecar of any pod has restarted
+/// or is in `CrashLoopBackOff`, naming the pods (crash-looping first, then most restarts) with
+/// the sidecar's last termination.
+pub fn sidecar_health(pods: &[PodView]) -> ConditionDecision {
+    let with_sidecar = pods.iter().filter(|p| p.sidecar.is_some()).count();
+    let mut bad: Vec<(&PodView, &SidecarView)> = pods
+        .iter()
+        .filter_map(|p| Some((p, p.sidecar.as_ref()?)))
+        .filter(|(_, s)| s.restarts > 0 || s.crash_looping)
+        .collect();
+    if bad.is_empty() {
+        return (
+            true,
+            reasons::SIDECAR_RUNNING,
+            format!("the quiesce sidecar runs without restarts in all {with_sidecar} pods"),
+        );
+    }
+    bad.sort_by(|(a, sa), (b, sb)| {
+        (!sa.crash_looping, -sa.restarts, &a.name).cmp(&(!sb.crash_looping, -sb.restarts, &b.name))
+    });
+    let described: Vec<String> = bad
+        .iter()
+        .take(MAX_PODS_NAMED)
+        .map(|(p, s)| {
+            let mut d = format!(
+                "pod {} restarted it {} time{}",
+                p.name,
+                s.restarts,
+                if s.restarts == 1 { "" } else { "s" }
+            );
+            if s.crash_looping {
+                d.push_str(" and is in CrashLoopBackOff");
+            }
+            if let Some(t) = &s.last_termination {
+                d.push_str(&format!(
+                    " (last termination: {})",
+                    one_line(t, MAX_TERMINATION_MESSAGE)
+                ));
+            }
+            d
+        })
+        .collect();
+    let more = match bad.len().saturating_sub(MAX_PODS_NAMED) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    (
+        false,
+        reasons::SIDECAR_CRASH_LOOPING,
+        format!(
+            "the quiesce sidecar restarted in {} of {with_sidecar} pods: {}{more}; see kubectl logs POD -c quiesce-sidecar --previous",
+            bad.len(),
+            described.join("; ")
+        ),
+    )
+}
+
+/// `s` on one line (whitespace runs collapsed), cut to at most `max` bytes.
+fn one_line(s: &str, max: usize) -> String {
+    let mut out = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > max {
+        let mut end = max;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
 }
 
 /// A problem with the spec the CRD schema cannot see.

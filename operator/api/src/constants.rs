@@ -89,6 +89,13 @@ pub mod conditions {
     /// ([`NUMERIC_TARGET_PORT`](super::reasons::NUMERIC_TARGET_PORT)) or the pods have no named
     /// port to take over ([`NO_NAMED_PORT`](super::reasons::NO_NAMED_PORT)).
     pub const PROXY_TAKEOVER: &str = "ProxyTakeover";
+
+    /// `False` ([`SIDECAR_CRASH_LOOPING`](super::reasons::SIDECAR_CRASH_LOOPING)) while the
+    /// quiesce sidecar of any pod of the target has restarted or is in `CrashLoopBackOff`, with
+    /// the pod and the sidecar's last termination message; `True`
+    /// ([`SIDECAR_RUNNING`](super::reasons::SIDECAR_RUNNING)) otherwise. Sidecar restarts of
+    /// new-revision pods also count toward `spec.failure.maxRestarts`.
+    pub const SIDECAR_HEALTHY: &str = "SidecarHealthy";
 }
 
 /// Reasons: CamelCase, machine-readable, for policy conditions, pod conditions and events.
@@ -154,6 +161,12 @@ pub mod reasons {
     /// `ProxyTakeover=False`: the pod template declares no named TCP container port, so the
     /// sidecar takes over nothing and drains in `Observe` mode.
     pub const NO_NAMED_PORT: &str = "NoNamedPort";
+
+    // --- SidecarHealthy ---
+    /// `SidecarHealthy=True`: no pod's quiesce sidecar has restarted.
+    pub const SIDECAR_RUNNING: &str = "SidecarRunning";
+    /// `SidecarHealthy=False`: a pod's quiesce sidecar restarted or is in `CrashLoopBackOff`.
+    pub const SIDECAR_CRASH_LOOPING: &str = "SidecarCrashLooping";
 
     // --- pod condition quiesce.dev/ready (readiness gate) ---
     /// Gate `True`: a pod of the stable revision, or any pod outside a rollout.

@@ -737,3 +737,97 @@ fn a_service_change_requeues_the_proxy_policies_of_its_namespace() {
         TargetPort::Name("http".into())
     );
 }
+
+fn with_sidecar_status(mut p: Pod, status: Value) -> Pod {
+    p.status.as_mut().unwrap().init_container_statuses =
+        Some(vec![serde_json::from_value(status).unwrap()]);
+    p
+}
+
+#[test]
+fn the_native_sidecar_status_is_read_from_init_container_statuses() {
+    let crashing = with_sidecar_status(
+        pod("n1", "new", None),
+        json!({"name": SIDECAR_CONTAINER_NAME, "image": "sidecar", "imageID": "", "ready": false,
+            "restartCount": 5,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 2m40s"}},
+            "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                "message": "{\"level\":\"INFO\"}\ninvalid QUIESCE_PROXY_PORTS\n"}}}),
+    );
+    let v = pod_view(&crashing);
+    assert_eq!(v.restarts, 5, "sidecar restarts count like app restarts");
+    assert_eq!(
+        v.sidecar,
+        Some(SidecarView {
+            restarts: 5,
+            crash_looping: true,
+            last_termination: Some("invalid QUIESCE_PROXY_PORTS".into()),
+        })
+    );
+    // No termination message: reason and exit code.
+    let oom = with_sidecar_status(
+        pod("n2", "new", None),
+        json!({"name": SIDECAR_CONTAINER_NAME, "image": "sidecar", "imageID": "", "ready": true,
+            "restartCount": 1, "state": {"running": {}},
+            "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}),
+    );
+    let s = pod_view(&oom).sidecar.unwrap();
+    assert!(!s.crash_looping);
+    assert_eq!(
+        s.last_termination.as_deref(),
+        Some("OOMKilled, exit code 137")
+    );
+    assert_eq!(pod_view(&pod("n3", "new", None)).sidecar, None);
+}
+
+#[tokio::test]
+async fn a_crash_looping_sidecar_shows_in_the_policy_status() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let crashing = with_sidecar_status(
+        pod("n1", "new", Some("True")),
+        json!({"name": SIDECAR_CONTAINER_NAME, "image": "sidecar", "imageID": "", "ready": false,
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}}}),
+    );
+    let ctx = context(client, vec![p.clone()], vec![crashing], None);
+    let verifier = tokio::spawn(async move {
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        let c = status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == conditions::SIDECAR_HEALTHY)
+            .expect("SidecarHealthy condition")
+            .clone();
+        assert_eq!(c["status"], "False");
+        assert_eq!(c["reason"], reasons::SIDECAR_CRASH_LOOPING);
+        let m = c["message"].as_str().unwrap();
+        assert!(
+            m.contains(
+                "pod n1 restarted it 3 times and is in CrashLoopBackOff (last termination: boom)"
+            ),
+            "{m}"
+        );
+        let message = status["status"]["message"].as_str().unwrap();
+        assert!(message.contains("SidecarHealthy=False"), "{message}");
+        let e = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        assert_eq!(e["reason"], reasons::SIDECAR_CRASH_LOOPING);
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}

@@ -895,3 +895,132 @@ fn observe_mode_has_no_proxy_takeover_condition() {
     assert!(p.status.condition(conditions::PROXY_TAKEOVER).is_none());
     assert!(events(&p).is_empty());
 }
+
+fn crash_looping(p: PodView, restarts: i32, termination: &str) -> PodView {
+    PodView {
+        restarts,
+        sidecar: Some(SidecarView {
+            restarts,
+            crash_looping: true,
+            last_termination: Some(termination.into()),
+        }),
+        ..p
+    }
+}
+
+fn healthy_sidecar(p: PodView) -> PodView {
+    PodView {
+        sidecar: Some(SidecarView::default()),
+        ..p
+    }
+}
+
+#[test]
+fn a_restarting_sidecar_is_reported_with_its_pod_and_last_termination() {
+    let mut w = World::new(
+        spec(vec![]),
+        target(2, "old"),
+        vec![
+            healthy_sidecar(pod("a", "old", Some(0), Some(true))),
+            crash_looping(
+                pod("b", "old", Some(0), Some(true)),
+                4,
+                "invalid QUIESCE_PROXY_PORTS:\n  15001:x",
+            ),
+        ],
+    );
+    let p = w.step(1);
+    let c = cond(&p, conditions::SIDECAR_HEALTHY);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", reasons::SIDECAR_CRASH_LOOPING)
+    );
+    assert!(
+        c.message.contains(
+            "pod b restarted it 4 times and is in CrashLoopBackOff (last termination: invalid QUIESCE_PROXY_PORTS: 15001:x)"
+        ),
+        "{}",
+        c.message
+    );
+    assert!(c.message.contains("in 1 of 2 pods"), "{}", c.message);
+    assert!(events(&p).contains(&reasons::SIDECAR_CRASH_LOOPING));
+    let message = p.status.message.clone().unwrap();
+    assert!(message.starts_with("no rollout in progress"), "{message}");
+    assert!(message.contains("; SidecarHealthy=False: the quiesce sidecar restarted"));
+
+    // Still crash-looping: no second Warning, the transition time stays, the note is not stacked.
+    let p = w.step(30);
+    assert!(!events(&p).contains(&reasons::SIDECAR_CRASH_LOOPING));
+    assert_eq!(
+        cond(&p, conditions::SIDECAR_HEALTHY).last_transition_time,
+        Time(at(1))
+    );
+    assert_eq!(
+        p.status
+            .message
+            .unwrap()
+            .matches("SidecarHealthy=False")
+            .count(),
+        1
+    );
+
+    // The pod was replaced by a healthy one: True again, the note is gone.
+    w.o.pods[1] = healthy_sidecar(pod("c", "old", Some(0), Some(true)));
+    let p = w.step(60);
+    let c = cond(&p, conditions::SIDECAR_HEALTHY);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::SIDECAR_RUNNING)
+    );
+    assert_eq!(c.last_transition_time, Time(at(60)));
+    assert!(!p.status.message.unwrap().contains("SidecarHealthy"));
+}
+
+#[test]
+fn many_restarting_sidecars_are_named_up_to_three() {
+    let pods = (0..5)
+        .map(|i| {
+            crash_looping(
+                pod(&format!("p{i}"), "old", Some(0), Some(true)),
+                i + 1,
+                "Error, exit code 1",
+            )
+        })
+        .collect();
+    let mut w = World::new(spec(vec![]), target(5, "old"), pods);
+    let p = w.step(1);
+    let m = &cond(&p, conditions::SIDECAR_HEALTHY).message;
+    assert!(
+        m.contains("in 5 of 5 pods: pod p4 restarted it 5 times"),
+        "{m}"
+    );
+    assert!(m.contains("; and 2 more"), "{m}");
+    assert!(!m.contains("pod p0"), "{m}");
+}
+
+#[test]
+fn sidecar_restarts_of_new_pods_count_toward_max_restarts() {
+    let mut s = spec(vec![Step::admit_count(1), Step::admit_percent(100)]);
+    s.failure.max_restarts = 2;
+    s.failure.action = FailureAction::Pause;
+    let mut w = World::rolling(
+        s,
+        2,
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            crash_looping(pod("n1", "new", None, None), 3, "Error, exit code 1"),
+        ],
+    );
+    let p = w.step(5);
+    let c = cond(&p, conditions::DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::TOO_MANY_RESTARTS)
+    );
+    assert!(
+        c.message
+            .contains("pod n1 of revision new restarted 3 times (its quiesce sidecar)"),
+        "{}",
+        c.message
+    );
+}
