@@ -47,7 +47,7 @@ mod drains;
 mod tests;
 
 use drains::CountedDrains;
-pub use drains::{DrainInbox, drain_report};
+pub use drains::{DrainInbox, Taken, drain_report};
 
 /// Annotation of a ReplicaSet: the Deployment revision it belongs to.
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -437,9 +437,34 @@ impl Context {
     pub async fn apply(&self, policy: &RolloutPolicy, deleting: bool) -> Result<Requeue> {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
-        let observed = self.observe(policy, deleting);
+        let (observed, counted) = self.observe_counting(policy, deleting);
         let now = (self.clock)();
         let plan = plan::plan(&observed, now);
+        if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
+            // Another policy governs the target: leave its pods alone.
+            self.metrics.set_phase(&ns, &name, None);
+            return Ok(Requeue::await_change());
+        }
+        // The status goes first: whoever reads the status after the pods never sees more pods
+        // admitted than the recorded step allows. A failed gate write is redone next time.
+        let written = async {
+            self.ensure_sidecar_binding(&ns, &observed).await?;
+            if !deleting && plan.status != observed.policy.status {
+                self.patch_status(policy, &plan).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(err) = written {
+            // The drains counted in this pass are not recorded: count them next time.
+            self.uncount(&ns, &policy.spec.target_ref.name, counted, now);
+            return Err(err);
+        }
+        if !deleting && plan.status.message != observed.policy.status.message {
+            info!(policy = %name, namespace = %ns, phase = ?plan.status.phase,
+                step = ?plan.status.current_step, message = plan.status.message.as_deref().unwrap_or(""),
+                "policy status");
+        }
         for d in &observed.new_drains {
             let result = if d.forced { "forced" } else { "completed" };
             self.metrics
@@ -450,22 +475,6 @@ impl Context {
                     ("result", result.to_owned()),
                 ])
                 .inc();
-        }
-        if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
-            // Another policy governs the target: leave its pods alone.
-            self.metrics.set_phase(&ns, &name, None);
-            return Ok(Requeue::await_change());
-        }
-        self.ensure_sidecar_binding(&ns, &observed).await?;
-        // The status goes first: whoever reads the status after the pods never sees more pods
-        // admitted than the recorded step allows. A failed gate write is redone next time.
-        if !deleting && plan.status != observed.policy.status {
-            self.patch_status(policy, &plan).await?;
-            if plan.status.message != observed.policy.status.message {
-                info!(policy = %name, namespace = %ns, phase = ?plan.status.phase,
-                    step = ?plan.status.current_step, message = plan.status.message.as_deref().unwrap_or(""),
-                    "policy status");
-            }
         }
         for action in &plan.actions {
             self.execute(policy, &observed, action, now).await?;
@@ -496,6 +505,21 @@ impl Context {
 
     /// Builds the plan's input from the caches and the shell's memory.
     pub fn observe(&self, policy: &RolloutPolicy, deleting: bool) -> Observed {
+        self.observe_counting(policy, deleting).0
+    }
+
+    /// Forgets that the drains of a pass were counted (its status write failed) and puts them
+    /// back in the inbox, so the next pass counts them even if their pods are gone by then.
+    fn uncount(&self, ns: &str, deployment: &str, counted: Vec<Taken>, now: Timestamp) {
+        let mut memory = self.memory();
+        for taken in counted {
+            memory.drains.forget(&taken.uid);
+            self.drain_inbox.put_back(ns, deployment, taken, now);
+        }
+    }
+
+    /// [`Self::observe`], and the drains it counted (pod UID, name, report).
+    fn observe_counting(&self, policy: &RolloutPolicy, deleting: bool) -> (Observed, Vec<Taken>) {
         let ns = policy.namespace().unwrap_or_default();
         let uid = policy.uid().unwrap_or_default();
         let mut memory = self.memory();
@@ -541,7 +565,7 @@ impl Context {
             Vec::new()
         };
         let now = (self.clock)();
-        let mut new_drains = Vec::new();
+        let mut counted = Vec::new();
         let mut views = Vec::new();
         let live: HashSet<String> = pods.iter().filter_map(|p| p.uid()).collect();
         for pod in &pods {
@@ -563,7 +587,11 @@ impl Context {
                     .drains
                     .first_sight(&pod_uid, &ns, &pod.name_any(), now)
             {
-                new_drains.push(report);
+                counted.push(Taken {
+                    uid: pod_uid.clone(),
+                    pod: pod.name_any(),
+                    report,
+                });
             }
             views.push(view);
         }
@@ -571,7 +599,7 @@ impl Context {
             // Pods that reported and went away before this reconcile (see `pod_event`).
             for taken in self.drain_inbox.take(&ns, target_name) {
                 if memory.drains.first_sight(&taken.uid, &ns, &taken.pod, now) {
-                    new_drains.push(taken.report);
+                    counted.push(taken);
                 }
             }
         }
@@ -581,7 +609,8 @@ impl Context {
                 .is_some_and(|p| p.uid().as_deref() == Some(uid))
         });
         memory.gates.retain(|uid, _| live.contains(uid));
-        Observed {
+        let new_drains = counted.iter().map(|t| t.report).collect();
+        let observed = Observed {
             policy: PolicyView {
                 name: policy.name_any(),
                 generation: policy.meta().generation,
@@ -595,7 +624,8 @@ impl Context {
             pods: views,
             new_drains,
             services,
-        }
+        };
+        (observed, counted)
     }
 
     fn target_view(&self, d: &Deployment) -> (TargetView, Vec<Arc<Pod>>) {

@@ -137,6 +137,21 @@ impl DrainInbox {
         true
     }
 
+    /// Puts a report taken by a pass whose status write failed back, for the next pass.
+    pub fn put_back(&self, namespace: &str, deployment: &str, taken: Taken, now: Timestamp) {
+        let key = (namespace.to_owned(), deployment.to_owned());
+        self.lock()
+            .pending
+            .entry(key)
+            .or_default()
+            .entry(taken.uid)
+            .or_insert(Pending {
+                pod: taken.pod,
+                report: taken.report,
+                at: now,
+            });
+    }
+
     /// Takes every report recorded for `deployment` in `namespace`.
     pub fn take(&self, namespace: &str, deployment: &str) -> Vec<Taken> {
         let key = (namespace.to_owned(), deployment.to_owned());
@@ -235,6 +250,11 @@ impl CountedDrains {
                 true
             }
         }
+    }
+
+    /// Forgets that the pod's drain was counted.
+    pub fn forget(&mut self, uid: &str) {
+        self.seen.remove(uid);
     }
 
     /// Forgets the UIDs last seen more than [`RETENTION`] ago whose pod is not `present`

@@ -831,3 +831,54 @@ async fn a_crash_looping_sidecar_shows_in_the_policy_status() {
     ctx.apply(&p, false).await.unwrap();
     verifier.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_drain_whose_status_write_failed_is_counted_next_time() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let ctx = context(client, vec![p.clone()], vec![], None);
+    let gone = drained(
+        pod("o1", "old", Some("True")),
+        reasons::DRAINED,
+        "drained in 2s",
+    );
+    pod_event(
+        &gone,
+        &ctx.policies,
+        &ctx.replicasets,
+        &ctx.drain_inbox,
+        now(),
+    );
+    let verifier = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("status patch");
+        assert!(
+            request
+                .uri()
+                .path()
+                .ends_with("/rolloutpolicies/web/status")
+        );
+        send.send_response(
+            Response::builder()
+                .status(500)
+                .body(Body::from(
+                    serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "message": "etcdserver: request timed out",
+                        "reason": "InternalError", "code": 500}))
+                    .unwrap(),
+                ))
+                .unwrap(),
+        );
+        let status = expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
+            json!(p_reply()),
+        )
+        .await;
+        assert_eq!(status["status"]["drains"]["completed"], 1);
+        no_more_calls(&mut handle).await;
+    });
+    assert!(ctx.apply(&p, false).await.is_err());
+    ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
