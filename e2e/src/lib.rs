@@ -11,3 +11,4 @@ pub mod hey;
 pub mod loadgen;
 pub mod node;
 pub mod scenario;
+pub mod ws;
