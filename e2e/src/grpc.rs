@@ -192,7 +192,8 @@ pub struct GrpcConfig {
     pub connections: usize,
     /// `x-delay-ms` of each unary call (server-side sleep).
     pub delay_ms: u64,
-    /// Server streams kept open at once; each starts again when it ends, until stopped.
+    /// Server streams kept open at once; each starts again when it ends, until the unary calls
+    /// are done (with `rate` 0: until the duration or the stop).
     pub streams: usize,
     /// Messages per stream (`x-count`).
     pub stream_messages: u64,
@@ -340,6 +341,34 @@ pub async fn stream(
     (outcome, got)
 }
 
+/// `grpc.health.v1.Health/Check` of the whole server: the `status` (1 SERVING, 2 NOT_SERVING).
+pub async fn health_check(ch: &H2Channel<Full<Bytes>>, target: &str) -> Result<u64, RpcOutcome> {
+    let req = request(target, "/grpc.health.v1.Health/Check", frame(b""));
+    let res = ch.request(req).await.map_err(RpcOutcome::Transport)?;
+    if res.status() != hyper::StatusCode::OK {
+        let o = Outcome::HttpStatus(res.status().as_u16());
+        return Err(RpcOutcome::Transport(o));
+    }
+    let (parts, body) = res.into_parts();
+    let c = body
+        .collect()
+        .await
+        .map_err(|e| RpcOutcome::Transport(classify(&e)))?;
+    match grpc_status(&parts.headers, c.trailers()) {
+        Some(0) => {}
+        Some(code) => return Err(RpcOutcome::GrpcStatus(code)),
+        None => return Err(RpcOutcome::MissingStatus),
+    }
+    let msgs = Deframer::default()
+        .push(&c.to_bytes())
+        .map_err(|e| RpcOutcome::Transport(Outcome::Other(e)))?;
+    // HealthCheckResponse { status = 1 (varint) }: tag 0x08, then the value; absent = 0.
+    Ok(match msgs.first().map(Vec::as_slice) {
+        Some([0x08, v, ..]) => u64::from(*v),
+        _ => 0,
+    })
+}
+
 struct Done {
     unary: bool,
     outcome: RpcOutcome,
@@ -392,9 +421,12 @@ async fn run_until(cfg: GrpcConfig, stop: watch::Receiver<bool>) -> GrpcSummary 
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
     let mut set: JoinSet<Vec<Done>> = JoinSet::new();
+    // Stream loops end with the unary calls (or, without those, at the deadline or stop).
+    let (done_tx, done_rx) = watch::channel(false);
     // Stream loops: one call after another until stopped or past the deadline.
     for k in 0..cfg.streams {
-        let (channels, targets, mut stop) = (channels.clone(), cfg.targets.clone(), stop.clone());
+        let (channels, targets, mut stop) =
+            (channels.clone(), cfg.targets.clone(), done_rx.clone());
         let (count, interval) = (cfg.stream_messages, cfg.stream_interval_ms);
         let bound = cfg.timeout + Duration::from_millis(count * interval);
         set.spawn(async move {
@@ -486,7 +518,7 @@ async fn run_until(cfg: GrpcConfig, stop: watch::Receiver<bool>) -> GrpcSummary 
         });
         i += 1;
     }
-    // Unary calls done, or none asked for: wait for the stop, then for the stream loops.
+    // Without unary calls, streams run until the deadline or the stop.
     if cfg.streams > 0 && cfg.rate <= 0.0 {
         let mut stop_rx = stop.clone();
         let until_deadline = async {
@@ -500,6 +532,7 @@ async fn run_until(cfg: GrpcConfig, stop: watch::Receiver<bool>) -> GrpcSummary 
             _ = stop_rx.wait_for(|s| *s) => {}
         }
     }
+    let _ = done_tx.send(true);
     let mut summary = GrpcSummary::default();
     while let Some(res) = set.join_next().await {
         for d in res.unwrap_or_default() {

@@ -18,7 +18,14 @@
 mod grpc;
 mod ws;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -79,6 +86,9 @@ struct AppState {
     fail_health: bool,
     /// Turns true when a graceful shutdown starts (WebSockets then close).
     shutdown: watch::Receiver<bool>,
+    /// Open WebSockets: a graceful exit waits for their closing handshakes too, since hyper
+    /// no longer tracks a connection once it is upgraded.
+    websockets: AtomicUsize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +153,7 @@ async fn main() -> std::io::Result<()> {
         pod_name: args.pod_name.clone(),
         fail_health: args.fail_health,
         shutdown: shutdown_rx,
+        websockets: AtomicUsize::new(0),
     });
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port)).await?;
     // Tests parse this line to learn the port.
@@ -178,6 +189,7 @@ async fn main() -> std::io::Result<()> {
         }
         ExitMode::Graceful => {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let tracked = state.clone();
             let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
                 shutdown.await;
                 println!("demo-app: signal received, shutting down gracefully");
@@ -192,8 +204,15 @@ async fn main() -> std::io::Result<()> {
                     std::future::pending::<()>().await;
                 }
             };
+            let server_then_websockets = async move {
+                let res = server.await;
+                while tracked.websockets.load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                res
+            };
             tokio::select! {
-                res = server => res,
+                res = server_then_websockets => res,
                 () = bound => {
                     println!("demo-app: graceful shutdown timed out, exiting");
                     std::process::exit(0);

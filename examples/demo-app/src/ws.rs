@@ -5,7 +5,7 @@
 //! graceful mode the app itself closes its sockets on SIGTERM with a Close frame (1001, going
 //! away), the way a well-behaved server ends a tunnel; in immediate mode they are just reset.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     extract::{
@@ -22,8 +22,25 @@ pub async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -
     upgrade.on_upgrade(move |socket| echo(socket, state))
 }
 
+/// Counts a WebSocket as open while alive.
+struct Open(Arc<AppState>);
+
+impl Open {
+    fn new(state: Arc<AppState>) -> Self {
+        state.websockets.fetch_add(1, Ordering::AcqRel);
+        Self(state)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn echo(mut socket: WebSocket, state: Arc<AppState>) {
-    let mut shutdown = state.shutdown.clone();
+    let open = Open::new(state);
+    let mut shutdown = open.0.shutdown.clone();
     loop {
         tokio::select! {
             msg = socket.recv() => match msg {
@@ -32,8 +49,9 @@ async fn echo(mut socket: WebSocket, state: Arc<AppState>) {
                         return;
                     }
                 }
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {} // pings are answered by the library
+                Some(Err(_)) | None => return,
+                // The library queued the answering Close; the next read sends it and ends.
+                Some(Ok(_)) => {} // pings and Close are answered by the library
             },
             shutting_down = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
                 if shutting_down {
