@@ -10,14 +10,17 @@ source "$root/e2e/cluster/versions.env"
 bin="$root/.tools/bin"
 mkdir -p "$bin"
 
+# hey only feeds the third-party-client checks (they skip without it), so failing to build it
+# warns instead of stopping the cluster tooling; HEY_REQUIRED=1 makes it fatal.
 install_hey() {
   if [ -x "$bin/hey" ]; then return 0; fi
-  if ! command -v go >/dev/null; then
-    echo "tools.sh: go not found, hey not installed" >&2
-    return 1
+  if command -v go >/dev/null &&
+    GOBIN="$bin" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install "github.com/rakyll/hey@$HEY_VERSION"; then
+    echo "hey: installed $HEY_VERSION into $bin/hey"
+    return 0
   fi
-  GOBIN="$bin" GOFLAGS=-mod=mod GOTOOLCHAIN=local go install "github.com/rakyll/hey@$HEY_VERSION"
-  echo "hey: installed $HEY_VERSION into $bin/hey"
+  echo "tools.sh: WARNING: could not install hey $HEY_VERSION (needs go and the Go module proxy)" >&2
+  [ "${HEY_REQUIRED:-0}" != 1 ]
 }
 
 install_kubectl_helm() {
