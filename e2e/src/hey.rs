@@ -34,6 +34,9 @@ pub struct HeyConfig {
     pub duration: Duration,
     /// Keep connections alive (hey's default); `false` adds `-disable-keepalive`.
     pub keep_alive: bool,
+    /// Ask for HTTP/2 (`-h2`). Go's client negotiates it over TLS only (no h2c), so against an
+    /// `http://` URL hey stays on HTTP/1.1 whatever this says.
+    pub h2: bool,
     /// Per-request timeout in whole seconds (`-t`, 0 = none).
     pub timeout_secs: u32,
     /// Extra request headers, `"Name: value"` (`-H`).
@@ -51,6 +54,7 @@ impl HeyConfig {
             workers: 10,
             duration,
             keep_alive: true,
+            h2: false,
             timeout_secs: 10,
             headers: Vec::new(),
             bin: hey_bin(),
@@ -72,6 +76,9 @@ impl HeyConfig {
         ];
         if !self.keep_alive {
             a.push("-disable-keepalive".to_string());
+        }
+        if self.h2 {
+            a.push("-h2".to_string());
         }
         for h in &self.headers {
             a.extend(["-H".to_string(), h.clone()]);
