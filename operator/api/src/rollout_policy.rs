@@ -593,7 +593,7 @@ pub struct RolloutPolicyStatus {
     pub drains: Option<DrainStats>,
 
     /// Conditions of the policy (Accepted, Progressing, Paused, Available, Degraded, Injected,
-    /// DrainBudgetSufficient), one per type.
+    /// DrainBudgetSufficient, SidecarHealthy, and ProxyTakeover in Proxy mode), one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -60,6 +60,7 @@ fn spec_serializes_in_camel_case_with_int_or_percent_steps() {
                 "timeoutSeconds": 30,
                 "waitBeforeNextStep": true,
                 "mode": "Proxy",
+                "appShutdown": "Graceful",
             },
             "failure": {"progressDeadlineSeconds": 300, "maxRestarts": 2, "action": "Rollback"},
             "paused": false,
