@@ -29,6 +29,7 @@ help:
 	@echo "make cluster-up | cluster-down | cluster-status | images | e2e"
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
+	@echo "make bench-proxy   proxy overhead on loopback: quiesce vs nginx vs HAProxy (no cluster)"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
 
 fmt:
@@ -65,12 +66,25 @@ test: lint unit crd-validate
 
 # The cluster rule (KUBECONFIG, kind or the local cluster), images and `helm install` are in
 # e2e/demo.sh; ARGS go to the binary (`make bench ARGS="--rate 100"`).
-.PHONY: demo bench
+.PHONY: demo bench bench-proxy
 demo:
 	@e2e/demo.sh demo $(ARGS)
 
 bench:
 	@e2e/demo.sh bench $(ARGS)
+
+# The "Proxy overhead" tables of docs/benchmarks.md: on loopback, no cluster. Installs hey
+# (tools.sh), nginx and HAProxy (Debian packages), builds the release binaries exactly as
+# e2e/cluster/images.sh does (shared artifacts), then runs e2e/src/bin/proxybench.rs; ARGS go to
+# it (`make bench-proxy ARGS="--rounds 1 --hey-only"`). Markdown on stdout, progress on stderr.
+BENCH_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/quiesce/cargo-target)
+bench-proxy:
+	@e2e/cluster/tools.sh >&2
+	@e2e/bench/proxy-deps.sh >&2
+	@RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) \
+	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu \
+	  --bin quiesce-sidecar --bin demo-app --bin proxybench >&2
+	@$(BENCH_TARGET_DIR)/x86_64-unknown-linux-gnu/release/proxybench $(ARGS)
 
 # docs/api.md from the CRD (a unit test of the e2e crate fails when it drifts).
 .PHONY: api-docs
