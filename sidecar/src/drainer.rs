@@ -236,20 +236,23 @@ struct Observer {
 
 impl Observer {
     async fn observe(&mut self, metrics: &Metrics) -> (ConnCounts, bool) {
-        if let Some((proxy, accepted)) = &mut self.proxy {
+        let proxied = self.proxy.as_mut().map(|(proxy, accepted)| {
             // Every open connection holds the drain: the proxy closes each at its safe moment.
             let c = proxy.counters();
             let arrived = c.accepted != *accepted;
             *accepted = c.accepted;
-            let counts = ConnCounts {
-                listening_ports: 0,
-                established: c.open,
-                busy: c.open,
-            };
-            return (counts, arrived);
-        }
-        match sockets::snapshot().await {
-            Ok(snap) => {
+            (c.open, arrived)
+        });
+        let (direct, arrived_direct) = match sockets::snapshot().await {
+            Ok(mut snap) => {
+                if proxied.is_some() {
+                    // Proxy mode: the proxy's own connections to the app come from loopback
+                    // and are counted by the proxy. What is left reached the app directly (a
+                    // Service with a numeric targetPort): watch it as Observe mode would. The
+                    // netns-wide handshake counter would count the proxy's traffic too.
+                    snap.sockets.retain(|s| !s.remote.ip().is_loopback());
+                    snap.passive_opens = None;
+                }
                 let admin = self
                     .use_passive
                     .then(|| self.admin_accepts.load(Ordering::SeqCst));
@@ -267,6 +270,17 @@ impl Observer {
                 tracing::warn!(error = %e, "reading the socket table failed");
                 (self.last, false)
             }
+        };
+        match proxied {
+            Some((open, arrived)) => (
+                ConnCounts {
+                    listening_ports: direct.listening_ports,
+                    established: open + direct.established,
+                    busy: open + direct.busy,
+                },
+                arrived || arrived_direct,
+            ),
+            None => (direct, arrived_direct),
         }
     }
 }
