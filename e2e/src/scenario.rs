@@ -51,6 +51,9 @@ pub enum Variant {
     QuiesceGraceful,
     /// quiesce, `drain.mode: Proxy`: the sidecar proxies the app's traffic.
     QuiesceProxy,
+    /// quiesce Proxy, but the Service targets the app's port by number: its traffic bypasses
+    /// the proxy (the policy says so) and is drained as in Observe mode.
+    QuiesceProxyNumericPort,
 }
 
 impl Variant {
@@ -63,6 +66,7 @@ impl Variant {
             Variant::Quiesce => "quiesce".into(),
             Variant::QuiesceGraceful => "graceful app, quiesce Observe+Graceful".into(),
             Variant::QuiesceProxy => "quiesce Proxy".into(),
+            Variant::QuiesceProxyNumericPort => "quiesce Proxy, numeric targetPort".into(),
         }
     }
 
@@ -75,6 +79,7 @@ impl Variant {
             Variant::Quiesce => "quiesce".into(),
             Variant::QuiesceGraceful => "graceful-quiesce".into(),
             Variant::QuiesceProxy => "proxy".into(),
+            Variant::QuiesceProxyNumericPort => "proxy-numeric".into(),
         }
     }
 
@@ -82,7 +87,10 @@ impl Variant {
     pub fn is_quiesce(self) -> bool {
         matches!(
             self,
-            Variant::Quiesce | Variant::QuiesceGraceful | Variant::QuiesceProxy
+            Variant::Quiesce
+                | Variant::QuiesceGraceful
+                | Variant::QuiesceProxy
+                | Variant::QuiesceProxyNumericPort
         )
     }
 
@@ -100,6 +108,10 @@ impl Variant {
 pub fn deployment_yaml(variant: Variant, version: &str) -> String {
     let image = harness::image("demo-app");
     let exit = variant.app_exit();
+    let target_port = match variant {
+        Variant::QuiesceProxyNumericPort => "8080",
+        _ => "http",
+    };
     let prestop = match variant {
         Variant::PreStopSleep(s) | Variant::GracefulPreStopSleep(s) => {
             format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {s}}}}}}}")
@@ -142,7 +154,7 @@ kind: Service
 metadata: {{name: {APP}}}
 spec:
   selector: {{app: {APP}}}
-  ports: [{{port: 80, targetPort: http}}]
+  ports: [{{port: 80, targetPort: {target_port}}}]
 "#
     )
 }
@@ -151,7 +163,7 @@ spec:
 /// before the next one goes; the drain mode and app shutdown as `variant` says.
 pub fn policy_yaml(variant: Variant) -> String {
     let (mode, app_shutdown) = match variant {
-        Variant::QuiesceProxy => ("Proxy", "Immediate"),
+        Variant::QuiesceProxy | Variant::QuiesceProxyNumericPort => ("Proxy", "Immediate"),
         Variant::QuiesceGraceful => ("Observe", "Graceful"),
         _ => ("Observe", "Immediate"),
     };

@@ -12,9 +12,12 @@
 
 use std::time::Duration;
 
+use quiesce_api::RolloutPolicy;
+use quiesce_api::constants::{conditions, reasons};
+use quiesce_e2e::grpc::{self, GrpcConfig};
 use quiesce_e2e::harness;
 use quiesce_e2e::loadgen::{Protocol, SlowMix};
-use quiesce_e2e::scenario::{self, Load, Rollout, Tracker, Variant};
+use quiesce_e2e::scenario::{self, APP, Load, Rollout, Tracker, Variant};
 
 /// Requests per second of the kept-alive load (the bar: at least 1k req/s).
 const RATE: f64 = 1000.0;
@@ -131,4 +134,118 @@ async fn graceful_app_in_observe_mode_is_faster_than_a_prestop_sleep_and_loses_n
         quiesce.wall,
         sleep.wall
     );
+}
+
+#[tokio::test]
+async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
+    let client = harness::client().await.expect("cluster");
+    let variant = Variant::QuiesceProxy;
+    let ns = scenario::fresh_namespace(&client, "e2e", "ka-h2")
+        .await
+        .expect("namespace");
+    let tracker = Tracker::start(&client, &ns);
+    scenario::deploy(&client, &ns, variant)
+        .await
+        .expect("deploy");
+    let url = format!(
+        "http://{}:80",
+        harness::cluster_ip(&client, &ns, APP).await.unwrap()
+    );
+    // gRPC beside the HTTP/2 load: unary calls and server streams that span the drains.
+    let rpc = grpc::spawn(GrpcConfig {
+        streams: 4,
+        stream_messages: 20,
+        stream_interval_ms: 100,
+        ..GrpcConfig::new(url, 200.0)
+    });
+    let say = |m: &str| eprintln!("[h2c+gRPC] {m}");
+    let r = scenario::roll(
+        &client,
+        &ns,
+        variant,
+        &tracker,
+        "v2",
+        load(Protocol::H2c),
+        &say,
+    )
+    .await
+    .expect("rollout");
+    rpc.stop();
+    let rpc = rpc.finish().await;
+    tracker.stop();
+    eprintln!(
+        "[h2c] {} of {} failed, {} connections saw GOAWAY; rollout {:.1}s\n{}",
+        r.summary.failed(),
+        r.summary.sent,
+        r.summary.connections_goaway,
+        r.wall.as_secs_f64(),
+        r.timeline()
+    );
+    eprintln!("[gRPC] {rpc:?}");
+    scenario::delete_namespace(&client, &ns).await;
+    assert_eq!(r.summary.failed(), 0, "{:?}", r.summary);
+    assert!(
+        r.summary.connections_goaway > 0,
+        "HTTP/2 clients move by GOAWAY: {:?}",
+        r.summary
+    );
+    assert_eq!(rpc.failed(), 0, "{rpc:?}");
+    assert!(rpc.unary.ok > 1000 && rpc.streams.ok > 4, "{rpc:?}");
+    assert!(rpc.connections_goaway > 0, "{rpc:?}");
+    assert_drains_unforced(&r);
+}
+
+#[tokio::test]
+async fn a_numeric_target_port_is_reported_and_drained_as_in_observe_mode() {
+    let client = harness::client().await.expect("cluster");
+    let variant = Variant::QuiesceProxyNumericPort;
+    let ns = scenario::fresh_namespace(&client, "e2e", "ka-numeric")
+        .await
+        .expect("namespace");
+    let tracker = Tracker::start(&client, &ns);
+    scenario::deploy(&client, &ns, variant)
+        .await
+        .expect("deploy");
+    let api: kube::Api<RolloutPolicy> = kube::Api::namespaced(client.clone(), &ns);
+    let condition = harness::eventually(
+        "ProxyTakeover=False naming the Service",
+        Duration::from_secs(60),
+        || async {
+            let status = api.get(APP).await?.status.unwrap_or_default();
+            Ok(status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == conditions::PROXY_TAKEOVER && c.status == "False"))
+        },
+    )
+    .await
+    .expect("condition");
+    assert_eq!(condition.reason, reasons::NUMERIC_TARGET_PORT);
+    assert!(
+        condition.message.contains(APP) && condition.message.contains("targetPort: http"),
+        "{condition:?}"
+    );
+    let say = |m: &str| eprintln!("[numeric targetPort] {m}");
+    let r = scenario::roll(
+        &client,
+        &ns,
+        variant,
+        &tracker,
+        "v2",
+        load(Protocol::Http1),
+        &say,
+    )
+    .await
+    .expect("rollout");
+    tracker.stop();
+    eprintln!(
+        "[numeric targetPort] {} of {} failed; rollout {:.1}s\n{}",
+        r.summary.failed(),
+        r.summary.sent,
+        r.wall.as_secs_f64(),
+        r.timeline()
+    );
+    scenario::delete_namespace(&client, &ns).await;
+    assert_eq!(r.summary.failed(), 0, "{:?}", r.summary);
+    assert_drains_unforced(&r);
 }
