@@ -31,10 +31,10 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use quiesce_api::constants::{
     INJECT_DISABLED, INJECT_LABEL, READY_GATE_CONDITION, SIDECAR_ADMIN_PORT,
-    SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, SIDECAR_FAIL_OPEN_ENV, annotations, labels,
-    reasons,
+    SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, annotations, labels, reasons,
 };
-use quiesce_api::{DrainMode, RolloutPolicy};
+use quiesce_api::sidecar::env as sidecar_env;
+use quiesce_api::{DrainMode, RolloutPolicy, SidecarEnv, SidecarProbe};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -138,35 +138,26 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         .containers
         .iter()
         .find_map(|c| c.readiness_probe.clone());
-    let mut probe_env: Vec<(&str, String)> = Vec::new();
-    match readiness.as_ref() {
+    // Ports outside 1..=65535 are invalid pods the apiserver rejects after admission.
+    let port_u16 = |port: i32| u16::try_from(port).ok().filter(|p| *p != 0);
+    let probe_port = |port: &IntOrString| resolve_port(port).and_then(port_u16);
+    let probe = match readiness.as_ref() {
         Some(Probe {
             http_get: Some(get),
             ..
-        }) if resolve_port(&get.port).is_some() => {
-            probe_env.push(("QUIESCE_PROBE", "http".into()));
-            probe_env.push((
-                "QUIESCE_PROBE_PORT",
-                resolve_port(&get.port).unwrap_or(0).to_string(),
-            ));
-            probe_env.push((
-                "QUIESCE_PROBE_PATH",
-                get.path.clone().unwrap_or_else(|| "/".into()),
-            ));
-        }
+        }) if probe_port(&get.port).is_some() => SidecarProbe::Http {
+            port: probe_port(&get.port).unwrap_or_default(),
+            path: get.path.clone().unwrap_or_else(|| "/".into()),
+        },
         Some(Probe {
             tcp_socket: Some(tcp),
             ..
-        }) if resolve_port(&tcp.port).is_some() => {
-            probe_env.push(("QUIESCE_PROBE", "tcp".into()));
-            probe_env.push((
-                "QUIESCE_PROBE_PORT",
-                resolve_port(&tcp.port).unwrap_or(0).to_string(),
-            ));
-        }
-        _ if !app_ports.is_empty() => probe_env.push(("QUIESCE_PROBE", "tcp".into())),
-        _ => probe_env.push(("QUIESCE_PROBE", "none".into())),
-    }
+        }) if probe_port(&tcp.port).is_some() => SidecarProbe::Tcp {
+            port: probe_port(&tcp.port),
+        },
+        _ if !app_ports.is_empty() => SidecarProbe::Tcp { port: None },
+        _ => SidecarProbe::None,
+    };
     if app_ports.is_empty() {
         app_ports.push(8080);
     }
@@ -183,15 +174,15 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     };
     let mut env = vec![
         EnvVar {
-            name: "POD_NAME".into(),
+            name: sidecar_env::POD_NAME.into(),
             ..field("metadata.name")
         },
         EnvVar {
-            name: "POD_NAMESPACE".into(),
+            name: sidecar_env::POD_NAMESPACE.into(),
             ..field("metadata.namespace")
         },
         EnvVar {
-            name: "POD_IP".into(),
+            name: sidecar_env::POD_IP.into(),
             ..field("status.podIP")
         },
     ];
@@ -207,46 +198,28 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     } else {
         DrainMode::Proxy
     };
-    let ports = app_ports
-        .iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut plain = vec![
-        ("QUIESCE_MODE", "kubernetes".to_owned()),
-        ("QUIESCE_APP_PORTS", ports),
-        ("QUIESCE_DRAIN_MODE", mode.as_str().to_ascii_lowercase()),
-        (
-            "QUIESCE_APP_SHUTDOWN",
-            drain.app_shutdown.as_str().to_ascii_lowercase(),
-        ),
-        (
-            "QUIESCE_ENDPOINT_TIMEOUT",
-            format!("{}s", drain.endpoint_timeout_seconds),
-        ),
-        (
-            "QUIESCE_QUIET_PERIOD",
-            format!("{}ms", drain.quiet_period_millis),
-        ),
-        (
-            "QUIESCE_DRAIN_TIMEOUT",
-            format!("{}s", drain.timeout_seconds),
-        ),
-        (
-            SIDECAR_FAIL_OPEN_ENV,
-            policy.spec.readiness.fail_open_after_seconds.to_string(),
-        ),
-        ("QUIESCE_LOG_FORMAT", settings.log_format.clone()),
-    ];
-    if !routes.is_empty() {
-        plain.push(("QUIESCE_PROXY_PORTS", proxy_ports::routes_env(&routes)));
-    }
-    plain.extend(probe_env);
-    env.extend(plain.into_iter().map(|(name, value)| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..Default::default()
-    }));
+    let sidecar_env = SidecarEnv {
+        app_ports: app_ports.iter().copied().filter_map(port_u16).collect(),
+        drain_mode: mode,
+        app_shutdown: drain.app_shutdown,
+        endpoint_timeout: drain.endpoint_timeout(),
+        quiet_period: drain.quiet_period(),
+        drain_timeout: drain.timeout(),
+        proxy_routes: proxy_ports::route_ports(&routes),
+        probe,
+        log_format: settings.log_format.clone(),
+        fail_open_after_seconds: policy.spec.readiness.fail_open_after_seconds,
+    };
+    env.extend(
+        sidecar_env
+            .to_env()
+            .into_iter()
+            .map(|(name, value)| EnvVar {
+                name,
+                value: Some(value),
+                ..Default::default()
+            }),
+    );
 
     let http = |path: &str| HTTPGetAction {
         path: Some(path.into()),

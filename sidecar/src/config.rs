@@ -5,8 +5,13 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use quiesce_api::constants::SIDECAR_ADMIN_PORT;
+use quiesce_api::sidecar::env::*;
+pub use quiesce_api::sidecar::parse_duration;
+/// How in-flight work is found during a drain (`observe` or `proxy`).
+pub use quiesce_api::{AppShutdown, DrainMode};
 
 /// Where the sidecar runs, which decides who may trigger a drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -31,29 +36,6 @@ pub enum ProbeKind {
     Grpc,
     /// No check: the app is taken as healthy.
     None,
-}
-
-/// How in-flight work is found during a drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrainMode {
-    /// Read the shared network namespace's socket table.
-    Observe,
-    /// Sit in front of the app as an HTTP reverse proxy (`--proxy-ports`): requests in flight
-    /// are known, kept-alive connections are closed with `Connection: close` or GOAWAY.
-    Proxy,
-}
-
-/// How the app treats SIGTERM (the policy's `drain.appShutdown`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AppShutdown {
-    /// The app exits at once: the drain waits until requests stop on every connection and
-    /// none is in flight.
-    Immediate,
-    /// The app finishes in-flight work and closes its connections on SIGTERM: the drain ends
-    /// once no new connection arrived for the quiet period, then follows the app's shutdown.
-    Graceful,
 }
 
 /// Which evidence of new inbound connections the quiet period uses.
@@ -88,123 +70,127 @@ pub enum LogFormat {
 )]
 pub struct Args {
     /// Run mode.
-    #[arg(long, env = "QUIESCE_MODE", value_enum, default_value = "kubernetes")]
+    #[arg(long, env = QUIESCE_MODE, value_enum, default_value = "kubernetes")]
     pub mode: RunMode,
     /// The app's listening TCP ports, comma-separated.
     #[arg(
         long,
-        env = "QUIESCE_APP_PORTS",
+        env = QUIESCE_APP_PORTS,
         value_delimiter = ',',
         default_value = "8080"
     )]
     pub app_ports: Vec<u16>,
     /// Address the admin server binds.
-    #[arg(long, env = "QUIESCE_ADMIN_BIND", default_value = "0.0.0.0")]
+    #[arg(long, env = QUIESCE_ADMIN_BIND, default_value = "0.0.0.0")]
     pub admin_bind: IpAddr,
     /// Admin server port (`/livez`, `/readyz`, drain, `/status`, `/metrics`); 0 picks a free one.
-    #[arg(long, env = "QUIESCE_ADMIN_PORT", default_value_t = SIDECAR_ADMIN_PORT)]
+    #[arg(long, env = QUIESCE_ADMIN_PORT, default_value_t = SIDECAR_ADMIN_PORT)]
     pub admin_port: u16,
 
     /// App health check kind.
-    #[arg(long, env = "QUIESCE_PROBE", value_enum, default_value = "http")]
+    #[arg(long, env = QUIESCE_PROBE, value_enum, default_value = "http")]
     pub probe: ProbeKind,
     /// Port probed; defaults to the first app port.
-    #[arg(long, env = "QUIESCE_PROBE_PORT")]
+    #[arg(long, env = QUIESCE_PROBE_PORT)]
     pub probe_port: Option<u16>,
     /// Address probed (the app shares the pod's network namespace).
-    #[arg(long, env = "QUIESCE_PROBE_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = QUIESCE_PROBE_HOST, default_value = "127.0.0.1")]
     pub probe_host: IpAddr,
     /// HTTP probe path.
-    #[arg(long, env = "QUIESCE_PROBE_PATH", default_value = "/")]
+    #[arg(long, env = QUIESCE_PROBE_PATH, default_value = "/")]
     pub probe_path: String,
     /// HTTP probe expected status: one code (`200`) or an inclusive range (`200-399`).
-    #[arg(long, env = "QUIESCE_PROBE_STATUS", default_value = "200-399")]
+    #[arg(long, env = QUIESCE_PROBE_STATUS, default_value = "200-399")]
     pub probe_status: String,
     /// gRPC health service name (empty: the whole server).
-    #[arg(long, env = "QUIESCE_PROBE_GRPC_SERVICE", default_value = "")]
+    #[arg(long, env = QUIESCE_PROBE_GRPC_SERVICE, default_value = "")]
     pub probe_grpc_service: String,
     /// Time between probes (e.g. `500ms`, `2s`, `1m`).
-    #[arg(long, env = "QUIESCE_PROBE_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_PROBE_PERIOD, default_value = "2s", value_parser = parse_duration)]
     pub probe_period: Duration,
     /// Time one probe may take.
-    #[arg(long, env = "QUIESCE_PROBE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_PROBE_TIMEOUT, default_value = "1s", value_parser = parse_duration)]
     pub probe_timeout: Duration,
     /// Consecutive successes to become healthy.
-    #[arg(long, env = "QUIESCE_PROBE_SUCCESS_THRESHOLD", default_value_t = 1)]
+    #[arg(long, env = QUIESCE_PROBE_SUCCESS_THRESHOLD, default_value_t = 1)]
     pub probe_success_threshold: u32,
     /// Consecutive failures to become unhealthy.
-    #[arg(long, env = "QUIESCE_PROBE_FAILURE_THRESHOLD", default_value_t = 3)]
+    #[arg(long, env = QUIESCE_PROBE_FAILURE_THRESHOLD, default_value_t = 3)]
     pub probe_failure_threshold: u32,
 
     /// Drain mode.
     #[arg(
         long,
-        env = "QUIESCE_DRAIN_MODE",
-        value_enum,
-        default_value = "observe"
+        env = QUIESCE_DRAIN_MODE,
+        default_value = "observe",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(DrainMode::ENV_VALUES.iter().copied())
+            .try_map(|s| s.parse::<DrainMode>())
     )]
     pub drain_mode: DrainMode,
     /// How the app treats SIGTERM: `immediate` (exits at once) or `graceful` (finishes in-flight
     /// work and closes idle keep-alive connections itself).
     #[arg(
         long,
-        env = "QUIESCE_APP_SHUTDOWN",
-        value_enum,
-        default_value = "immediate"
+        env = QUIESCE_APP_SHUTDOWN,
+        default_value = "immediate",
+        ignore_case = true,
+        value_parser = PossibleValuesParser::new(AppShutdown::ENV_VALUES.iter().copied())
+            .try_map(|s| s.parse::<AppShutdown>())
     )]
     pub app_shutdown: AppShutdown,
     /// Bound of the wait for the pod's IP to leave the ready EndpointSlice endpoints.
-    #[arg(long, env = "QUIESCE_ENDPOINT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_ENDPOINT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
     pub endpoint_timeout: Duration,
     /// A drain goes on only after no new inbound connection arrived for this long.
-    #[arg(long, env = "QUIESCE_QUIET_PERIOD", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_QUIET_PERIOD, default_value = "1s", value_parser = parse_duration)]
     pub quiet_period: Duration,
     /// Bound of the quiet period and in-flight wait together; a drain reaching it is `forced`.
-    #[arg(long, env = "QUIESCE_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_DRAIN_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Evidence of new connections used by the quiet period.
     #[arg(
         long,
-        env = "QUIESCE_NEW_CONNECTION_SIGNAL",
+        env = QUIESCE_NEW_CONNECTION_SIGNAL,
         value_enum,
         default_value = "netns"
     )]
     pub new_connection_signal: NewConnectionSignal,
     /// Time between two socket-table observations during a drain.
-    #[arg(long, env = "QUIESCE_POLL_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_POLL_INTERVAL, default_value = "100ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// On SIGTERM: longest wait for the app's ports to close before exiting.
-    #[arg(long, env = "QUIESCE_EXIT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_EXIT_TIMEOUT, default_value = "30s", value_parser = parse_duration)]
     pub exit_timeout: Duration,
     /// Longest time the drain answer waits for its pod-condition report.
-    #[arg(long, env = "QUIESCE_REPORT_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_REPORT_TIMEOUT, default_value = "3s", value_parser = parse_duration)]
     pub report_timeout: Duration,
 
     /// Proxy mode: `LISTEN:UPSTREAM` port pairs, comma-separated (`15001:8080,15002:9090`);
     /// the proxy listens on LISTEN and forwards to 127.0.0.1:UPSTREAM, an app port. LISTEN 0
     /// picks a free port (tests).
-    #[arg(long, env = "QUIESCE_PROXY_PORTS")]
+    #[arg(long, env = QUIESCE_PROXY_PORTS)]
     pub proxy_ports: Option<String>,
     /// Proxy mode: address the proxy listeners bind.
-    #[arg(long, env = "QUIESCE_PROXY_BIND", default_value = "0.0.0.0")]
+    #[arg(long, env = QUIESCE_PROXY_BIND, default_value = "0.0.0.0")]
     pub proxy_bind: IpAddr,
     /// Proxy mode: during a drain, an idle kept-alive connection is closed only once it has
     /// been idle this long (default: the quiet period, or 1s if that is 0).
-    #[arg(long, env = "QUIESCE_PROXY_IDLE_CLOSE", value_parser = parse_duration)]
+    #[arg(long, env = QUIESCE_PROXY_IDLE_CLOSE, value_parser = parse_duration)]
     pub proxy_idle_close: Option<Duration>,
 
     /// Pod name (downward API `metadata.name`); required in kubernetes mode.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = POD_NAME)]
     pub pod_name: Option<String>,
     /// Pod namespace (downward API `metadata.namespace`); required in kubernetes mode.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
     /// Pod IP (downward API `status.podIP`); required in kubernetes mode.
-    #[arg(long, env = "POD_IP")]
+    #[arg(long, env = POD_IP)]
     pub pod_ip: Option<IpAddr>,
 
     /// Log format.
-    #[arg(long, env = "QUIESCE_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(long, env = QUIESCE_LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
 }
 
@@ -536,24 +522,6 @@ pub fn parse_proxy_routes(s: &str) -> Result<Vec<(u16, u16)>, String> {
         .collect()
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 1m"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    Ok(d)
-}
-
 /// Parses `200` or `200-399` into an inclusive range of HTTP statuses.
 pub fn parse_status_range(s: &str) -> Result<(u16, u16), String> {
     let parse = |p: &str| -> Result<u16, String> {
@@ -713,6 +681,131 @@ mod tests {
                 .proxy
                 .is_none()
         );
+    }
+
+    /// Parses `(variable, value)` pairs as the process environment would be: each as the flag
+    /// clap binds to that variable. Variables no flag reads (the fail-open timeout, read by
+    /// [`crate::fail_open`]) are returned.
+    fn from_env_pairs(pairs: &[(String, String)]) -> (Args, Vec<(String, String)>) {
+        use clap::CommandFactory;
+        let cmd = Args::command();
+        let mut argv = vec!["quiesce-sidecar".to_owned()];
+        let mut unread = Vec::new();
+        for (name, value) in pairs {
+            let flag = cmd
+                .get_arguments()
+                .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+                .and_then(|a| a.get_long());
+            match flag {
+                Some(long) => argv.push(format!("--{long}={value}")),
+                None => unread.push((name.clone(), value.clone())),
+            }
+        }
+        (Args::try_parse_from(argv).expect("flags parse"), unread)
+    }
+
+    #[test]
+    fn the_webhooks_environment_is_what_the_sidecar_reads() {
+        use quiesce_api::{SidecarEnv, SidecarProbe, constants::SIDECAR_FAIL_OPEN_ENV};
+        let observe = SidecarEnv {
+            app_ports: vec![8080, 9090],
+            drain_mode: DrainMode::Observe,
+            app_shutdown: AppShutdown::Graceful,
+            endpoint_timeout: Duration::from_secs(10),
+            quiet_period: Duration::from_millis(1000),
+            drain_timeout: Duration::from_secs(30),
+            proxy_routes: Vec::new(),
+            probe: SidecarProbe::Tcp { port: None },
+            log_format: "plain".into(),
+            fail_open_after_seconds: 600,
+        };
+        let proxy = SidecarEnv {
+            app_ports: vec![8080],
+            drain_mode: DrainMode::Proxy,
+            app_shutdown: AppShutdown::Immediate,
+            endpoint_timeout: Duration::from_millis(2500),
+            quiet_period: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(5),
+            proxy_routes: vec![(15001, 8080)],
+            probe: SidecarProbe::Http {
+                port: 8080,
+                path: "/healthz".into(),
+            },
+            log_format: "json".into(),
+            fail_open_after_seconds: 30,
+        };
+        for e in [observe, proxy] {
+            let mut pairs = e.to_env();
+            pairs.extend(
+                [
+                    (POD_NAME, "web-1"),
+                    (POD_NAMESPACE, "shop"),
+                    (POD_IP, "10.1.2.3"),
+                ]
+                .map(|(n, v)| (n.to_owned(), v.to_owned())),
+            );
+            let (args, unread) = from_env_pairs(&pairs);
+            let c = args.validate().expect("valid configuration");
+            assert_eq!(c.mode, RunMode::Kubernetes);
+            assert_eq!(c.app_ports, e.app_ports);
+            assert_eq!(c.drain.app_shutdown, e.app_shutdown);
+            assert_eq!(c.drain.endpoint_timeout, e.endpoint_timeout);
+            assert_eq!(c.drain.quiet_period, e.quiet_period);
+            assert_eq!(c.drain.drain_timeout, e.drain_timeout);
+            assert_eq!(c.proxy.is_some(), e.drain_mode == DrainMode::Proxy);
+            assert_eq!(
+                c.proxy.map(|p| p.routes).unwrap_or_default(),
+                e.proxy_routes
+            );
+            let (kind, port, path) = match &e.probe {
+                SidecarProbe::Http { port, path } => (ProbeKind::Http, *port, path.as_str()),
+                SidecarProbe::Tcp { port } => (ProbeKind::Tcp, port.unwrap_or(e.app_ports[0]), "/"),
+                SidecarProbe::None => (ProbeKind::None, e.app_ports[0], "/"),
+            };
+            assert_eq!(
+                (c.probe.kind, c.probe.port, c.probe.path.as_str()),
+                (kind, port, path)
+            );
+            let log = if e.log_format == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Plain
+            };
+            assert_eq!(c.log_format, log);
+            assert_eq!(c.pod.map(|p| p.name).as_deref(), Some("web-1"));
+            // The one variable no flag reads is the fail-open timeout.
+            assert_eq!(
+                unread,
+                vec![(
+                    SIDECAR_FAIL_OPEN_ENV.to_owned(),
+                    e.fail_open_after_seconds.to_string()
+                )]
+            );
+            assert_eq!(
+                crate::fail_open::parse_seconds(&unread[0].1),
+                Some(Duration::from_secs(e.fail_open_after_seconds as u64))
+            );
+        }
+    }
+
+    #[test]
+    fn drain_mode_and_app_shutdown_flags_take_the_api_values_in_any_case() {
+        let c = args(&[
+            "--mode",
+            "standalone",
+            "--drain-mode",
+            "Proxy",
+            "--proxy-ports",
+            "15001:8080",
+            "--app-shutdown",
+            "GRACEFUL",
+        ])
+        .validate()
+        .unwrap();
+        assert!(c.proxy.is_some());
+        assert_eq!(c.drain.app_shutdown, AppShutdown::Graceful);
+        let v = ["quiesce-sidecar", "--drain-mode", "mirror"];
+        assert!(Args::try_parse_from(v).is_err());
     }
 
     #[test]

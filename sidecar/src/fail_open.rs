@@ -32,8 +32,12 @@ use crate::config::PodIdentity;
 
 /// The fail-open timeout from [`SIDECAR_FAIL_OPEN_ENV`] (whole seconds, at least 1).
 pub fn from_env() -> Option<Duration> {
-    std::env::var(SIDECAR_FAIL_OPEN_ENV)
-        .ok()?
+    parse_seconds(&std::env::var(SIDECAR_FAIL_OPEN_ENV).ok()?)
+}
+
+/// A fail-open timeout as the webhook writes it: whole seconds, at least 1.
+pub fn parse_seconds(value: &str) -> Option<Duration> {
+    value
         .trim()
         .parse::<u64>()
         .ok()

@@ -43,13 +43,14 @@ impl ProxyRoute {
     }
 }
 
-/// `LISTEN:UPSTREAM,...`: the sidecar's `QUIESCE_PROXY_PORTS`.
-pub fn routes_env(routes: &[ProxyRoute]) -> String {
+/// The `(listen, upstream)` ports of `routes`, as the sidecar's `QUIESCE_PROXY_PORTS`
+/// (`SidecarEnv::proxy_routes`) carries them; routes on a port outside 1..=65535 are left out.
+pub fn route_ports(routes: &[ProxyRoute]) -> Vec<(u16, u16)> {
+    let port = |p: i32| u16::try_from(p).ok().filter(|p| *p != 0);
     routes
         .iter()
-        .map(|r| format!("{}:{}", r.listen, r.upstream))
-        .collect::<Vec<_>>()
-        .join(",")
+        .filter_map(|r| Some((port(r.listen)?, port(r.upstream)?)))
+        .collect()
 }
 
 /// The name an app port is renamed to (at most 15 characters, a valid IANA service name).
@@ -212,7 +213,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(routes_env(&routes), "15002:8080,15003:15001");
+        assert_eq!(route_ports(&routes), vec![(15002, 8080), (15003, 15001)]);
         let app = &s.containers[0];
         let names: Vec<_> = app.ports.iter().flatten().map(|p| p.name.clone()).collect();
         assert_eq!(

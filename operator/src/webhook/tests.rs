@@ -5,6 +5,7 @@ use http_body_util::BodyExt;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use quiesce_api::RolloutPolicySpec;
+use quiesce_api::constants::SIDECAR_FAIL_OPEN_ENV;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 

@@ -1,0 +1,536 @@
+//! The contract between the webhook and the sidecar it injects: the environment variables the
+//! webhook writes and the sidecar reads, as names ([`env`]) and as one typed value
+//! ([`SidecarEnv`]).
+//!
+//! The webhook builds a [`SidecarEnv`] and writes [`SidecarEnv::to_env`]; the sidecar's flags
+//! are bound to the same names, and [`SidecarEnv::from_env`] reads them back (tested as a round
+//! trip here and, through the sidecar's own parser, in the sidecar crate). The downward-API
+//! variables ([`env::POD_NAME`], [`env::POD_NAMESPACE`], [`env::POD_IP`]) are written by the
+//! webhook as field references, not values, and are not part of [`SidecarEnv`].
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::{AppShutdown, DrainMode};
+
+/// Names of the sidecar's environment variables (each is also a `--flag` of the sidecar).
+pub mod env {
+    /// Run mode: `kubernetes` (injected) or `standalone`.
+    pub const QUIESCE_MODE: &str = "QUIESCE_MODE";
+    /// The app's TCP ports, comma-separated.
+    pub const QUIESCE_APP_PORTS: &str = "QUIESCE_APP_PORTS";
+    /// Address the admin server binds.
+    pub const QUIESCE_ADMIN_BIND: &str = "QUIESCE_ADMIN_BIND";
+    /// Admin server port.
+    pub const QUIESCE_ADMIN_PORT: &str = "QUIESCE_ADMIN_PORT";
+    /// App health check kind: `http`, `tcp`, `grpc` or `none`.
+    pub const QUIESCE_PROBE: &str = "QUIESCE_PROBE";
+    /// Port probed.
+    pub const QUIESCE_PROBE_PORT: &str = "QUIESCE_PROBE_PORT";
+    /// Address probed.
+    pub const QUIESCE_PROBE_HOST: &str = "QUIESCE_PROBE_HOST";
+    /// HTTP probe path.
+    pub const QUIESCE_PROBE_PATH: &str = "QUIESCE_PROBE_PATH";
+    /// HTTP probe's healthy statuses (`200` or `200-399`).
+    pub const QUIESCE_PROBE_STATUS: &str = "QUIESCE_PROBE_STATUS";
+    /// gRPC health service name.
+    pub const QUIESCE_PROBE_GRPC_SERVICE: &str = "QUIESCE_PROBE_GRPC_SERVICE";
+    /// Time between probes.
+    pub const QUIESCE_PROBE_PERIOD: &str = "QUIESCE_PROBE_PERIOD";
+    /// Time one probe may take.
+    pub const QUIESCE_PROBE_TIMEOUT: &str = "QUIESCE_PROBE_TIMEOUT";
+    /// Consecutive successes to become healthy.
+    pub const QUIESCE_PROBE_SUCCESS_THRESHOLD: &str = "QUIESCE_PROBE_SUCCESS_THRESHOLD";
+    /// Consecutive failures to become unhealthy.
+    pub const QUIESCE_PROBE_FAILURE_THRESHOLD: &str = "QUIESCE_PROBE_FAILURE_THRESHOLD";
+    /// Drain mode: `observe` or `proxy`.
+    pub const QUIESCE_DRAIN_MODE: &str = "QUIESCE_DRAIN_MODE";
+    /// How the app treats SIGTERM: `immediate` or `graceful`.
+    pub const QUIESCE_APP_SHUTDOWN: &str = "QUIESCE_APP_SHUTDOWN";
+    /// Bound of the wait for the pod to leave the EndpointSlices (`10s`).
+    pub const QUIESCE_ENDPOINT_TIMEOUT: &str = "QUIESCE_ENDPOINT_TIMEOUT";
+    /// Time without new connections that counts as quiet (`1000ms`).
+    pub const QUIESCE_QUIET_PERIOD: &str = "QUIESCE_QUIET_PERIOD";
+    /// Bound of the quiet period and in-flight wait together (`30s`).
+    pub const QUIESCE_DRAIN_TIMEOUT: &str = "QUIESCE_DRAIN_TIMEOUT";
+    /// Evidence of new connections: `netns` or `ports`.
+    pub const QUIESCE_NEW_CONNECTION_SIGNAL: &str = "QUIESCE_NEW_CONNECTION_SIGNAL";
+    /// Time between two socket-table observations during a drain.
+    pub const QUIESCE_POLL_INTERVAL: &str = "QUIESCE_POLL_INTERVAL";
+    /// On SIGTERM: longest wait for the app's ports to close.
+    pub const QUIESCE_EXIT_TIMEOUT: &str = "QUIESCE_EXIT_TIMEOUT";
+    /// Longest wait of the drain answer for its pod-condition report.
+    pub const QUIESCE_REPORT_TIMEOUT: &str = "QUIESCE_REPORT_TIMEOUT";
+    /// Proxy mode: `LISTEN:UPSTREAM` port pairs, comma-separated.
+    pub const QUIESCE_PROXY_PORTS: &str = "QUIESCE_PROXY_PORTS";
+    /// Proxy mode: address the proxy listeners bind.
+    pub const QUIESCE_PROXY_BIND: &str = "QUIESCE_PROXY_BIND";
+    /// Proxy mode: idle time after which a kept-alive connection is closed during a drain.
+    pub const QUIESCE_PROXY_IDLE_CLOSE: &str = "QUIESCE_PROXY_IDLE_CLOSE";
+    /// Log format: `json` or `plain`.
+    pub const QUIESCE_LOG_FORMAT: &str = "QUIESCE_LOG_FORMAT";
+    /// Seconds after which the sidecar admits its own undecided pod (fail open).
+    pub const QUIESCE_FAIL_OPEN_AFTER_SECONDS: &str = crate::constants::SIDECAR_FAIL_OPEN_ENV;
+    /// Pod name (downward API `metadata.name`).
+    pub const POD_NAME: &str = "POD_NAME";
+    /// Pod namespace (downward API `metadata.namespace`).
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// Pod IP (downward API `status.podIP`).
+    pub const POD_IP: &str = "POD_IP";
+}
+
+/// Value of [`env::QUIESCE_MODE`] for an injected sidecar.
+pub const KUBERNETES_MODE: &str = "kubernetes";
+
+/// The app health check the webhook hands to the sidecar (from the app's readiness probe).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SidecarProbe {
+    /// HTTP GET of `path` on `port`.
+    Http {
+        /// Port probed.
+        port: u16,
+        /// Path requested.
+        path: String,
+    },
+    /// TCP connect to `port` (`None`: the first app port).
+    Tcp {
+        /// Port probed.
+        port: Option<u16>,
+    },
+    /// No check: the app counts as healthy.
+    None,
+}
+
+/// Everything the webhook decides for one injected sidecar, written as its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarEnv {
+    /// The app's TCP ports ([`env::QUIESCE_APP_PORTS`]).
+    pub app_ports: Vec<u16>,
+    /// Drain mode the sidecar really runs ([`env::QUIESCE_DRAIN_MODE`]).
+    pub drain_mode: DrainMode,
+    /// How the app treats SIGTERM ([`env::QUIESCE_APP_SHUTDOWN`]).
+    pub app_shutdown: AppShutdown,
+    /// [`env::QUIESCE_ENDPOINT_TIMEOUT`], written in whole seconds when it is one.
+    pub endpoint_timeout: Duration,
+    /// [`env::QUIESCE_QUIET_PERIOD`], written in milliseconds.
+    pub quiet_period: Duration,
+    /// [`env::QUIESCE_DRAIN_TIMEOUT`], written in whole seconds when it is one.
+    pub drain_timeout: Duration,
+    /// Proxy mode: `(listen, upstream)` port pairs ([`env::QUIESCE_PROXY_PORTS`], written only
+    /// when not empty).
+    pub proxy_routes: Vec<(u16, u16)>,
+    /// The app health check ([`env::QUIESCE_PROBE`] and its port and path).
+    pub probe: SidecarProbe,
+    /// Log format, `json` or `plain` ([`env::QUIESCE_LOG_FORMAT`]).
+    pub log_format: String,
+    /// Fail-open timeout in seconds ([`env::QUIESCE_FAIL_OPEN_AFTER_SECONDS`]).
+    pub fail_open_after_seconds: i32,
+}
+
+/// A variable of the sidecar's environment that is missing or cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarEnvError {
+    /// The variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for SidecarEnvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)
+    }
+}
+
+impl std::error::Error for SidecarEnvError {}
+
+/// A value that is none of the accepted ones (parsing [`DrainMode`] or [`AppShutdown`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownValue {
+    /// The value given.
+    pub value: String,
+    /// The values accepted.
+    pub expected: &'static [&'static str],
+}
+
+impl fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} is not one of {}",
+            self.value,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownValue {}
+
+impl DrainMode {
+    /// The values the sidecar accepts, as the webhook writes them.
+    pub const ENV_VALUES: &[&str] = &["observe", "proxy"];
+
+    /// The value as written in the sidecar's environment: `observe` or `proxy`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            DrainMode::Observe => "observe",
+            DrainMode::Proxy => "proxy",
+        }
+    }
+}
+
+impl std::str::FromStr for DrainMode {
+    type Err = UnknownValue;
+
+    /// `observe` or `proxy`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "observe" => Ok(DrainMode::Observe),
+            "proxy" => Ok(DrainMode::Proxy),
+            _ => Err(UnknownValue {
+                value: s.to_owned(),
+                expected: Self::ENV_VALUES,
+            }),
+        }
+    }
+}
+
+impl AppShutdown {
+    /// The values the sidecar accepts, as the webhook writes them.
+    pub const ENV_VALUES: &[&str] = &["immediate", "graceful"];
+
+    /// The value as written in the sidecar's environment: `immediate` or `graceful`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            AppShutdown::Immediate => "immediate",
+            AppShutdown::Graceful => "graceful",
+        }
+    }
+}
+
+impl std::str::FromStr for AppShutdown {
+    type Err = UnknownValue;
+
+    /// `immediate` or `graceful`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "immediate" => Ok(AppShutdown::Immediate),
+            "graceful" => Ok(AppShutdown::Graceful),
+            _ => Err(UnknownValue {
+                value: s.to_owned(),
+                expected: Self::ENV_VALUES,
+            }),
+        }
+    }
+}
+
+/// A duration as the sidecar reads it: `Ns` when whole seconds, `Nms` otherwise.
+fn secs_or_millis(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+impl SidecarEnv {
+    /// The environment variables, in the order the webhook writes them. Durations have
+    /// millisecond precision.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let ports = |ports: &mut dyn Iterator<Item = String>| ports.collect::<Vec<_>>().join(",");
+        let mut out = vec![
+            (env::QUIESCE_MODE, KUBERNETES_MODE.to_owned()),
+            (
+                env::QUIESCE_APP_PORTS,
+                ports(&mut self.app_ports.iter().map(u16::to_string)),
+            ),
+            (env::QUIESCE_DRAIN_MODE, self.drain_mode.env_value().into()),
+            (
+                env::QUIESCE_APP_SHUTDOWN,
+                self.app_shutdown.env_value().into(),
+            ),
+            (
+                env::QUIESCE_ENDPOINT_TIMEOUT,
+                secs_or_millis(self.endpoint_timeout),
+            ),
+            (
+                env::QUIESCE_QUIET_PERIOD,
+                format!("{}ms", self.quiet_period.as_millis()),
+            ),
+            (
+                env::QUIESCE_DRAIN_TIMEOUT,
+                secs_or_millis(self.drain_timeout),
+            ),
+            (
+                env::QUIESCE_FAIL_OPEN_AFTER_SECONDS,
+                self.fail_open_after_seconds.to_string(),
+            ),
+            (env::QUIESCE_LOG_FORMAT, self.log_format.clone()),
+        ];
+        if !self.proxy_routes.is_empty() {
+            out.push((
+                env::QUIESCE_PROXY_PORTS,
+                ports(
+                    &mut self
+                        .proxy_routes
+                        .iter()
+                        .map(|(listen, upstream)| format!("{listen}:{upstream}")),
+                ),
+            ));
+        }
+        match &self.probe {
+            SidecarProbe::Http { port, path } => {
+                out.push((env::QUIESCE_PROBE, "http".into()));
+                out.push((env::QUIESCE_PROBE_PORT, port.to_string()));
+                out.push((env::QUIESCE_PROBE_PATH, path.clone()));
+            }
+            SidecarProbe::Tcp { port } => {
+                out.push((env::QUIESCE_PROBE, "tcp".into()));
+                if let Some(port) = port {
+                    out.push((env::QUIESCE_PROBE_PORT, port.to_string()));
+                }
+            }
+            SidecarProbe::None => out.push((env::QUIESCE_PROBE, "none".into())),
+        }
+        out.into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect()
+    }
+
+    /// Reads the environment written by [`Self::to_env`] through `lookup` (for example
+    /// `|name| std::env::var(name).ok()`).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SidecarEnvError> {
+        let get = |var: &'static str| {
+            lookup(var).ok_or_else(|| SidecarEnvError {
+                var,
+                problem: "missing".into(),
+            })
+        };
+        let bad = |var: &'static str, problem: String| SidecarEnvError { var, problem };
+        let duration =
+            |var: &'static str| get(var).and_then(|v| parse_duration(&v).map_err(|e| bad(var, e)));
+        let port = |var: &'static str, s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|_| bad(var, format!("{s:?} is not a port")))
+        };
+
+        let mode = get(env::QUIESCE_MODE)?;
+        if mode != KUBERNETES_MODE {
+            return Err(bad(
+                env::QUIESCE_MODE,
+                format!("{mode:?}: an injected sidecar runs in {KUBERNETES_MODE} mode"),
+            ));
+        }
+        let app_ports = get(env::QUIESCE_APP_PORTS)?
+            .split(',')
+            .map(|p| port(env::QUIESCE_APP_PORTS, p))
+            .collect::<Result<_, _>>()?;
+        let drain_mode = get(env::QUIESCE_DRAIN_MODE)?
+            .parse()
+            .map_err(|e: UnknownValue| bad(env::QUIESCE_DRAIN_MODE, e.to_string()))?;
+        let app_shutdown = get(env::QUIESCE_APP_SHUTDOWN)?
+            .parse()
+            .map_err(|e: UnknownValue| bad(env::QUIESCE_APP_SHUTDOWN, e.to_string()))?;
+        let proxy_routes = match lookup(env::QUIESCE_PROXY_PORTS) {
+            None => Vec::new(),
+            Some(routes) => routes
+                .split(',')
+                .map(|pair| {
+                    let (listen, upstream) = pair.split_once(':').ok_or_else(|| {
+                        bad(
+                            env::QUIESCE_PROXY_PORTS,
+                            format!("{pair:?} is not LISTEN:UPSTREAM"),
+                        )
+                    })?;
+                    Ok((
+                        port(env::QUIESCE_PROXY_PORTS, listen)?,
+                        port(env::QUIESCE_PROXY_PORTS, upstream)?,
+                    ))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let probe_port = || -> Result<Option<u16>, SidecarEnvError> {
+            lookup(env::QUIESCE_PROBE_PORT)
+                .map(|p| port(env::QUIESCE_PROBE_PORT, &p))
+                .transpose()
+        };
+        let probe = match get(env::QUIESCE_PROBE)?.as_str() {
+            "http" => SidecarProbe::Http {
+                port: probe_port()?
+                    .ok_or_else(|| bad(env::QUIESCE_PROBE_PORT, "missing".into()))?,
+                path: get(env::QUIESCE_PROBE_PATH)?,
+            },
+            "tcp" => SidecarProbe::Tcp {
+                port: probe_port()?,
+            },
+            "none" => SidecarProbe::None,
+            other => {
+                return Err(bad(
+                    env::QUIESCE_PROBE,
+                    format!("{other:?} is not one of http, tcp, none"),
+                ));
+            }
+        };
+        let fail_open = get(env::QUIESCE_FAIL_OPEN_AFTER_SECONDS)?;
+        Ok(Self {
+            app_ports,
+            drain_mode,
+            app_shutdown,
+            endpoint_timeout: duration(env::QUIESCE_ENDPOINT_TIMEOUT)?,
+            quiet_period: duration(env::QUIESCE_QUIET_PERIOD)?,
+            drain_timeout: duration(env::QUIESCE_DRAIN_TIMEOUT)?,
+            proxy_routes,
+            probe,
+            log_format: get(env::QUIESCE_LOG_FORMAT)?,
+            fail_open_after_seconds: fail_open.trim().parse().map_err(|_| {
+                bad(
+                    env::QUIESCE_FAIL_OPEN_AFTER_SECONDS,
+                    format!("{fail_open:?} is not a number of seconds"),
+                )
+            })?,
+        })
+    }
+}
+
+/// Parses a duration as the sidecar reads it: `250ms`, `2s`, `1m`, `1h` or a bare number of
+/// seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 1m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn observe() -> SidecarEnv {
+        SidecarEnv {
+            app_ports: vec![8080, 9090],
+            drain_mode: DrainMode::Observe,
+            app_shutdown: AppShutdown::Immediate,
+            endpoint_timeout: Duration::from_secs(10),
+            quiet_period: Duration::from_millis(1000),
+            drain_timeout: Duration::from_secs(30),
+            proxy_routes: Vec::new(),
+            probe: SidecarProbe::Tcp { port: None },
+            log_format: "json".into(),
+            fail_open_after_seconds: 600,
+        }
+    }
+
+    fn proxy() -> SidecarEnv {
+        SidecarEnv {
+            app_ports: vec![8080],
+            drain_mode: DrainMode::Proxy,
+            app_shutdown: AppShutdown::Graceful,
+            endpoint_timeout: Duration::from_millis(2500),
+            quiet_period: Duration::from_millis(250),
+            drain_timeout: Duration::from_secs(5),
+            proxy_routes: vec![(15001, 8080), (15002, 8080)],
+            probe: SidecarProbe::Http {
+                port: 8080,
+                path: "/healthz".into(),
+            },
+            log_format: "plain".into(),
+            fail_open_after_seconds: 30,
+        }
+    }
+
+    fn round_trip(e: &SidecarEnv) -> SidecarEnv {
+        let vars: HashMap<String, String> = e.to_env().into_iter().collect();
+        SidecarEnv::from_env(|name| vars.get(name).cloned()).expect("reads back")
+    }
+
+    #[test]
+    fn the_environment_reads_back_as_written() {
+        for e in [
+            observe(),
+            proxy(),
+            SidecarEnv {
+                probe: SidecarProbe::None,
+                ..observe()
+            },
+            SidecarEnv {
+                probe: SidecarProbe::Tcp { port: Some(9090) },
+                ..observe()
+            },
+        ] {
+            assert_eq!(round_trip(&e), e);
+        }
+    }
+
+    #[test]
+    fn the_values_on_the_wire_are_the_sidecars_flags() {
+        let vars = proxy().to_env();
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get(env::QUIESCE_MODE), Some("kubernetes"));
+        assert_eq!(get(env::QUIESCE_DRAIN_MODE), Some("proxy"));
+        assert_eq!(get(env::QUIESCE_APP_SHUTDOWN), Some("graceful"));
+        assert_eq!(get(env::QUIESCE_ENDPOINT_TIMEOUT), Some("2500ms"));
+        assert_eq!(get(env::QUIESCE_QUIET_PERIOD), Some("250ms"));
+        assert_eq!(get(env::QUIESCE_DRAIN_TIMEOUT), Some("5s"));
+        assert_eq!(get(env::QUIESCE_PROXY_PORTS), Some("15001:8080,15002:8080"));
+        assert_eq!(get(env::QUIESCE_PROBE), Some("http"));
+        assert_eq!(get(env::QUIESCE_PROBE_PATH), Some("/healthz"));
+        assert_eq!(get("QUIESCE_FAIL_OPEN_AFTER_SECONDS"), Some("30"));
+        let observe = observe().to_env();
+        assert!(!observe.iter().any(|(n, _)| n == env::QUIESCE_PROXY_PORTS));
+        assert!(!observe.iter().any(|(n, _)| n == env::QUIESCE_PROBE_PORT));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let mut vars: HashMap<String, String> = observe().to_env().into_iter().collect();
+        vars.insert(env::QUIESCE_DRAIN_MODE.into(), "mirror".into());
+        let err = SidecarEnv::from_env(|n| vars.get(n).cloned()).unwrap_err();
+        assert_eq!(err.var, env::QUIESCE_DRAIN_MODE);
+        assert!(err.to_string().contains("observe, proxy"), "{err}");
+        vars.remove(env::QUIESCE_DRAIN_MODE);
+        let err = SidecarEnv::from_env(|n| vars.get(n).cloned()).unwrap_err();
+        assert_eq!(err.to_string(), "QUIESCE_DRAIN_MODE: missing");
+    }
+
+    #[test]
+    fn enums_parse_the_lowercase_values_in_any_case() {
+        assert_eq!("proxy".parse::<DrainMode>(), Ok(DrainMode::Proxy));
+        assert_eq!("Observe".parse::<DrainMode>(), Ok(DrainMode::Observe));
+        assert_eq!("GRACEFUL".parse::<AppShutdown>(), Ok(AppShutdown::Graceful));
+        assert_eq!(
+            "immediate".parse::<AppShutdown>(),
+            Ok(AppShutdown::Immediate)
+        );
+        assert!("sideways".parse::<DrainMode>().is_err());
+        for m in [DrainMode::Observe, DrainMode::Proxy] {
+            assert_eq!(m.env_value().parse::<DrainMode>(), Ok(m));
+            assert_eq!(m.env_value(), m.as_str().to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
