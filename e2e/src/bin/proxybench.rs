@@ -15,12 +15,16 @@
 //! 3. Rounds: for each round, each rate, each client, the paths in the same order (direct,
 //!    quiesce, nginx, haproxy), so that drift (other work on the machine) hits all of them. Each
 //!    cell is the median over the rounds; the added latency is the median over rounds of
-//!    (path − direct in the same round).
+//!    (path − direct in the same round). Before each run the bench waits (bounded) for a second
+//!    in which the machine, other work included, is nearly idle: on a shared 2-core machine a
+//!    compile next door moves the percentiles more than a proxy does.
 //!
 //! Clients: `hey` (third-party, Go's HTTP/1.1 keep-alive client, `-c` workers each limited to
 //! `-q` req/s; it prints latencies in 0.1 ms steps), and the project's own open-loop
 //! [`loadgen`] (keep-alive HTTP/1.1 and h2c prior knowledge, exact latencies) — hey's `-h2`
-//! speaks HTTP/2 only over TLS, so HTTP/2 rows come from the own client.
+//! speaks HTTP/2 only over TLS, so HTTP/2 rows come from the own client. The own client runs at
+//! the low rate only unless `--own-high`: open loop, past what a path carries it piles up
+//! connections and measures its backlog.
 //!
 //! For each proxy: its RSS (`VmRSS` of its processes from `/proc`, at the end of each run, the
 //! largest over the rounds), and its CPU (utime + stime over the run, from `/proc/PID/stat`, all
@@ -68,6 +72,17 @@ struct Args {
     /// Skip the own client's runs (keep-alive and h2c), hey only.
     #[arg(long)]
     hey_only: bool,
+    /// Also run the own client at the high rate (open loop: past what a path carries it piles
+    /// up connections and measures its own backlog, so by default it runs at the low rate only).
+    #[arg(long)]
+    own_high: bool,
+    /// Before each run, wait until the machine (without this bench's load) is busier than this
+    /// share of its CPUs for less than a second's sample, at most `--quiet-wait-secs`.
+    #[arg(long, default_value_t = 0.15)]
+    quiet_below: f64,
+    /// Longest wait for a quiet machine before each run (then it runs anyway).
+    #[arg(long, default_value_t = 30)]
+    quiet_wait_secs: u64,
     /// Paths, comma-separated: direct, quiesce, nginx, haproxy.
     #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(),
         "quiesce".to_string(), "nginx".to_string(), "haproxy".to_string()])]
@@ -591,6 +606,28 @@ struct Sample {
     mcpu: f64,
     /// The whole machine's busy share over the run, 0–1.
     machine_busy: f64,
+    /// The machine's busy share just before the run (other work), 0–1.
+    background_busy: f64,
+}
+
+/// Waits (at most `bound`) until a one-second sample of the machine is less busy than
+/// `below`; returns the last sample's busy share.
+async fn wait_quiet(below: f64, bound: Duration) -> f64 {
+    let deadline = Instant::now() + bound;
+    loop {
+        let a = machine_jiffies();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = machine_jiffies();
+        let total = (b.1 - a.1) as f64;
+        let busy = if total > 0.0 {
+            (b.0 - a.0) as f64 / total
+        } else {
+            0.0
+        };
+        if busy < below || Instant::now() >= deadline {
+            return busy;
+        }
+    }
 }
 
 /// Runs `hey` with `args`, returns its parsed summary.
@@ -625,11 +662,16 @@ async fn measure(
     args: &Args,
     tck: f64,
 ) -> Result<Sample> {
+    let background_busy =
+        wait_quiet(args.quiet_below, Duration::from_secs(args.quiet_wait_secs)).await;
     let pids = target.pids();
     let cpu0 = cpu_ticks(&pids);
     let m0 = machine_jiffies();
     let t0 = Instant::now();
-    let mut s = Sample::default();
+    let mut s = Sample {
+        background_busy,
+        ..Sample::default()
+    };
     match client {
         Client::Hey => {
             let mut cfg = HeyConfig::new(target.url.clone(), rate.unwrap_or(1.0), duration);
@@ -832,11 +874,14 @@ async fn run(args: Args) -> Result<()> {
     for round in 0..args.rounds {
         for &rate in &rates {
             for &client in &clients {
+                if client != Client::Hey && rate != args.low_rate && !args.own_high {
+                    continue;
+                }
                 for t in &targets {
                     app.check_running()?;
                     let s = measure(t, client, Some(rate), duration, &args, tck).await?;
                     say(&format!(
-                        "round {}/{}, {rate} req/s, {}, {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, proxy {} {:.0} mCPU, machine {:.0}% busy",
+                        "round {}/{}, {rate} req/s, {}, {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors, proxy {} {:.0} mCPU, machine {:.0}% busy ({:.0}% before)",
                         round + 1,
                         args.rounds,
                         client.label(),
@@ -847,7 +892,8 @@ async fn run(args: Args) -> Result<()> {
                         s.errors,
                         fmt_mib(s.rss_kib),
                         s.mcpu,
-                        s.machine_busy * 100.0
+                        s.machine_busy * 100.0,
+                        s.background_busy * 100.0
                     ));
                     cells
                         .entry((client, rate as u64, t.kind))
@@ -922,6 +968,7 @@ fn print_tables(
     );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut busy = Vec::new();
+    let mut background = Vec::new();
     for &client in clients {
         for &rate in rates {
             let key = |k| (client, rate as u64, k);
@@ -933,6 +980,7 @@ fn print_tables(
                     continue;
                 };
                 busy.extend(v.iter().map(|s| s.machine_busy));
+                background.extend(v.iter().map(|s| s.background_busy));
                 let med = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
                 let added = |f: fn(&Sample) -> f64| {
                     median(v.iter().zip(direct).map(|(s, d)| f(s) - f(d)).collect())
@@ -1007,13 +1055,18 @@ fn print_tables(
         );
     }
     println!();
-    let lo = busy.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = busy.iter().copied().fold(0.0, f64::max);
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{:.0}%–{:.0}%", lo * 100.0, hi * 100.0)
+    };
     println!(
-        "Machine: {} cores, {:.0}%–{:.0}% busy during the runs (all processes, the load generator included). {}; {}.",
+        "Machine: {} cores, {} busy during the runs (all processes, the load generator included), \
+         {} busy in the second before each run (other work on the machine; median {:.0}%). {}; {}.",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        lo * 100.0,
-        hi * 100.0,
+        range(&busy),
+        range(&background),
+        median(background.clone()) * 100.0,
         versions.0,
         versions.1
     );
