@@ -31,8 +31,8 @@ use super::{
     stats::{ConnGuard, ConnTrack, Stats},
 };
 
-/// How long a new connection may stay silent before it is taken for a server-speaks-first
-/// protocol and passed through.
+/// Once a connection's first bytes arrived, how long the rest of its first line may take before
+/// the connection is classified on what arrived.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What every connection of one listener shares.
@@ -59,7 +59,23 @@ pub fn server() -> auto::Builder<TokioExecutor> {
 /// Serves one accepted connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, guard: ConnGuard, shared: Shared) {
     let _ = stream.set_nodelay(true);
-    match sniff(&stream, SNIFF_TIMEOUT).await {
+    // A connection that has not spoken yet (a pooled spare) is idle from its accept on: during
+    // a drain it is closed once silent for `idle_close`, like any idle connection.
+    let accepted = Instant::now();
+    let mut draining = shared.stats.watch_draining();
+    let first = loop {
+        let is_draining = *draining.borrow_and_update();
+        let idle_until = accepted + shared.idle_close;
+        tokio::select! {
+            s = sniff(&stream, SNIFF_TIMEOUT) => break s,
+            _ = draining.changed(), if !is_draining => {}
+            () = tokio::time::sleep_until(idle_until.into()), if is_draining => {
+                guard.set_how(CloseHow::Idle);
+                return;
+            }
+        }
+    };
+    match first {
         None => {}
         Some(Sniff::Http1 | Sniff::NeedMore) => {
             serve_http(stream, peer, Protocol::Http1, guard, shared).await;

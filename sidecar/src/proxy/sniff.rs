@@ -1,9 +1,14 @@
 //! Which protocol a new connection speaks, told from its first bytes without consuming them
 //! (`peek`), so the bytes still reach whichever server handles the connection.
 //!
-//! Only HTTP is proxied as HTTP: anything else — TLS (`0x16`), a database protocol, a client
-//! that waits for the server to speak first — is forwarded byte for byte (L4 passthrough), which
-//! is always correct, only less drain-aware.
+//! Only HTTP is proxied as HTTP: anything else — TLS (`0x16`), a database protocol — is
+//! forwarded byte for byte (L4 passthrough), which is always correct, only less drain-aware.
+//!
+//! A *silent* connection is waited for without a bound: HTTP client pools dial connections
+//! ahead of need (hyper's pool races a new dial against an idle connection coming back, Go's
+//! transport keeps spares) and send nothing on them for as long as they sit in the pool. Taking
+//! silence for a server-speaks-first protocol would turn those into tunnels the drain can never
+//! end. Server-speaks-first protocols are therefore not supported behind the proxy.
 
 use std::time::Duration;
 
@@ -61,10 +66,16 @@ pub fn classify(buf: &[u8]) -> Sniff {
     }
 }
 
-/// Peeks at `stream` until [`classify`] decides or `timeout` passes. `None`: the client
-/// closed without sending anything. After the timeout, bytes that look like the start of an
-/// HTTP request count as HTTP/1, silence or anything else as [`Sniff::Other`].
+/// Peeks at `stream` until [`classify`] decides. `None`: the client closed without sending
+/// anything. The first byte is waited for without a bound (see the module's header); once bytes
+/// arrived, `timeout` bounds the rest: then bytes that look like the start of an HTTP request
+/// count as HTTP/1, anything else as [`Sniff::Other`].
 pub async fn sniff(stream: &TcpStream, timeout: Duration) -> Option<Sniff> {
+    let mut one = [0u8; 1];
+    match stream.peek(&mut one).await {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 32];
     let mut seen = 0;
@@ -155,12 +166,18 @@ mod tests {
         let (s, _) = l.accept().await.unwrap();
         assert_eq!(sniff(&s, Duration::from_secs(5)).await, Some(Sniff::Http1));
         let _c = client.await.unwrap();
-        // A silent client: passthrough after the timeout.
+        // A silent client (a pooled connection dialed ahead of need) is waited for, not
+        // taken for a server-speaks-first protocol.
         let _c2 = TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
-        assert_eq!(
-            sniff(&s, Duration::from_millis(50)).await,
-            Some(Sniff::Other)
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                sniff(&s, Duration::from_millis(50))
+            )
+            .await
+            .is_err(),
+            "a silent connection must not be classified"
         );
         // A client that closes at once.
         drop(TcpStream::connect(addr).await.unwrap());
