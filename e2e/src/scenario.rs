@@ -335,21 +335,32 @@ pub struct DrainReport {
     pub status: String,
     /// `Draining`, `Drained` or `DrainTimedOut`.
     pub reason: String,
-    /// The sidecar's report, e.g. `drained in 2.41s (...)`.
+    /// The condition's message: the sidecar's report as JSON once finished (see
+    /// [`Self::report`]), `draining connections` before.
     pub message: String,
 }
 
 impl DrainReport {
-    /// Whether a bound was hit.
-    pub fn forced(&self) -> bool {
-        self.reason == reasons::DRAIN_TIMED_OUT || self.message.contains("; forced")
+    /// The sidecar's report, once finished.
+    pub fn report(&self) -> Option<quiesce_api::DrainReport> {
+        quiesce_api::DrainReport::from_condition_message(&self.message)
     }
 
-    /// The duration in the report (`drained in 2.41s ...`).
+    /// Whether a bound was hit.
+    pub fn forced(&self) -> bool {
+        self.reason == reasons::DRAIN_TIMED_OUT || self.report().is_some_and(|r| r.forced)
+    }
+
+    /// The drain's duration, once finished.
     pub fn duration(&self) -> Option<Duration> {
-        let rest = self.message.split(" in ").nth(1)?;
-        let secs = rest.split('s').next()?.trim().parse::<f64>().ok()?;
-        Some(Duration::from_secs_f64(secs))
+        self.report().map(|r| Duration::from_millis(r.duration_ms))
+    }
+
+    /// One line for people: the report's summary (`drained in 2.41s (...)`), or the message
+    /// as it is while draining.
+    pub fn summary(&self) -> String {
+        self.report()
+            .map_or_else(|| self.message.clone(), |r| r.summary())
     }
 }
 
@@ -606,7 +617,7 @@ impl Rollout {
                 at(t.gone),
                 t.drain
                     .as_ref()
-                    .map(|d| format!("; {}", d.message))
+                    .map(|d| format!("; {}", d.summary()))
                     .unwrap_or_default()
             );
         }
@@ -785,20 +796,55 @@ mod tests {
 
     #[test]
     fn drain_reports_are_parsed() {
+        let report = quiesce_api::DrainReport {
+            duration_ms: 2410,
+            quiet_ms: 850,
+            in_flight_ms: 1560,
+            connections_at_start: 3,
+            busy_at_start: 3,
+            ..Default::default()
+        };
         let r = DrainReport {
             status: "True".into(),
             reason: "Drained".into(),
-            message: "drained in 2.41s (endpoints 0.00s, quiet 0.85s, in-flight 1.56s); \
-                      3 connections at start (3 busy); not forced"
-                .into(),
+            message: report.to_condition_message(),
         };
         assert_eq!(r.duration(), Some(Duration::from_millis(2410)));
         assert!(!r.forced());
+        assert_eq!(
+            r.summary(),
+            "drained in 2.41s (endpoints 0.00s, quiet 0.85s, in-flight 1.56s); \
+             3 connections at start (3 busy); not forced"
+        );
         let forced = DrainReport {
             reason: "DrainTimedOut".into(),
-            ..r
+            ..r.clone()
         };
         assert!(forced.forced());
+        let forced_by_report = DrainReport {
+            message: quiesce_api::DrainReport {
+                forced: true,
+                ..report
+            }
+            .to_condition_message(),
+            ..r
+        };
+        assert!(forced_by_report.forced());
+        // While draining, and for garbage, there is no report: the message is shown as it is.
+        let draining = DrainReport {
+            status: "False".into(),
+            reason: "Draining".into(),
+            message: "draining connections".into(),
+        };
+        assert_eq!(draining.report(), None);
+        assert_eq!(draining.duration(), None);
+        assert_eq!(draining.summary(), "draining connections");
+        let garbage = DrainReport {
+            message: "drained in inf s".into(),
+            ..forced_by_report
+        };
+        assert_eq!(garbage.duration(), None);
+        assert!(!garbage.forced());
     }
 
     #[test]

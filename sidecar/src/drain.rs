@@ -71,7 +71,8 @@ pub struct Observation {
     pub busy: usize,
 }
 
-/// The outcome of a drain, reported in the pod condition and the drain endpoint's answer.
+/// The outcome of a drain, as the drain endpoint's answer and `/status` show it; the pod
+/// condition carries it as [`quiesce_api::DrainReport`] ([`DrainReport::to_api`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DrainReport {
     /// Total duration, milliseconds.
@@ -102,40 +103,38 @@ pub struct DrainReport {
 }
 
 impl DrainReport {
-    /// One line for the pod condition's message.
+    /// The report as the API carries it in the drained condition (the one conversion).
+    pub fn to_api(&self) -> quiesce_api::DrainReport {
+        let n = |v: usize| v as u64;
+        quiesce_api::DrainReport {
+            duration_ms: self.duration_ms,
+            endpoints_ms: self.endpoints_ms,
+            quiet_ms: self.quiet_ms,
+            in_flight_ms: self.in_flight_ms,
+            connections_at_start: n(self.connections_at_start),
+            busy_at_start: n(self.busy_at_start),
+            busy_at_end: n(self.busy_at_end),
+            forced: self.forced,
+            forced_phases: self
+                .forced_phases
+                .iter()
+                .map(|p| p.as_str().to_owned())
+                .collect(),
+            handed_to_app: self.handed_to_app.map(n),
+            proxy: self.proxy.map(|p| quiesce_api::ProxyDrainReport {
+                requests_while_draining: p.requests_while_draining,
+                connection_close: p.connection_close,
+                goaways: p.goaways,
+                idle_closed: p.idle_closed,
+                left_open: n(p.left_open),
+            }),
+            app_shutdown_ms: None,
+        }
+    }
+
+    /// One line for people (logs, the drain answer): [`quiesce_api::DrainReport::summary`].
     pub fn message(&self) -> String {
-        let s = |ms: u64| format!("{:.2}s", ms as f64 / 1000.0);
-        let forced = if self.forced {
-            let phases: Vec<_> = self.forced_phases.iter().map(|p| p.as_str()).collect();
-            format!(
-                "forced ({} timeout, {} busy left)",
-                phases.join("+"),
-                self.busy_at_end
-            )
-        } else {
-            "not forced".to_string()
-        };
-        let forced = match self.handed_to_app {
-            Some(n) => format!("{forced}; {n} connections left to the app's graceful shutdown"),
-            None => forced,
-        };
-        let proxy = self.proxy.map_or(String::new(), |p| {
-            format!(
-                "; proxy: {} requests while draining, {} Connection: close, {} GOAWAY, {} idle closed, {} left open",
-                p.requests_while_draining, p.connection_close, p.goaways, p.idle_closed, p.left_open
-            )
-        });
-        format!(
-            "drained in {} (endpoints {}, quiet {}, in-flight {}); {} connections at start ({} busy); {}{}",
-            s(self.duration_ms),
-            s(self.endpoints_ms),
-            s(self.quiet_ms),
-            s(self.in_flight_ms),
-            self.connections_at_start,
-            self.busy_at_start,
-            forced,
-            proxy
-        )
+        self.to_api().summary()
     }
 }
 

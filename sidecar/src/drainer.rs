@@ -397,7 +397,7 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
     if let Some(k) = &inner.kube
         && !k
             .reporter
-            .drained(report.forced, &message, cfg.report_timeout)
+            .drained(&report.to_api(), cfg.report_timeout)
             .await
     {
         tracing::warn!("drained condition not confirmed in time; answering anyway");
@@ -409,7 +409,8 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
 }
 
 /// Graceful app: after SIGTERM was released, watch the app close its connections and ports,
-/// and add how long that took to the report (log, metric and, in a pod, the condition).
+/// and add how long that took to the report (log, metric and, in a pod, the condition's
+/// `appShutdownMs`; an app still up at the exit timeout is only logged).
 async fn follow_app_shutdown(d: Drainer, report: DrainReport) {
     let inner = &d.inner;
     let cfg = &inner.cfg;
@@ -429,24 +430,26 @@ async fn follow_app_shutdown(d: Drainer, report: DrainReport) {
             break None;
         }
     };
-    let note = match ended {
-        Some(t) => format!("app shut down in {:.2}s after release", t.as_secs_f64()),
-        None => format!(
+    match ended {
+        Some(t) => tracing::info!(
+            after_release_ms = t.as_millis() as u64,
+            "app shut down in {:.2}s after release",
+            t.as_secs_f64()
+        ),
+        None => tracing::info!(
             "app still listening or connected {}s after release",
             cfg.exit_timeout.as_secs()
         ),
-    };
-    tracing::info!(
-        after_release_ms = ended.map(|t| t.as_millis() as u64),
-        "{note}"
-    );
-    if let Some(t) = ended {
-        inner.metrics.app_shutdown_duration.observe(t.as_secs_f64());
     }
+    let Some(t) = ended else {
+        return;
+    };
+    inner.metrics.app_shutdown_duration.observe(t.as_secs_f64());
     if let Some(k) = &inner.kube {
-        let message = format!("{}; {note}", report.message());
-        k.reporter
-            .drained(report.forced, &message, cfg.report_timeout)
-            .await;
+        let report = quiesce_api::DrainReport {
+            app_shutdown_ms: Some(t.as_millis() as u64),
+            ..report.to_api()
+        };
+        k.reporter.drained(&report, cfg.report_timeout).await;
     }
 }

@@ -1,5 +1,5 @@
 //! The sidecar's own pod through the Kubernetes API: is it terminating (who may drain), and
-//! the `quiesce.dev/drained` condition on its status (the drain report).
+//! the `quiesce.dev/drained` condition on its status (the drain report, as JSON).
 //!
 //! API failures never block or fail a drain: calls are bounded, reports are retried a few
 //! times and then given up with a log line and a metric.
@@ -145,10 +145,21 @@ impl Reporter {
         let _ = self.tx.send(Job { body, done: None });
     }
 
-    /// Condition True with the report; waits at most `bound`. Returns whether it was written.
-    pub async fn drained(&self, forced: bool, message: &str, bound: Duration) -> bool {
-        let reason = if forced { DRAIN_TIMED_OUT } else { DRAINED };
-        let body = condition_patch(true, reason, message, chrono::Utc::now());
+    /// Condition True with the report as its message (JSON, see
+    /// [`quiesce_api::DrainReport::to_condition_message`]); waits at most `bound`. Returns
+    /// whether it was written.
+    pub async fn drained(&self, report: &quiesce_api::DrainReport, bound: Duration) -> bool {
+        let reason = if report.forced {
+            DRAIN_TIMED_OUT
+        } else {
+            DRAINED
+        };
+        let body = condition_patch(
+            true,
+            reason,
+            &report.to_condition_message(),
+            chrono::Utc::now(),
+        );
         let (done, rx) = oneshot::channel();
         if self
             .tx

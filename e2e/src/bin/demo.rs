@@ -215,7 +215,7 @@ fn report(
     }
     for (pod, t) in &quiesce.old {
         if let Some(d) = &t.drain {
-            out += &format!("  {pod}: {} {}\n", d.reason, d.message);
+            out += &format!("  {pod}: {} {}\n", d.reason, d.summary());
         }
     }
     if finished.len() < quiesce.old.len() {

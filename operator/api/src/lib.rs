@@ -5,14 +5,17 @@
 //! - [`constants`]: condition types, reasons, labels, annotations, ports.
 //! - [`defaults`]: the default of every optional field and the schema's bounds.
 //! - [`crd`]: the generated CustomResourceDefinition and where its YAML is committed.
+//! - [`DrainReport`]: the sidecar's drain report, the drained condition's message.
 //! - [`sidecar`]: the environment the webhook writes and the sidecar reads ([`SidecarEnv`]).
 
 pub mod constants;
 pub mod crd;
 pub mod defaults;
+mod drain_report;
 mod rollout_policy;
 pub mod sidecar;
 
+pub use drain_report::{DrainReport, ProxyDrainReport};
 pub use rollout_policy::{
     ADMIT_PERCENT_PATTERN, Admit, AppShutdown, DrainMode, DrainSpec, DrainStats, FailureAction,
     FailureSpec, InvalidAdmit, PauseStep, Phase, ReadinessSpec, RolloutPolicy, RolloutPolicySpec,

@@ -34,11 +34,14 @@ pub const MAX_PENDING: usize = 10_000;
 /// How often the inbox looks for expired reports.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Longest drain duration taken from a report (a day): anything above, negative or not a
-/// finite number is a garbled report, and the drain is counted without a duration.
-const MAX_DURATION_MILLIS: f64 = 86_400_000.0;
+/// Longest drain duration taken from a report (a day): anything above is a garbled report (the
+/// app shares the pod's token and could write the condition), and the drain is counted without
+/// a duration.
+const MAX_DURATION_MILLIS: u64 = 86_400_000;
 
-/// The sidecar's finished-drain report on a pod, if any.
+/// The sidecar's finished-drain report on a pod, if any. A finished condition whose message is
+/// not a report (an older sidecar's prose, or garbage) still counts as a drain, forced as its
+/// reason says, without a duration.
 pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
     let c = pod
         .status
@@ -47,29 +50,22 @@ pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == DRAINED_CONDITION && c.status == "True")?;
-    let message = c.message.as_deref().unwrap_or("");
+    let report = c
+        .message
+        .as_deref()
+        .and_then(quiesce_api::DrainReport::from_condition_message);
     Some(DrainReport {
-        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT),
-        duration_millis: parse_duration_millis(message),
+        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT)
+            || report.as_ref().is_some_and(|r| r.forced),
+        duration_millis: report.and_then(|r| bounded_duration_millis(r.duration_ms)),
     })
 }
 
-/// The first `<number>s` or `<number>ms` in a drain report message (`drained in 1.25s`), when
-/// it is a plausible duration (finite, 0 to a day).
-pub fn parse_duration_millis(message: &str) -> Option<i64> {
-    let millis = message.split_whitespace().find_map(|word| {
-        let word = word.trim_end_matches([',', ';', ')']);
-        if let Some(ms) = word.strip_suffix("ms")
-            && let Ok(v) = ms.parse::<f64>()
-        {
-            return Some(v);
-        }
-        word.strip_suffix('s')
-            .and_then(|s| s.parse::<f64>().ok())
-            .map(|v| v * 1000.0)
-    })?;
-    // The first duration is the drain's total; a garbled one is not replaced by a later part.
-    (millis.is_finite() && (0.0..=MAX_DURATION_MILLIS).contains(&millis)).then_some(millis as i64)
+/// A reported drain duration when it is plausible (at most a day).
+pub fn bounded_duration_millis(millis: u64) -> Option<i64> {
+    (millis <= MAX_DURATION_MILLIS)
+        .then(|| i64::try_from(millis).ok())
+        .flatten()
 }
 
 /// A report waiting for its policy's reconcile.

@@ -457,7 +457,7 @@ fn drain_reports_are_parsed_from_the_sidecar_condition() {
         .unwrap()
         .push(
             serde_json::from_value(json!({"type": DRAINED_CONDITION, "status": "True",
-            "reason": "DrainTimedOut", "message": "drain timed out in 30.00s with 2 connections"}))
+            "reason": "DrainTimedOut", "message": report_message(30_000, true)}))
             .unwrap(),
         );
     let r = drain_report(&p).unwrap();
@@ -493,7 +493,7 @@ async fn a_drain_seen_only_by_the_pod_watch_is_counted_once() {
     let gone = drained(
         pod("o1", "old", Some("True")),
         reasons::DRAINED,
-        "drained in 1.25s (endpoints 0.01s, quiet 1.00s, in-flight 0.24s)",
+        &report_message(1250, false),
     );
     let refs = pod_event(
         &gone,
@@ -538,7 +538,7 @@ async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
     let report = drained(
         pod("o1", "old", Some("True")),
         reasons::DRAIN_TIMED_OUT,
-        "drained in 30.02s; forced (quiet timeout)",
+        &report_message(30_020, true),
     );
     let ctx = context(client, vec![p.clone()], vec![report.clone()], None);
     pod_event(
@@ -568,7 +568,11 @@ async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
 #[test]
 fn pods_of_deployments_without_a_policy_leave_no_report() {
     let inbox = DrainInbox::default();
-    let report = drained(pod("o1", "old", None), reasons::DRAINED, "drained in 1s");
+    let report = drained(
+        pod("o1", "old", None),
+        reasons::DRAINED,
+        &report_message(1000, false),
+    );
     let refs = pod_event(
         &report,
         &store(vec![]),
@@ -587,7 +591,7 @@ fn the_drain_inbox_and_memory_are_bounded() {
         let mut p = drained(
             pod(&format!("o{i}"), "old", None),
             reasons::DRAINED,
-            "drained in 1s",
+            &report_message(1000, false),
         );
         p.metadata.uid = Some(format!("uid-{i}"));
         p
@@ -628,24 +632,47 @@ fn the_drain_inbox_and_memory_are_bounded() {
     assert!(!counted.first_sight("uid-b", "shop", "b", later));
 }
 
+/// A drained condition's message as the sidecar writes it.
+fn report_message(duration_ms: u64, forced: bool) -> String {
+    quiesce_api::DrainReport {
+        duration_ms,
+        forced,
+        ..Default::default()
+    }
+    .to_condition_message()
+}
+
 #[test]
 fn garbled_drain_durations_are_ignored() {
-    let millis = drains::parse_duration_millis;
-    assert_eq!(millis("drained in 1.25s (endpoints 0.01s)"), Some(1250));
-    assert_eq!(millis("drained in 850ms"), Some(850));
-    assert_eq!(millis("drained in 0s"), Some(0));
+    let millis = drains::bounded_duration_millis;
+    assert_eq!(millis(1250), Some(1250));
+    assert_eq!(millis(0), Some(0));
+    assert_eq!(millis(86_400_000), Some(86_400_000));
+    assert_eq!(millis(90_000_000), None);
+    assert_eq!(millis(u64::MAX), None);
+    let duration = |message: &str| {
+        drain_report(&drained(pod("o1", "old", None), reasons::DRAINED, message))
+            .expect("still a finished drain")
+            .duration_millis
+    };
+    assert_eq!(duration(&report_message(1250, false)), Some(1250));
     for garbled in [
-        "drained in infs",
-        "drained in NaNs",
-        "drained in -3s (endpoints 0.01s)",
-        "drained in 90000s",
-        "drained in 1e300ms",
+        "drained in inf s".to_owned(),
+        "drained in 1.25s (endpoints 0.01s)".to_owned(),
+        report_message(90_000_000_000, false),
+        report_message(u64::MAX, false),
+        r#"{"durationMs":-3,"endpointsMs":0,"quietMs":0,"inFlightMs":0,"connectionsAtStart":0,"busyAtStart":0,"busyAtEnd":0,"forced":false}"#.to_owned(),
+        r#"{"durationMs":1e300,"endpointsMs":0,"quietMs":0,"inFlightMs":0,"connectionsAtStart":0,"busyAtStart":0,"busyAtEnd":0,"forced":false}"#.to_owned(),
     ] {
-        assert_eq!(millis(garbled), None, "{garbled}");
+        assert_eq!(duration(&garbled), None, "{garbled}");
     }
-    let p = drained(pod("o1", "old", None), reasons::DRAINED, "drained in infs");
-    let r = drain_report(&p).expect("still a finished drain");
-    assert_eq!(r.duration_millis, None);
+    // Forced comes from the reason, and from the report.
+    let p = drained(
+        pod("o1", "old", None),
+        reasons::DRAINED,
+        &report_message(5, true),
+    );
+    assert!(drain_report(&p).unwrap().forced);
 }
 
 fn service(name: &str, target_port: Value) -> Service {
@@ -840,7 +867,7 @@ async fn a_drain_whose_status_write_failed_is_counted_next_time() {
     let gone = drained(
         pod("o1", "old", Some("True")),
         reasons::DRAINED,
-        "drained in 2s",
+        &report_message(2000, false),
     );
     pod_event(
         &gone,
