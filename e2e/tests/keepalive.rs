@@ -34,13 +34,23 @@ fn load(protocol: Protocol) -> Load {
     }
 }
 
-/// Deploys `variant` in a fresh namespace and rolls it once under `load`.
-async fn rollout(variant: Variant, load: Load) -> anyhow::Result<(String, Rollout)> {
+/// The chart installed, `variant` deployed at v1 in a fresh namespace (`prefix-<random>`) and
+/// watched.
+async fn deployed(
+    variant: Variant,
+    prefix: &str,
+) -> anyhow::Result<(kube::Client, String, Tracker)> {
     let client = harness::client().await?;
     chart::install(&client).await?;
-    let ns = scenario::fresh_namespace(&client, "e2e", &format!("ka-{}", variant.slug())).await?;
+    let ns = scenario::fresh_namespace(&client, "e2e", prefix).await?;
     let tracker = Tracker::start(&client, &ns);
     scenario::deploy(&client, &ns, variant).await?;
+    Ok((client, ns, tracker))
+}
+
+/// Deploys `variant` in a fresh namespace and rolls it once under `load`.
+async fn rollout(variant: Variant, load: Load) -> anyhow::Result<(String, Rollout)> {
+    let (client, ns, tracker) = deployed(variant, &format!("ka-{}", variant.slug())).await?;
     let say = |m: &str| eprintln!("[{}] {m}", variant.label());
     let r = scenario::roll(&client, &ns, variant, &tracker, "v2", load, &say).await;
     tracker.stop();
@@ -155,16 +165,8 @@ async fn graceful_app_in_observe_mode_is_faster_than_a_prestop_sleep_and_never_f
 #[tokio::test]
 #[ignore = "open (issue 9): HTTP/2 loses nothing, but about 1% of gRPC calls redialed after GOAWAY are refused"]
 async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
-    let client = harness::client().await.expect("cluster");
-    chart::install(&client).await.expect("chart installed");
     let variant = Variant::QuiesceProxy;
-    let ns = scenario::fresh_namespace(&client, "e2e", "ka-h2")
-        .await
-        .expect("namespace");
-    let tracker = Tracker::start(&client, &ns);
-    scenario::deploy(&client, &ns, variant)
-        .await
-        .expect("deploy");
+    let (client, ns, tracker) = deployed(variant, "ka-h2").await.expect("deployed");
     let url = format!(
         "http://{}:80",
         harness::cluster_ip(&client, &ns, APP).await.unwrap()
@@ -215,16 +217,8 @@ async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
 
 #[tokio::test]
 async fn a_numeric_target_port_is_reported_and_drained_as_in_observe_mode() {
-    let client = harness::client().await.expect("cluster");
-    chart::install(&client).await.expect("chart installed");
     let variant = Variant::QuiesceProxyNumericPort;
-    let ns = scenario::fresh_namespace(&client, "e2e", "ka-numeric")
-        .await
-        .expect("namespace");
-    let tracker = Tracker::start(&client, &ns);
-    scenario::deploy(&client, &ns, variant)
-        .await
-        .expect("deploy");
+    let (client, ns, tracker) = deployed(variant, "ka-numeric").await.expect("deployed");
     let api: kube::Api<RolloutPolicy> = kube::Api::namespaced(client.clone(), &ns);
     let condition = harness::eventually(
         "ProxyTakeover=False naming the Service",
