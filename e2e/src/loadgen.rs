@@ -787,9 +787,10 @@ mod tests {
         let s = run(cfg).await;
         assert_eq!((s.sent, s.ok, s.failed()), (400, 400, 0), "{s:?}");
         assert_eq!(s.protocol, Protocol::H2c);
-        // 400 requests at 25 per connection: about 16 connections, each sent a GOAWAY.
+        // 400 requests at 25 per connection: about 16 connections, each sent a GOAWAY (the last
+        // one's may arrive before or after the run ends, so opened >= goaway, not >).
         assert!(s.connections_goaway >= 10, "{s:?}");
-        assert!(s.connections_opened > s.connections_goaway, "{s:?}");
+        assert!(s.connections_opened >= s.connections_goaway, "{s:?}");
         assert!(s.connections_ended >= s.connections_goaway - 2, "{s:?}");
         let accepted = conns.load(std::sync::atomic::Ordering::Relaxed) as u64;
         assert_eq!(accepted, s.connections_opened, "{s:?}");
