@@ -7,7 +7,12 @@
 //! - HTTP/1.1 with a request in flight: nothing to do here; its response carries
 //!   `Connection: close` ([`close_after_response`]) and the server closes after it, the one
 //!   moment the client knows not to reuse the connection;
-//! - HTTP/1.1 idle: closed only once idle for `idle_close`, when a racing request is unlikely;
+//! - HTTP/1.1 idle: closed only once idle for `idle_close` counted from the later of its last
+//!   activity and the drain's start. Not at once when the drain starts: that is the moment the
+//!   client's pool churns (every busy connection is being closed by `Connection: close`) and
+//!   digs into its long-idle connections, so closing those then races its requests. Measured on
+//!   the cluster at 1k req/s: 0.19 % of kept-alive requests reset, in bursts at drain start.
+//!   An idle connection used in the meantime gets `Connection: close` on its response instead;
 //! - HTTP/2: GOAWAY at once once the connection carried a request (hyper and h2 send the
 //!   two-phase GOAWAY: streams the client already opened are served, then the connection
 //!   ends). A connection with no request yet may still be in its handshake, where a shutdown
@@ -87,11 +92,17 @@ pub enum Action {
     Shutdown(CloseHow),
 }
 
-/// Decides for a connection whose graceful shutdown has not been started yet.
-pub fn decide(c: &ConnView, draining: bool, now: Instant, idle_close: Duration) -> Action {
-    if !draining {
+/// Decides for a connection whose graceful shutdown has not been started yet; `draining_since`
+/// is when the drain started (`None`: not draining).
+pub fn decide(
+    c: &ConnView,
+    draining_since: Option<Instant>,
+    now: Instant,
+    idle_close: Duration,
+) -> Action {
+    let Some(since) = draining_since else {
         return Action::Wait { recheck: None };
-    }
+    };
     if c.protocol == Protocol::Http2 && c.requests > 0 {
         return Action::Shutdown(CloseHow::Goaway);
     }
@@ -99,7 +110,7 @@ pub fn decide(c: &ConnView, draining: bool, now: Instant, idle_close: Duration) 
         // HTTP/1.1: the response closes it. (HTTP/2 in flight always has requests > 0.)
         return Action::Wait { recheck: None };
     }
-    let idle_until = c.last_activity + idle_close;
+    let idle_until = idle_deadline(c.last_activity, since, idle_close);
     if now >= idle_until {
         Action::Shutdown(CloseHow::Idle)
     } else {
@@ -107,6 +118,11 @@ pub fn decide(c: &ConnView, draining: bool, now: Instant, idle_close: Duration) 
             recheck: Some(idle_until),
         }
     }
+}
+
+/// When a connection idle since `last_activity` is closed by a drain that started at `since`.
+pub fn idle_deadline(last_activity: Instant, since: Instant, idle_close: Duration) -> Instant {
+    last_activity.max(since) + idle_close
 }
 
 /// Whether an HTTP/1.x response produced now must carry `Connection: close`: while draining,
@@ -146,40 +162,60 @@ mod tests {
             conn(Protocol::Http2, 3, 9, c.at(0)),
         ] {
             assert_eq!(
-                decide(&v, false, c.at(3_600_000), IDLE),
+                decide(&v, None, c.at(3_600_000), IDLE),
                 Action::Wait { recheck: None }
             );
         }
     }
 
     #[test]
-    fn idle_http1_is_closed_only_after_idle_close() {
+    fn idle_http1_is_closed_only_after_idle_close_from_the_drain_start() {
         let c = Clock(Instant::now());
-        // Last answer sent at 100; the drain starts at 300.
+        let drain = Some(c.at(300));
+        // Last answer sent at 100; the drain starts at 300: idle counted from 300.
         let v = conn(Protocol::Http1, 0, 4, c.at(100));
         assert_eq!(
-            decide(&v, true, c.at(300), IDLE),
+            decide(&v, drain, c.at(300), IDLE),
             Action::Wait {
-                recheck: Some(c.at(600))
+                recheck: Some(c.at(800))
             }
         );
         assert_eq!(
-            decide(&v, true, c.at(599), IDLE),
+            decide(&v, drain, c.at(799), IDLE),
             Action::Wait {
-                recheck: Some(c.at(600))
+                recheck: Some(c.at(800))
             }
         );
         assert_eq!(
-            decide(&v, true, c.at(600), IDLE),
+            decide(&v, drain, c.at(800), IDLE),
             Action::Shutdown(CloseHow::Idle)
         );
         // Activity at 550 (a request arrived and was answered): the idle time starts over.
         let v = conn(Protocol::Http1, 0, 5, c.at(550));
         assert_eq!(
-            decide(&v, true, c.at(600), IDLE),
+            decide(&v, drain, c.at(800), IDLE),
             Action::Wait {
                 recheck: Some(c.at(1050))
             }
+        );
+    }
+
+    #[test]
+    fn a_long_idle_connection_is_not_closed_the_moment_the_drain_starts() {
+        let c = Clock(Instant::now());
+        // Idle for an hour when the drain starts at 3 600 000: the client's pool may pick it
+        // right now, so it gets the same idle time as any other.
+        let v = conn(Protocol::Http1, 0, 1, c.at(0));
+        let drain = Some(c.at(3_600_000));
+        assert_eq!(
+            decide(&v, drain, c.at(3_600_000), IDLE),
+            Action::Wait {
+                recheck: Some(c.at(3_600_500))
+            }
+        );
+        assert_eq!(
+            decide(&v, drain, c.at(3_600_500), IDLE),
+            Action::Shutdown(CloseHow::Idle)
         );
     }
 
@@ -189,7 +225,7 @@ mod tests {
         // A slow request, idle on the wire for long: still never closed under it.
         let v = conn(Protocol::Http1, 1, 1, c.at(0));
         assert_eq!(
-            decide(&v, true, c.at(10_000), IDLE),
+            decide(&v, Some(c.at(0)), c.at(10_000), IDLE),
             Action::Wait { recheck: None }
         );
         assert!(close_after_response(Protocol::Http1, true, false));
@@ -201,7 +237,7 @@ mod tests {
         // an idle connection from then on.
         let v = conn(Protocol::Http1, 0, 1, c.at(10_000));
         assert_eq!(
-            decide(&v, true, c.at(10_200), IDLE),
+            decide(&v, Some(c.at(0)), c.at(10_200), IDLE),
             Action::Wait {
                 recheck: Some(c.at(10_500))
             }
@@ -214,7 +250,7 @@ mod tests {
         for in_flight in [0, 7] {
             let v = conn(Protocol::Http2, in_flight, 20, c.at(0));
             assert_eq!(
-                decide(&v, true, c.at(1), IDLE),
+                decide(&v, Some(c.at(0)), c.at(1), IDLE),
                 Action::Shutdown(CloseHow::Goaway)
             );
         }
@@ -226,7 +262,7 @@ mod tests {
         // Accepted during the drain (stale routing), preface not even read yet.
         let v = conn(Protocol::Http2, 0, 0, c.at(0));
         assert_eq!(
-            decide(&v, true, c.at(10), IDLE),
+            decide(&v, Some(c.at(0)), c.at(10), IDLE),
             Action::Wait {
                 recheck: Some(c.at(500))
             }
@@ -234,13 +270,13 @@ mod tests {
         // Its first request arrives: GOAWAY, the request is still served.
         let v = conn(Protocol::Http2, 1, 1, c.at(20));
         assert_eq!(
-            decide(&v, true, c.at(20), IDLE),
+            decide(&v, Some(c.at(0)), c.at(20), IDLE),
             Action::Shutdown(CloseHow::Goaway)
         );
         // No request ever: closed as idle.
         let v = conn(Protocol::Http2, 0, 0, c.at(0));
         assert_eq!(
-            decide(&v, true, c.at(500), IDLE),
+            decide(&v, Some(c.at(0)), c.at(500), IDLE),
             Action::Shutdown(CloseHow::Idle)
         );
     }

@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use super::{
-    close::{Action, CloseHow, Protocol, decide},
+    close::{Action, CloseHow, Protocol, decide, idle_deadline},
     forward::Upstream,
     sniff::{Sniff, sniff},
     stats::{ConnGuard, ConnTrack, Stats},
@@ -64,12 +64,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, guard: ConnGuard, shared
     let accepted = Instant::now();
     let mut draining = shared.stats.watch_draining();
     let first = loop {
-        let is_draining = *draining.borrow_and_update();
-        let idle_until = accepted + shared.idle_close;
+        let since = *draining.borrow_and_update();
+        let idle_until = since.map(|since| idle_deadline(accepted, since, shared.idle_close));
         tokio::select! {
             s = sniff(&stream, SNIFF_TIMEOUT) => break s,
-            _ = draining.changed(), if !is_draining => {}
-            () = tokio::time::sleep_until(idle_until.into()), if is_draining => {
+            _ = draining.changed(), if since.is_none() => {}
+            () = sleep_until_or_never(idle_until) => {
                 guard.set_how(CloseHow::Idle);
                 return;
             }
@@ -110,13 +110,13 @@ async fn serve_http(
     let mut draining = stats.watch_draining();
     let mut shutting_down = false;
     let result = loop {
-        let is_draining = *draining.borrow_and_update();
+        let since = *draining.borrow_and_update();
         let recheck = if shutting_down {
             None
         } else {
             match decide(
                 &track.view(),
-                is_draining,
+                since,
                 Instant::now(),
                 shared.idle_close,
             ) {
@@ -129,16 +129,23 @@ async fn serve_http(
                 Action::Wait { recheck } => recheck,
             }
         };
-        let sleep_until = recheck.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             res = conn.as_mut() => break res,
-            _ = draining.changed(), if !is_draining => {}
+            _ = draining.changed(), if since.is_none() => {}
             () = track.changed.notified(), if !shutting_down => {}
-            () = tokio::time::sleep_until(sleep_until.into()), if recheck.is_some() => {}
+            () = sleep_until_or_never(recheck) => {}
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %peer, "proxy connection ended with an error");
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

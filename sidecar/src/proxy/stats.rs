@@ -24,7 +24,8 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Stats {
     metrics: Arc<Metrics>,
-    draining: watch::Sender<bool>,
+    /// When draining started (`None`: serving).
+    draining: watch::Sender<Option<Instant>>,
     accepted: AtomicU64,
     open: AtomicUsize,
     in_flight: AtomicUsize,
@@ -90,7 +91,7 @@ impl Stats {
         }
         Self {
             metrics,
-            draining: watch::channel(false).0,
+            draining: watch::channel(None).0,
             accepted: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
@@ -106,16 +107,22 @@ impl Stats {
 
     /// Starts draining; idempotent. Returns whether this call started it.
     pub fn start_draining(&self) -> bool {
-        !self.draining.send_replace(true)
+        self.draining.send_if_modified(|since| {
+            let start = since.is_none();
+            if start {
+                *since = Some(Instant::now());
+            }
+            start
+        })
     }
 
     /// Whether draining started.
     pub fn draining(&self) -> bool {
-        *self.draining.borrow()
+        self.draining.borrow().is_some()
     }
 
-    /// Watches the draining flag.
-    pub fn watch_draining(&self) -> watch::Receiver<bool> {
+    /// Watches when draining started (`None` until it does).
+    pub fn watch_draining(&self) -> watch::Receiver<Option<Instant>> {
         self.draining.subscribe()
     }
 
