@@ -162,6 +162,10 @@ pub struct GrpcSummary {
     pub connections_ended: u64,
     /// HTTP/2 connections on which the server sent a GOAWAY.
     pub connections_goaway: u64,
+    /// Calls the server did not process (GOAWAY, `REFUSED_STREAM`), sent once more as gRPC's
+    /// transparent retry does.
+    #[serde(default)]
+    pub retried_unprocessed: u64,
     /// Wall time, milliseconds.
     pub elapsed_ms: u64,
     /// When each failed RPC started, milliseconds after the start (sorted).
@@ -559,6 +563,7 @@ async fn run_until(cfg: GrpcConfig, stop: watch::Receiver<bool>) -> GrpcSummary 
     summary.connections_opened = c.opened;
     summary.connections_ended = c.ended;
     summary.connections_goaway = c.goaways;
+    summary.retried_unprocessed = c.retried_unprocessed;
     summary
 }
 

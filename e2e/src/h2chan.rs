@@ -7,6 +7,14 @@
 //! requests to them round-robin, and redials a slot whose connection saw a GOAWAY (seen by
 //! [`crate::h2frames`]) or ended. Requests already in flight on the old connection finish there.
 //! [`ChannelStats`] counts connections opened, ended and told to go away.
+//!
+//! Like gRPC's transparent retry (gRPC proposal A6) and Go's HTTP/2 transport, a request the
+//! server provably did not process — its stream was past a GOAWAY's last stream id, or reset
+//! with `REFUSED_STREAM` — is sent once more on another connection and counted in
+//! [`ChannelCounts::retried_unprocessed`]. A graceful GOAWAY races the streams the client opens
+//! in the round trip it takes to arrive; those are exactly the ones HTTP/2 lets a client replay.
+//! Nothing else is retried: a reset or a closed connection after the request was sent counts
+//! as a failure.
 
 use std::{
     error::Error as StdError,
@@ -36,6 +44,7 @@ pub struct ChannelStats {
     opened: AtomicU64,
     ended: AtomicU64,
     goaways: AtomicU64,
+    retried_unprocessed: AtomicU64,
 }
 
 /// A copy of [`ChannelStats`] at one moment.
@@ -47,6 +56,8 @@ pub struct ChannelCounts {
     pub ended: u64,
     /// Connections on which the server sent at least one GOAWAY.
     pub goaways: u64,
+    /// Requests the server did not process (GOAWAY, `REFUSED_STREAM`), sent again once.
+    pub retried_unprocessed: u64,
 }
 
 impl ChannelStats {
@@ -56,6 +67,7 @@ impl ChannelStats {
             opened: self.opened.load(Ordering::Relaxed),
             ended: self.ended.load(Ordering::Relaxed),
             goaways: self.goaways.load(Ordering::Relaxed),
+            retried_unprocessed: self.retried_unprocessed.load(Ordering::Relaxed),
         }
     }
 }
@@ -90,7 +102,7 @@ impl<B> std::fmt::Debug for H2Channel<B> {
 
 impl<B> H2Channel<B>
 where
-    B: Body + Send + Unpin + 'static,
+    B: Body + Clone + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
@@ -124,8 +136,22 @@ where
         Ok(send)
     }
 
-    /// Sends one request on the next connection; the response body streams afterwards.
+    /// Sends one request on the next connection; the response body streams afterwards. A
+    /// request the server did not process is sent once more (see the module doc).
     pub async fn request(&self, req: Request<B>) -> Result<Response<Incoming>, Outcome> {
+        let replay = copy_request(&req);
+        match self.send_once(req).await {
+            Err(o) if not_processed(&o) => {
+                self.stats
+                    .retried_unprocessed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send_once(replay).await
+            }
+            res => res,
+        }
+    }
+
+    async fn send_once(&self, req: Request<B>) -> Result<Response<Incoming>, Outcome> {
         let mut send = self.sender().await?;
         send.ready().await.map_err(|e| classify(&e))?;
         send.send_request(req).await.map_err(|e| classify(&e))
@@ -153,5 +179,98 @@ where
             stats.ended.fetch_add(1, Ordering::Relaxed);
         });
         Ok(Conn { send, watch })
+    }
+}
+
+/// Whether a failed request provably never reached the server's application, so HTTP/2 allows
+/// sending it again (RFC 9113 §8.7).
+pub fn not_processed(o: &Outcome) -> bool {
+    matches!(o, Outcome::GoAway | Outcome::StreamRefused)
+}
+
+/// A copy of `req` to send again (method, URI, version, headers and body).
+fn copy_request<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut copy = Request::new(req.body().clone());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Bytes;
+    use http_body_util::Empty;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An h2c server on loopback that resets the first `refuse` streams it sees with `reason`
+    /// and answers 200 to the others; counts connections.
+    async fn resetting_server(refuse: usize, reason: h2::Reason) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (counted, refused) = (conns.clone(), Arc::new(AtomicUsize::new(0)));
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::Relaxed);
+                let refused = refused.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        if refused.fetch_add(1, Ordering::Relaxed) < refuse {
+                            respond.send_reset(reason);
+                        } else {
+                            let res = hyper::Response::new(());
+                            let _ = respond.send_response(res, true);
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    fn get(authority: &str) -> Request<Empty<Bytes>> {
+        Request::get(format!("http://{authority}/"))
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_stream_is_sent_once_more() {
+        let (addr, _) = resetting_server(1, h2::Reason::REFUSED_STREAM).await;
+        let ch = H2Channel::new(addr.clone(), 1, Arc::default());
+        let res = ch.request(get(&addr)).await.expect("answered on the retry");
+        assert_eq!(res.status(), 200);
+        assert_eq!(ch.stats().snapshot().retried_unprocessed, 1);
+    }
+
+    #[tokio::test]
+    async fn only_once_and_never_after_another_reset() {
+        // Refused twice: the retry is not retried.
+        let (addr, _) = resetting_server(2, h2::Reason::REFUSED_STREAM).await;
+        let ch = H2Channel::new(addr.clone(), 1, Arc::default());
+        assert_eq!(
+            ch.request(get(&addr)).await.err(),
+            Some(Outcome::StreamRefused)
+        );
+        assert_eq!(ch.stats().snapshot().retried_unprocessed, 1);
+        // A stream the server may have processed (any other reset) is never sent again.
+        let (addr, _) = resetting_server(1, h2::Reason::INTERNAL_ERROR).await;
+        let ch = H2Channel::new(addr.clone(), 1, Arc::default());
+        assert_eq!(ch.request(get(&addr)).await.err(), Some(Outcome::Reset));
+        assert_eq!(ch.stats().snapshot().retried_unprocessed, 0);
+    }
+
+    #[test]
+    fn what_counts_as_not_processed() {
+        assert!(not_processed(&Outcome::GoAway));
+        assert!(not_processed(&Outcome::StreamRefused));
+        for o in [Outcome::Reset, Outcome::Refused, Outcome::Timeout] {
+            assert!(!not_processed(&o), "{o:?}");
+        }
     }
 }

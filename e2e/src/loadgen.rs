@@ -259,6 +259,10 @@ pub struct Summary {
     /// HTTP/2 only: connections on which the server sent a GOAWAY.
     #[serde(default)]
     pub connections_goaway: u64,
+    /// HTTP/2 only: requests the server did not process (GOAWAY, `REFUSED_STREAM`) and that
+    /// were sent once more, as gRPC and Go's HTTP/2 clients do ([`crate::h2chan`]).
+    #[serde(default)]
+    pub retried_unprocessed: u64,
 }
 
 /// Latency percentiles, milliseconds.
@@ -632,6 +636,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
         summary.connections_opened = c.opened;
         summary.connections_ended = c.ended;
         summary.connections_goaway = c.goaways;
+        summary.retried_unprocessed = c.retried_unprocessed;
     }
     let mut lat: Vec<f64> = Vec::new();
     for r in &records {
