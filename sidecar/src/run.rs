@@ -184,11 +184,11 @@ async fn probe_loop(
 ) {
     let p = cfg.probe;
     let mut tracker = HealthTracker::new(p.success_threshold, p.failure_threshold);
-    let mut tick = tokio::time::interval(p.period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut count = 0u64;
+    let mut next = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next).await;
+        next = tokio::time::Instant::now() + tracker.next_delay(p.period);
         if drainer.started() {
             // No probe traffic during a drain: it would count as a new connection.
             continue;
