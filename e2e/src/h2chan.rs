@@ -201,8 +201,8 @@ fn copy_request<B: Clone>(req: &Request<B>) -> Request<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::body::Bytes;
     use http_body_util::Empty;
+    use hyper::body::Bytes;
     use std::sync::atomic::AtomicUsize;
 
     /// An h2c server on loopback that resets the first `refuse` streams it sees with `reason`

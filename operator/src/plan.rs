@@ -819,7 +819,7 @@ impl<'a> Planner<'a> {
             if steps == 0 || step >= steps {
                 self.status.phase = Some(Phase::Progressing);
                 self.set_paused(false, reasons::NOT_PAUSED, "admission is not held");
-                self.admit_new(update, desired, admitted);
+                self.admit_new_final(update, desired, admitted);
                 let (updated, admitted, _) = self.counts(Some(update));
                 self.status.message = Some(format!(
                     "rolling out revision {update}: {admitted} of {desired} new pods admitted ({updated} created), admitting every healthy pod"
@@ -906,7 +906,10 @@ impl<'a> Planner<'a> {
     fn complete(&mut self, t: &TargetView, desired: i32, update: &str) -> bool {
         let live: Vec<&PodView> = self.o.pods.iter().filter(|p| !p.terminating).collect();
         let all_new = live.iter().all(|p| p.revision.as_deref() == Some(update));
-        let all_in = live.iter().all(|p| gate_ready(p) || !p.has_gate);
+        // Ready containers too: a pre-admitted pod is not in until they are.
+        let all_in = live
+            .iter()
+            .all(|p| (gate_ready(p) || !p.has_gate) && p.containers_ready_since.is_some());
         let steps_done =
             self.spec.steps.is_empty() || self.current_step() + 1 >= self.spec.steps.len();
         let enough = i32::try_from(live.len()).unwrap_or(i32::MAX) >= desired;
@@ -1013,8 +1016,44 @@ impl<'a> Planner<'a> {
         self.actions.extend(actions);
     }
 
+    /// The last stage (no steps left): every new pod goes in once healthy. With
+    /// `minHealthySeconds: 0` nothing is left to wait for but the pod's containers, which the
+    /// kubelet already requires for `Ready`: the gate opens at once ("pre-admitted"), so the pod
+    /// turns Ready the moment its containers do. Opening it after them costs a kubelet status
+    /// round (the kubelet recomputes `Ready` on its next probe result — measured 2 s a pod
+    /// with a 2 s probe period, paid once per batch of a rollout).
+    fn admit_new_final(&mut self, update: &str, desired: i32, admitted: i32) {
+        let pre_admit = self.spec.readiness.min_healthy().is_zero();
+        self.record_ready_progress(update);
+        self.admit_new_with(update, desired, admitted, pre_admit);
+    }
+
+    /// A pre-admitted pod makes progress when its containers turn ready, not when its gate
+    /// opened: the progress deadline must still catch new pods that never get ready.
+    fn record_ready_progress(&mut self, update: &str) {
+        let newest_ready = self
+            .o
+            .pods
+            .iter()
+            .filter(|p| !p.terminating && p.revision.as_deref() == Some(update) && gate_ready(p))
+            .filter_map(|p| p.containers_ready_since)
+            .max();
+        let last = self.status.last_progress_time.as_ref().map(|t| t.0);
+        if let Some(ready) = newest_ready
+            && last.is_none_or(|last| ready > last)
+        {
+            self.status.last_progress_time = Some(Time(ready.min(self.now)));
+        }
+    }
+
     /// Admits healthy new pods until `target` are admitted; holds the others.
-    fn admit_new(&mut self, update: &str, target: i32, mut admitted: i32) {
+    fn admit_new(&mut self, update: &str, target: i32, admitted: i32) {
+        self.admit_new_with(update, target, admitted, false);
+    }
+
+    /// [`Self::admit_new`]; with `pre_admit`, pods whose containers are not ready yet are
+    /// admitted too (see [`Self::admit_new_final`]).
+    fn admit_new_with(&mut self, update: &str, target: i32, mut admitted: i32, pre_admit: bool) {
         self.admit_outside_rollout(Some(update));
         let min_healthy = self.spec.readiness.min_healthy();
         let mut candidates: Vec<&PodView> = self
@@ -1044,6 +1083,16 @@ impl<'a> Planner<'a> {
         let mut progressed = false;
         for pod in candidates {
             let (reason, message) = match pod.containers_ready_since {
+                None if pre_admit && admitted < target => {
+                    admitted += 1;
+                    self.actions.push(Action::SetGate {
+                        pod: pod.name.clone(),
+                        ready: true,
+                        reason: reasons::ADMITTED,
+                        message: "admitted before its containers are ready (last step, minHealthySeconds 0): Ready follows its containers".to_owned(),
+                    });
+                    continue;
+                }
                 None => (
                     reasons::CONTAINERS_NOT_READY,
                     "containers not ready".to_owned(),

@@ -1024,3 +1024,72 @@ fn sidecar_restarts_of_new_pods_count_toward_max_restarts() {
         c.message
     );
 }
+
+#[test]
+fn the_last_stage_pre_admits_new_pods_when_min_healthy_is_zero() {
+    let mut w = World::rolling(
+        spec(vec![]),
+        1,
+        vec![
+            pod("o1", "old", Some(0), Some(true)),
+            pod("n1", "new", None, None),
+        ],
+    );
+    w.o.pods[0].terminating = true;
+    let p = w.step(5);
+    assert_eq!(
+        admitted(&p),
+        vec!["n1"],
+        "gate opened before its containers"
+    );
+    w.apply_gates(&p, 5);
+    let p = w.step(6);
+    assert_eq!(
+        p.status.phase,
+        Some(Phase::Progressing),
+        "not complete while the admitted pod's containers are not ready"
+    );
+    assert_eq!(
+        p.status.last_progress_time,
+        Some(Time(at(0))),
+        "opening the gate early is not progress"
+    );
+    w.pod_mut("n1").containers_ready_since = Some(at(8));
+    let p = w.step(9);
+    assert_eq!(p.status.phase, Some(Phase::Completed));
+    assert_eq!(p.status.last_progress_time, Some(Time(at(9))));
+}
+
+#[test]
+fn a_pre_admitted_pod_makes_progress_when_its_containers_turn_ready() {
+    let mut s = spec(vec![]);
+    s.failure.progress_deadline_seconds = 60;
+    let mut w = World::rolling(
+        s,
+        2,
+        vec![pod("n1", "new", None, None), pod("n2", "new", None, None)],
+    );
+    let p = w.step(1);
+    assert_eq!(admitted(&p), vec!["n1", "n2"]);
+    w.apply_gates(&p, 1);
+    w.pod_mut("n1").containers_ready_since = Some(at(40));
+    let p = w.step(41);
+    assert_eq!(p.status.last_progress_time, Some(Time(at(40))));
+    // n2 never gets ready: the deadline counts from n1's readiness.
+    let p = w.step(99);
+    assert_eq!(p.status.phase, Some(Phase::Progressing));
+    let p = w.step(100);
+    assert_eq!(
+        cond(&p, conditions::DEGRADED).reason,
+        reasons::PROGRESS_DEADLINE_EXCEEDED
+    );
+}
+
+#[test]
+fn with_min_healthy_seconds_the_gate_waits_for_ready_containers() {
+    let mut s = spec(vec![]);
+    s.readiness.min_healthy_seconds = 5;
+    let mut w = World::rolling(s, 1, vec![pod("n1", "new", None, None)]);
+    let p = w.step(1);
+    assert_eq!(held(&p), vec![("n1", reasons::CONTAINERS_NOT_READY)]);
+}
