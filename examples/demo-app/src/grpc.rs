@@ -12,7 +12,7 @@
 //!   `x-interval-ms` (default 100), each `<i> version=<VERSION> pod=<POD_NAME>`;
 //! - `/grpc.health.v1.Health/Check`: `SERVING`, or `NOT_SERVING` with `--fail-health`.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -20,9 +20,12 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
 };
-use http_body_util::Channel;
+use http_body::Frame;
 
-use crate::{AppState, MAX_SLOW_MS};
+use crate::{
+    AppState, MAX_SLOW_MS,
+    body::{self, FrameBody},
+};
 
 /// Most messages one `Stream` call sends.
 const MAX_COUNT: u64 = 100_000;
@@ -72,9 +75,8 @@ fn status_trailers(code: u32, message: &str) -> HeaderMap {
     t
 }
 
-/// A `200 application/grpc` response whose body comes from the returned sender.
-fn streaming_response(state: &AppState) -> (http_body_util::channel::Sender<Bytes>, Response) {
-    let (tx, body) = Channel::<Bytes, Infallible>::new(4);
+/// A `200 application/grpc` response of `body`.
+fn grpc_response(state: &AppState, body: FrameBody) -> Response {
     let mut res = Response::new(Body::new(body));
     let h = res.headers_mut();
     h.insert(
@@ -85,20 +87,17 @@ fn streaming_response(state: &AppState) -> (http_body_util::channel::Sender<Byte
         h.insert("x-demo-version", v);
     }
     *res.status_mut() = StatusCode::OK;
-    (tx, res)
+    res
 }
 
-/// A unary answer: one message (or none) and the status in the trailers.
+/// A unary answer: one message (or none) and the status in the trailers, queued at once.
 fn unary(state: &AppState, msg: Option<Bytes>, code: u32, message: &str) -> Response {
-    let (mut tx, res) = streaming_response(state);
-    let trailers = status_trailers(code, message);
-    tokio::spawn(async move {
-        if let Some(m) = msg {
-            let _ = tx.send_data(frame(&m)).await;
-        }
-        let _ = tx.send_trailers(trailers).await;
-    });
-    res
+    let (tx, body) = body::channel(2);
+    if let Some(m) = msg {
+        let _ = tx.try_send(Frame::data(frame(&m)));
+    }
+    let _ = tx.try_send(Frame::trailers(status_trailers(code, message)));
+    grpc_response(state, body)
 }
 
 /// `/quiesce.demo.Demo/Echo`.
@@ -117,18 +116,19 @@ pub async fn echo(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 pub async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let count = header_u64(&headers, "x-count", 10).min(MAX_COUNT);
     let interval = Duration::from_millis(header_u64(&headers, "x-interval-ms", 100));
-    let (mut tx, res) = streaming_response(&state);
+    let (tx, body) = body::channel(4);
+    let res = grpc_response(&state, body);
     tokio::spawn(async move {
         for i in 0..count {
             if i > 0 {
                 tokio::time::sleep(interval).await;
             }
             let msg = format!("{i} version={} pod={}", state.version, state.pod_name);
-            if tx.send_data(frame(msg.as_bytes())).await.is_err() {
+            if tx.send(Frame::data(frame(msg.as_bytes()))).await.is_err() {
                 return; // the client went away
             }
         }
-        let _ = tx.send_trailers(status_trailers(0, "")).await;
+        let _ = tx.send(Frame::trailers(status_trailers(0, ""))).await;
     });
     res
 }
@@ -165,5 +165,30 @@ mod tests {
         assert_eq!(header_u64(&h, "x-count", 10), 3);
         assert_eq!(header_u64(&h, "x-bad", 10), 10);
         assert_eq!(header_u64(&h, "x-none", 10), 10);
+    }
+
+    #[test]
+    fn unary_answers_keep_their_trailers_when_polled_from_another_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let _rt = rt.enter();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let state = AppState {
+            version: "v1".into(),
+            pod_name: "p".into(),
+            fail_health: false,
+            shutdown,
+            websockets: Default::default(),
+        };
+        let lost = (0..20_000)
+            .filter(|_| {
+                let res = unary(&state, Some(Bytes::from_static(b"x")), 0, "");
+                let frames = crate::body::spin_frames(res.into_body());
+                !frames.last().is_some_and(Frame::is_trailers)
+            })
+            .count();
+        assert_eq!(lost, 0, "answers that ended without grpc-status");
     }
 }

@@ -15,6 +15,7 @@
 //! closes idle HTTP/1.1 keep-alive connections, sends GOAWAY on HTTP/2 connections, and the app
 //! closes its WebSockets with a Close frame.
 
+mod body;
 mod grpc;
 mod ws;
 
