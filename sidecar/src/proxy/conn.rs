@@ -114,12 +114,7 @@ async fn serve_http(
         let recheck = if shutting_down {
             None
         } else {
-            match decide(
-                &track.view(),
-                since,
-                Instant::now(),
-                shared.idle_close,
-            ) {
+            match decide(&track.view(), since, Instant::now(), shared.idle_close) {
                 Action::Shutdown(how) => {
                     conn.as_mut().graceful_shutdown();
                     track.shutdown_started(how, stats);

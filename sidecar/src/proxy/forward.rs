@@ -92,7 +92,7 @@ impl Upstream {
         let mut res = match client_pool.request(Request::from_parts(parts, body)).await {
             Ok(res) => res,
             Err(e) => {
-                tracing::debug!(error = %e, upstream = %self.addr, "upstream request failed");
+                tracing::debug!(error = ?e, upstream = %self.addr, "upstream request failed");
                 guard.set_error();
                 let draining = stats.draining();
                 let mut res = bad_gateway(self.addr, guard);
