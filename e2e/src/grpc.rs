@@ -162,7 +162,7 @@ pub struct GrpcSummary {
     pub connections_ended: u64,
     /// HTTP/2 connections on which the server sent a GOAWAY.
     pub connections_goaway: u64,
-    /// Calls the server did not process (GOAWAY, `REFUSED_STREAM`), sent once more as gRPC's
+    /// Calls the server did not process (GOAWAY, `REFUSED_STREAM`), sent again as gRPC's
     /// transparent retry does.
     #[serde(default)]
     pub retried_unprocessed: u64,

@@ -9,12 +9,13 @@
 //! [`ChannelStats`] counts connections opened, ended and told to go away.
 //!
 //! Like gRPC's transparent retry (gRPC proposal A6) and Go's HTTP/2 transport, a request the
-//! server provably did not process — its stream was past a GOAWAY's last stream id, or reset
-//! with `REFUSED_STREAM` — is sent once more on another connection and counted in
-//! [`ChannelCounts::retried_unprocessed`]. A graceful GOAWAY races the streams the client opens
-//! in the round trip it takes to arrive; those are exactly the ones HTTP/2 lets a client replay.
-//! Nothing else is retried: a reset or a closed connection after the request was sent counts
-//! as a failure.
+//! server provably did not process — hyper never sent it (its connection shut down after a
+//! GOAWAY first), its stream was past a GOAWAY's last stream id, or it was reset with
+//! `REFUSED_STREAM` — is sent again on another connection (at most [`MAX_ATTEMPTS`] in all) and
+//! counted in [`ChannelCounts::retried_unprocessed`]. A graceful GOAWAY races the requests the
+//! client starts in the round trip it takes to arrive; those are exactly the ones HTTP/2 lets a
+//! client replay. Nothing else is retried: a reset or a closed connection after the request was
+//! sent counts as a failure.
 
 use std::{
     error::Error as StdError,
@@ -56,7 +57,7 @@ pub struct ChannelCounts {
     pub ended: u64,
     /// Connections on which the server sent at least one GOAWAY.
     pub goaways: u64,
-    /// Requests the server did not process (GOAWAY, `REFUSED_STREAM`), sent again once.
+    /// Requests the server did not process (not sent, GOAWAY, `REFUSED_STREAM`), sent again.
     pub retried_unprocessed: u64,
 }
 
@@ -137,24 +138,35 @@ where
     }
 
     /// Sends one request on the next connection; the response body streams afterwards. A
-    /// request the server did not process is sent once more (see the module doc).
+    /// request the server did not process is sent again, at most [`MAX_ATTEMPTS`] times in all
+    /// (see the module doc).
     pub async fn request(&self, req: Request<B>) -> Result<Response<Incoming>, Outcome> {
-        let replay = copy_request(&req);
-        match self.send_once(req).await {
-            Err(o) if not_processed(&o) => {
-                self.stats
-                    .retried_unprocessed
-                    .fetch_add(1, Ordering::Relaxed);
-                self.send_once(replay).await
+        let mut attempt = 1;
+        let mut next = req;
+        loop {
+            let replay = copy_request(&next);
+            match self.send_once(next).await {
+                Err(Failure {
+                    not_processed: true,
+                    ..
+                }) if attempt < MAX_ATTEMPTS => {
+                    self.stats
+                        .retried_unprocessed
+                        .fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    next = replay;
+                }
+                res => return res.map_err(|f| f.outcome),
             }
-            res => res,
         }
     }
 
-    async fn send_once(&self, req: Request<B>) -> Result<Response<Incoming>, Outcome> {
-        let mut send = self.sender().await?;
-        send.ready().await.map_err(|e| classify(&e))?;
-        send.send_request(req).await.map_err(|e| classify(&e))
+    async fn send_once(&self, req: Request<B>) -> Result<Response<Incoming>, Failure> {
+        let mut send = self.sender().await.map_err(Failure::sent)?;
+        send.ready().await.map_err(|e| Failure::from_hyper(&e))?;
+        send.send_request(req)
+            .await
+            .map_err(|e| Failure::from_hyper(&e))
     }
 
     async fn dial(&self) -> Result<Conn<B>, Outcome> {
@@ -182,8 +194,38 @@ where
     }
 }
 
-/// Whether a failed request provably never reached the server's application, so HTTP/2 allows
-/// sending it again (RFC 9113 §8.7).
+/// Attempts per request when the server provably did not process it.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// A failed attempt: how it failed, and whether the request provably never reached the
+/// server's application, so HTTP/2 allows sending it again (RFC 9113 §8.7): its stream was
+/// past a GOAWAY's last stream id or refused (`REFUSED_STREAM`), or hyper never sent it (the
+/// connection shut down after a GOAWAY before the request was dispatched: "canceled").
+#[derive(Debug)]
+struct Failure {
+    outcome: Outcome,
+    not_processed: bool,
+}
+
+impl Failure {
+    /// A failure before anything was sent (dialing): never retried here.
+    fn sent(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            not_processed: false,
+        }
+    }
+
+    fn from_hyper(e: &hyper::Error) -> Self {
+        let outcome = classify(e);
+        Self {
+            not_processed: e.is_canceled() || not_processed(&outcome),
+            outcome,
+        }
+    }
+}
+
+/// Whether an outcome says the server did not process the request (GOAWAY, `REFUSED_STREAM`).
 pub fn not_processed(o: &Outcome) -> bool {
     matches!(o, Outcome::GoAway | Outcome::StreamRefused)
 }
@@ -249,15 +291,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_once_and_never_after_another_reset() {
-        // Refused twice: the retry is not retried.
-        let (addr, _) = resetting_server(2, h2::Reason::REFUSED_STREAM).await;
+    async fn at_most_max_attempts_and_never_after_another_reset() {
+        // Refused every time: given up after MAX_ATTEMPTS.
+        let (addr, _) = resetting_server(usize::MAX, h2::Reason::REFUSED_STREAM).await;
         let ch = H2Channel::new(addr.clone(), 1, Arc::default());
         assert_eq!(
             ch.request(get(&addr)).await.err(),
             Some(Outcome::StreamRefused)
         );
-        assert_eq!(ch.stats().snapshot().retried_unprocessed, 1);
+        assert_eq!(
+            ch.stats().snapshot().retried_unprocessed,
+            u64::from(MAX_ATTEMPTS - 1)
+        );
         // A stream the server may have processed (any other reset) is never sent again.
         let (addr, _) = resetting_server(1, h2::Reason::INTERNAL_ERROR).await;
         let ch = H2Channel::new(addr.clone(), 1, Arc::default());

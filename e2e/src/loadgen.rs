@@ -260,7 +260,7 @@ pub struct Summary {
     #[serde(default)]
     pub connections_goaway: u64,
     /// HTTP/2 only: requests the server did not process (GOAWAY, `REFUSED_STREAM`) and that
-    /// were sent once more, as gRPC and Go's HTTP/2 clients do ([`crate::h2chan`]).
+    /// were sent again, as gRPC and Go's HTTP/2 clients do ([`crate::h2chan`]).
     #[serde(default)]
     pub retried_unprocessed: u64,
 }
@@ -323,8 +323,21 @@ impl Summary {
     }
 }
 
-/// Classifies a request error by walking its source chain.
+/// Classifies a request error by walking its source chain. With `QUIESCE_LOADGEN_DEBUG` set,
+/// each error's whole chain goes to stderr with the time (how the GOAWAY races were found).
 pub fn classify(err: &(dyn std::error::Error + 'static)) -> Outcome {
+    if std::env::var_os("QUIESCE_LOADGEN_DEBUG").is_some() {
+        let mut chain = err.to_string();
+        let mut cur = err.source();
+        while let Some(e) = cur {
+            chain.push_str(&format!(": {e} [{e:?}]"));
+            cur = e.source();
+        }
+        eprintln!(
+            "loadgen error at {:?}: {chain}",
+            std::time::SystemTime::now()
+        );
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut incomplete = false;
     while let Some(e) = cur {
