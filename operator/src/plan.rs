@@ -797,7 +797,7 @@ impl<'a> Planner<'a> {
             return Some((
                 reasons::PROGRESS_DEADLINE_EXCEEDED,
                 format!(
-                    "no progress for {}s (progressDeadlineSeconds {}): new pods of revision {update} were not admitted",
+                    "no progress for {}s (progressDeadlineSeconds {}): new pods of revision {update} were not admitted or their containers did not get ready",
                     elapsed(last, self.now).as_secs(),
                     self.spec.failure.progress_deadline_seconds
                 ),
