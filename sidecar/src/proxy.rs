@@ -9,12 +9,14 @@
 //! [`close`] — and the drain ends once no connection is open.
 //!
 //! Modules, one concern each: [`sniff`] (HTTP or not, from the first bytes), [`conn`] (one
-//! connection's life), [`forward`] (one request to the app and back), [`headers`] (hop-by-hop
-//! rules), [`close`] (the pure close decision), [`stats`] (counters and their guards).
+//! connection's life), [`forward`] (one request to the app and back), [`h2_upstream`] (a client
+//! connection's own HTTP/2 connection to the app), [`headers`] (hop-by-hop rules), [`close`]
+//! (the pure close decision), [`stats`] (counters and their guards).
 
 pub mod close;
 pub mod conn;
 pub mod forward;
+pub mod h2_upstream;
 pub mod headers;
 pub mod sniff;
 pub mod stats;

@@ -877,3 +877,221 @@ async fn graceful_app_in_proxy_mode_still_waits_for_the_proxys_connections() {
         "the drain must wait for the proxy's connections: {took:?} {v}"
     );
 }
+
+/// A socket that counts the HTTP/2 HEADERS frames read through it (after the client preface),
+/// so a test knows which requests reached the app without the app accepting them.
+struct HeadersCounter {
+    inner: tokio::net::TcpStream,
+    headers: Arc<AtomicU64>,
+    /// Bytes still to pass before the next frame header (the preface, then each payload).
+    skip: usize,
+    head: [u8; 9],
+    have: usize,
+}
+
+impl HeadersCounter {
+    fn new(inner: tokio::net::TcpStream, headers: Arc<AtomicU64>) -> Self {
+        let skip = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len();
+        Self {
+            inner,
+            headers,
+            skip,
+            head: [0; 9],
+            have: 0,
+        }
+    }
+
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                let h = self.head;
+                self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.have = 0;
+                if h[3] == 0x1 {
+                    self.headers.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for HeadersCounter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let new = buf.filled()[before..].to_vec();
+        self.scan(&new);
+        res
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadersCounter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An h2c app that, like one under CPU overload, accepts no stream until one of its
+/// connections was closed for too many resets; then it answers every stream `200`.
+struct OverloadedH2App {
+    addr: SocketAddr,
+    /// HEADERS frames received, over all connections.
+    headers: Arc<AtomicU64>,
+    /// Connections it closed with GOAWAY(ENHANCE_YOUR_CALM): more than 20 streams reset
+    /// before being accepted (the `h2` crate's rapid-reset protection, hyper's servers too).
+    calmed: Arc<AtomicU64>,
+}
+
+async fn overloaded_h2_app() -> OverloadedH2App {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = OverloadedH2App {
+        addr: l.local_addr().unwrap(),
+        headers: Arc::new(AtomicU64::new(0)),
+        calmed: Arc::new(AtomicU64::new(0)),
+    };
+    let (headers, calmed) = (app.headers.clone(), app.calmed.clone());
+    let gate = Arc::new(tokio::sync::watch::Sender::new(false));
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let (headers, calmed, gate) = (headers.clone(), calmed.clone(), gate.clone());
+            tokio::spawn(async move {
+                let io = HeadersCounter::new(s, headers);
+                // The sidecar's TCP probes end here: they send no preface.
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .max_pending_accept_reset_streams(20)
+                    .handshake::<_, Bytes>(io)
+                    .await
+                else {
+                    return;
+                };
+                // Read frames (streams queue up unaccepted) until the gate opens.
+                let mut open = gate.subscribe();
+                let closed = tokio::select! {
+                    r = std::future::poll_fn(|cx| conn.poll_closed(cx)) => Some(r),
+                    _ = open.wait_for(|o| *o) => None,
+                };
+                let result = match closed {
+                    Some(r) => r,
+                    None => loop {
+                        match conn.accept().await {
+                            Some(Ok((_req, mut respond))) => {
+                                let _ = respond.send_response(Response::new(()), true);
+                            }
+                            Some(Err(e)) => break Err(e),
+                            None => break Ok(()),
+                        }
+                    },
+                };
+                if let Err(e) = result
+                    && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+                {
+                    calmed.fetch_add(1, Ordering::SeqCst);
+                    gate.send_replace(true);
+                }
+            });
+        }
+    });
+    app
+}
+
+/// gRPC clients cancel streams all the time (deadlines). Through the proxy one client's
+/// cancellations must cost only its own app-side connection, as they would without the proxy:
+/// a connection shared by every client would be closed by the app's rapid-reset protection
+/// with every other client's requests on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2_clients_cancelled_streams_do_not_fail_another_clients_requests() {
+    let _g = serial().await;
+    let app = overloaded_h2_app().await;
+    let (_side, proxy) = proxy_sidecar(app.addr.port(), &TCP_PROBE, &[]);
+    let seen = |n: u64| {
+        let headers = app.headers.clone();
+        move || headers.load(Ordering::SeqCst) >= n
+    };
+
+    // Client B: one request in flight, held by the app.
+    let (b, _b_conn) = h2_connect(proxy).await;
+    let b_req = tokio::spawn(h2_get(b, proxy, "/b"));
+    wait_until_async(Duration::from_secs(10), seen(1)).await;
+
+    // Client A: 25 streams the app holds too, all reaching it, then cancelled.
+    let a_tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut a, a_conn) = h2::client::handshake(a_tcp).await.unwrap();
+    tokio::spawn(a_conn);
+    let mut cancelled = Vec::new();
+    for i in 0..25 {
+        a = a.ready().await.unwrap();
+        let req = Request::get(format!("http://{proxy}/a{i}"))
+            .body(())
+            .unwrap();
+        cancelled.push(a.send_request(req, true).unwrap());
+    }
+    wait_until_async(Duration::from_secs(10), seen(26)).await;
+    for (_res, send) in &mut cancelled {
+        send.send_reset(h2::Reason::CANCEL);
+    }
+    let calmed = app.calmed.clone();
+    wait_until_async(Duration::from_secs(10), move || {
+        calmed.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    let b_outcome = tokio::time::timeout(Duration::from_secs(10), b_req)
+        .await
+        .expect("client B's request did not end")
+        .unwrap();
+    let b_outcome = match b_outcome {
+        H2Outcome::Ok(s) => format!("status {s}"),
+        H2Outcome::Unsent => "unsent".into(),
+        H2Outcome::Failed(e) => e,
+    };
+    assert_eq!(
+        b_outcome, "status 200",
+        "client B must not pay for client A's cancellations"
+    );
+
+    // A's next request gets a fresh app-side connection.
+    a = a.ready().await.unwrap();
+    let req = Request::get(format!("http://{proxy}/again"))
+        .body(())
+        .unwrap();
+    let (res, _send) = a.send_request(req, true).unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), res)
+        .await
+        .expect("client A's next request did not end")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.calmed.load(Ordering::SeqCst), 1);
+}

@@ -27,6 +27,7 @@ use tokio::{
 use super::{
     close::{Action, CloseHow, Protocol, decide, idle_deadline},
     forward::Upstream,
+    h2_upstream::H2Upstream,
     sniff::{Sniff, sniff},
     stats::{ConnGuard, ConnTrack, Stats},
 };
@@ -93,6 +94,8 @@ async fn serve_http(
     shared: Shared,
 ) {
     let track = Arc::new(ConnTrack::new(protocol, guard));
+    // This connection's own HTTP/2 connection to the app (see `h2_upstream` for why not shared).
+    let h2 = Arc::new(H2Upstream::new(shared.upstream.addr()));
     let io = TokioIo::new(ActivityIo {
         inner: stream,
         track: track.clone(),
@@ -101,7 +104,8 @@ async fn serve_http(
         let (track, stats, upstream) = (track.clone(), shared.stats.clone(), shared.upstream);
         service_fn(move |req| {
             let (track, stats, upstream) = (track.clone(), stats.clone(), upstream.clone());
-            async move { upstream.forward(req, track, stats, peer.ip()).await }
+            let h2 = h2.clone();
+            async move { upstream.forward(req, track, &h2, stats, peer.ip()).await }
         })
     };
     let conn = shared.server.serve_connection_with_upgrades(io, svc);

@@ -1,8 +1,10 @@
 //! Forwarding one request to the app on loopback and its response back, bodies streamed both
 //! ways with trailers (gRPC's `grpc-status` travels in them).
 //!
-//! HTTP/1.x requests go over a keep-alive HTTP/1.1 pool, HTTP/2 requests over HTTP/2 prior
-//! knowledge (h2c): gRPC needs HTTP/2 end to end, and HTTP/1 clients keep HTTP/1 semantics.
+//! HTTP/1.x requests go over a keep-alive HTTP/1.1 pool shared by the listener, HTTP/2
+//! requests over HTTP/2 prior knowledge (h2c) on their client connection's own app connection
+//! ([`super::h2_upstream`]): gRPC needs HTTP/2 end to end, and HTTP/1 clients keep HTTP/1
+//! semantics.
 //! An HTTP/1.1 `Upgrade` (WebSocket) answered `101` becomes a byte tunnel between the two
 //! upgraded connections. If the app cannot be reached the client gets a `502` at once: the
 //! proxy never leaves a client hanging.
@@ -31,6 +33,7 @@ use tokio::net::TcpStream;
 
 use super::{
     close::{Protocol, close_after_response},
+    h2_upstream::H2Upstream,
     headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop},
     stats::{ConnTrack, RequestGuard, Stats},
 };
@@ -39,14 +42,13 @@ use super::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bound of a connect to the app (on loopback it is refused or done at once).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The app behind one proxy listener.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     addr: SocketAddr,
     h1: Client<FixedConnector, Incoming>,
-    h2: Client<FixedConnector, Incoming>,
 }
 
 impl Upstream {
@@ -56,11 +58,8 @@ impl Upstream {
         let connector = FixedConnector { addr };
         let h1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector.clone());
-        let h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
             .build(connector);
-        Self { addr, h1, h2 }
+        Self { addr, h1 }
     }
 
     /// The app's address.
@@ -68,11 +67,13 @@ impl Upstream {
         self.addr
     }
 
-    /// Forwards `req`, received on `conn` from `client`, and answers it.
+    /// Forwards `req`, received on `conn` from `client`, and answers it. HTTP/2 requests go on
+    /// `h2`, the app connection of `conn`.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         conn: Arc<ConnTrack>,
+        h2: &H2Upstream,
         stats: Arc<Stats>,
         client: IpAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
@@ -83,13 +84,14 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers, upgrade);
         append_forwarded_for(&mut parts.headers, client);
         parts.uri = upstream_uri(&parts, self.addr);
-        let client_pool = if parts.version == Version::HTTP_2 {
-            &self.h2
+        let sent = if parts.version == Version::HTTP_2 {
+            h2.send(Request::from_parts(parts, body)).await
         } else {
             parts.version = Version::HTTP_11;
-            &self.h1
+            let req = Request::from_parts(parts, body);
+            self.h1.request(req).await.map_err(BoxError::from)
         };
-        let mut res = match client_pool.request(Request::from_parts(parts, body)).await {
+        let mut res = match sent {
             Ok(res) => res,
             Err(e) => {
                 tracing::debug!(error = ?e, upstream = %self.addr, "upstream request failed");
@@ -225,14 +227,17 @@ impl tower::Service<Uri> for FixedConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let addr = self.addr;
-        Box::pin(async move {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            let _ = s.set_nodelay(true);
-            Ok(TokioIo::new(s))
-        })
+        Box::pin(async move { Ok(TokioIo::new(dial(addr).await?)) })
     }
+}
+
+/// A connection to the app at `addr`, within [`CONNECT_TIMEOUT`].
+pub async fn dial(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
 }
 
 #[cfg(test)]
