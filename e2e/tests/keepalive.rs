@@ -13,12 +13,13 @@
 use std::time::Duration;
 
 use quiesce_api::RolloutPolicy;
-use quiesce_api::constants::{conditions, reasons};
+use quiesce_api::constants::{SIDECAR_CONTAINER_NAME, conditions, reasons};
 use quiesce_e2e::chart;
 use quiesce_e2e::grpc::{self, GrpcConfig};
 use quiesce_e2e::harness;
 use quiesce_e2e::loadgen::{Protocol, SlowMix};
 use quiesce_e2e::scenario::{self, APP, Load, Rollout, Tracker, Variant};
+use quiesce_e2e::ws::{self, WsConfig};
 
 /// Requests per second of the kept-alive load (the bar: at least 1k req/s).
 const RATE: f64 = 1000.0;
@@ -259,4 +260,95 @@ async fn a_numeric_target_port_is_reported_and_drained_as_in_observe_mode() {
     scenario::delete_namespace(&client, &ns).await;
     assert_eq!(r.summary.failed(), 0, "{:?}", r.summary);
     assert_drains_unforced(&r);
+}
+
+/// An upgraded connection (WebSocket) through the proxy carries no request a drain could stop
+/// at: it keeps working while its pod drains, the drain waits for it (bounded by
+/// `timeoutSeconds`, then counted forced) and ends, unforced, once the client closes it.
+#[tokio::test]
+async fn a_websocket_through_the_proxy_keeps_working_while_its_pod_drains() {
+    let (client, ns, tracker) = deployed(Variant::QuiesceProxy, "ka-ws")
+        .await
+        .expect("deployed");
+    // One pod, reached at its IP on the port its sidecar's proxy serves the app's `http` on
+    // (what the Service resolves), so the test knows which pod holds the tunnel.
+    let pods = harness::pods(&client, &ns, &format!("app={APP}"))
+        .await
+        .expect("pods");
+    let pod = pods.first().expect("a pod").clone();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP");
+    let port = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.name == SIDECAR_CONTAINER_NAME)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("http"))
+        .map(|p| p.container_port)
+        .expect("the sidecar serves the app's named port");
+    let session = ws::spawn(WsConfig::new(
+        format!("http://{ip}:{port}"),
+        Duration::from_millis(100),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let pods_api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), &ns);
+    pods_api
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete the pod holding the tunnel");
+    // Out of the endpoints and past the quiet period (1 s), the drain now waits for the tunnel.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let still_draining = tracker
+        .snapshot()
+        .get(&name)
+        .map(|t| (t.gone.is_none(), t.drain.as_ref().map(|d| d.status.clone())));
+    session.stop();
+    let report = session.finish().await;
+    let drained = harness::eventually("the drain's report", Duration::from_secs(60), || {
+        let tracker = tracker.clone();
+        let name = name.clone();
+        async move {
+            Ok(tracker
+                .snapshot()
+                .get(&name)
+                .and_then(|t| t.drain.clone())
+                .filter(|d| d.status == "True"))
+        }
+    })
+    .await
+    .expect("drained");
+    tracker.stop();
+    eprintln!(
+        "[WebSocket] {report:?}\n[WebSocket] pod {name}: {}",
+        drained.summary()
+    );
+    scenario::delete_namespace(&client, &ns).await;
+
+    assert_eq!(
+        still_draining,
+        Some((true, Some("False".to_owned()))),
+        "5 s after deletion the pod is still draining (waiting for the tunnel)"
+    );
+    assert!(
+        report.clean(),
+        "every message echoed, closed by handshake: {report:?}"
+    );
+    assert!(
+        report.lasted_ms >= 7_000 && report.echoed >= 60,
+        "the tunnel kept working through the drain: {report:?}"
+    );
+    assert!(!drained.forced(), "{drained:?}");
+    let r = drained.report().expect("report");
+    assert!(
+        r.duration_ms >= 4_000,
+        "the drain waited for the tunnel: {}",
+        drained.summary()
+    );
 }
