@@ -7,8 +7,9 @@
 //! them to an app that closes them itself (`appShutdown: Graceful`), instead of waiting for them
 //! to go quiet until `timeoutSeconds`.
 //!
-//! One test per story; each runs its rollouts one after another in its own namespaces (the load
-//! is high enough that two at once on a small node would measure each other).
+//! One test per story, in its own namespaces. The stories run one at a time ([`one_at_a_time`]):
+//! at 1k req/s each, two at once on a small node measure each other (the harness runs a file's
+//! tests in parallel; found when all five ran at once and latency went from 1 ms to 100 ms).
 
 use std::time::Duration;
 
@@ -20,6 +21,12 @@ use quiesce_e2e::harness;
 use quiesce_e2e::loadgen::{Protocol, SlowMix};
 use quiesce_e2e::scenario::{self, APP, Load, Rollout, Tracker, Variant};
 use quiesce_e2e::ws::{self, WsConfig};
+
+/// Held by each test for its whole run.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
 
 /// Requests per second of the kept-alive load (the bar: at least 1k req/s).
 const RATE: f64 = 1000.0;
@@ -99,6 +106,7 @@ fn assert_drains_unforced(r: &Rollout) -> Duration {
 
 #[tokio::test]
 async fn proxy_mode_ends_kept_alive_connections_of_an_app_that_exits_at_once() {
+    let _serial = one_at_a_time().await;
     let (_, r) = rollout(Variant::QuiesceProxy, load(Protocol::KeepAlive))
         .await
         .expect("proxy rollout");
@@ -130,6 +138,7 @@ async fn proxy_mode_ends_kept_alive_connections_of_an_app_that_exits_at_once() {
 #[tokio::test]
 async fn graceful_app_in_observe_mode_hands_kept_alive_connections_to_the_app_and_is_never_forced()
 {
+    let _serial = one_at_a_time().await;
     let (_, sleep) = rollout(Variant::GracefulPreStopSleep(5), load(Protocol::KeepAlive))
         .await
         .expect("preStop sleep rollout");
@@ -160,6 +169,7 @@ async fn graceful_app_in_observe_mode_hands_kept_alive_connections_to_the_app_an
 
 #[tokio::test]
 async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
+    let _serial = one_at_a_time().await;
     let variant = Variant::QuiesceProxy;
     let (client, ns, tracker) = deployed(variant, "ka-h2").await.expect("deployed");
     let url = format!(
@@ -216,6 +226,7 @@ async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
 
 #[tokio::test]
 async fn a_numeric_target_port_is_reported_and_drained_as_in_observe_mode() {
+    let _serial = one_at_a_time().await;
     let variant = Variant::QuiesceProxyNumericPort;
     let (client, ns, tracker) = deployed(variant, "ka-numeric").await.expect("deployed");
     let api: kube::Api<RolloutPolicy> = kube::Api::namespaced(client.clone(), &ns);
@@ -267,6 +278,7 @@ async fn a_numeric_target_port_is_reported_and_drained_as_in_observe_mode() {
 /// `timeoutSeconds`, then counted forced) and ends, unforced, once the client closes it.
 #[tokio::test]
 async fn a_websocket_through_the_proxy_keeps_working_while_its_pod_drains() {
+    let _serial = one_at_a_time().await;
     let (client, ns, tracker) = deployed(Variant::QuiesceProxy, "ka-ws")
         .await
         .expect("deployed");
