@@ -184,14 +184,7 @@ impl std::str::FromStr for DrainMode {
 
     /// `observe` or `proxy`, in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "observe" => Ok(DrainMode::Observe),
-            "proxy" => Ok(DrainMode::Proxy),
-            _ => Err(UnknownValue {
-                value: s.to_owned(),
-                expected: Self::ENV_VALUES,
-            }),
-        }
+        from_env_value(s, &[DrainMode::Observe, DrainMode::Proxy], Self::ENV_VALUES)
     }
 }
 
@@ -213,15 +206,29 @@ impl std::str::FromStr for AppShutdown {
 
     /// `immediate` or `graceful`, in any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "immediate" => Ok(AppShutdown::Immediate),
-            "graceful" => Ok(AppShutdown::Graceful),
-            _ => Err(UnknownValue {
-                value: s.to_owned(),
-                expected: Self::ENV_VALUES,
-            }),
-        }
+        from_env_value(
+            s,
+            &[AppShutdown::Immediate, AppShutdown::Graceful],
+            Self::ENV_VALUES,
+        )
     }
+}
+
+/// The value of `all` written as `s` (`expected`, in the same order; any case, surrounding
+/// blanks ignored).
+fn from_env_value<T: Copy>(
+    s: &str,
+    all: &[T],
+    expected: &'static [&'static str],
+) -> Result<T, UnknownValue> {
+    all.iter()
+        .zip(expected)
+        .find(|(_, name)| name.eq_ignore_ascii_case(s.trim()))
+        .map(|(v, _)| *v)
+        .ok_or_else(|| UnknownValue {
+            value: s.to_owned(),
+            expected,
+        })
 }
 
 /// A duration as the sidecar reads it: `Ns` when whole seconds, `Nms` otherwise.
