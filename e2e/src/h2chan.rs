@@ -162,7 +162,7 @@ where
     }
 
     async fn send_once(&self, req: Request<B>) -> Result<Response<Incoming>, Failure> {
-        let mut send = self.sender().await.map_err(Failure::sent)?;
+        let mut send = self.sender().await.map_err(Failure::dial)?;
         send.ready().await.map_err(|e| Failure::from_hyper(&e))?;
         send.send_request(req)
             .await
@@ -208,8 +208,8 @@ struct Failure {
 }
 
 impl Failure {
-    /// A failure before anything was sent (dialing): never retried here.
-    fn sent(outcome: Outcome) -> Self {
+    /// Dialing failed: the channel redials on the next request, not here.
+    fn dial(outcome: Outcome) -> Self {
         Self {
             outcome,
             not_processed: false,

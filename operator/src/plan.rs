@@ -884,7 +884,7 @@ impl<'a> Planner<'a> {
                             why
                         }
                         None => {
-                            self.admit_new(update, target, admitted);
+                            self.admit_new(update, target, admitted, false);
                             format!("admitting up to {target}")
                         }
                     };
@@ -1025,7 +1025,7 @@ impl<'a> Planner<'a> {
     fn admit_new_final(&mut self, update: &str, desired: i32, admitted: i32) {
         let pre_admit = self.spec.readiness.min_healthy().is_zero();
         self.record_ready_progress(update);
-        self.admit_new_with(update, desired, admitted, pre_admit);
+        self.admit_new(update, desired, admitted, pre_admit);
     }
 
     /// A pre-admitted pod makes progress when its containers turn ready, not when its gate
@@ -1046,14 +1046,9 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Admits healthy new pods until `target` are admitted; holds the others.
-    fn admit_new(&mut self, update: &str, target: i32, admitted: i32) {
-        self.admit_new_with(update, target, admitted, false);
-    }
-
-    /// [`Self::admit_new`]; with `pre_admit`, pods whose containers are not ready yet are
-    /// admitted too (see [`Self::admit_new_final`]).
-    fn admit_new_with(&mut self, update: &str, target: i32, mut admitted: i32, pre_admit: bool) {
+    /// Admits healthy new pods until `target` are admitted; holds the others. With `pre_admit`,
+    /// pods whose containers are not ready yet are admitted too (see [`Self::admit_new_final`]).
+    fn admit_new(&mut self, update: &str, target: i32, mut admitted: i32, pre_admit: bool) {
         self.admit_outside_rollout(Some(update));
         let min_healthy = self.spec.readiness.min_healthy();
         let mut candidates: Vec<&PodView> = self
