@@ -26,7 +26,7 @@ use tokio::{
 
 use super::{
     close::{Action, CloseHow, Protocol, decide, idle_deadline},
-    forward::Upstream,
+    forward::{Upstream, dial},
     h2_upstream::H2Upstream,
     sniff::{Sniff, sniff},
     stats::{ConnGuard, ConnTrack, Stats},
@@ -152,19 +152,13 @@ async fn passthrough(mut client: TcpStream, guard: ConnGuard, shared: Shared) {
     guard.set_how(CloseHow::Passthrough);
     let _open = shared.stats.passthrough();
     let addr = shared.upstream.addr();
-    let upstream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
-    let mut upstream = match upstream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let mut upstream = match dial(addr).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::warn!(error = %e, %addr, "passthrough: cannot connect to the app");
             return;
         }
-        Err(_) => {
-            tracing::warn!(%addr, "passthrough: connecting to the app timed out");
-            return;
-        }
     };
-    let _ = upstream.set_nodelay(true);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
