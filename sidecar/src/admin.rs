@@ -210,6 +210,7 @@ mod tests {
 
     use super::*;
     use crate::config::{DrainConfig, NewConnectionSignal};
+    use crate::drainer::AdminListener;
 
     fn state(healthy: bool) -> AdminState {
         let metrics = Arc::new(Metrics::default());
@@ -229,7 +230,10 @@ mod tests {
             vec![1],
             None,
             metrics.clone(),
-            Arc::new(AtomicU64::new(0)),
+            AdminListener {
+                port: 0,
+                accepted: Arc::new(AtomicU64::new(0)),
+            },
         );
         let (_tx, health) = watch::channel(Health {
             healthy,

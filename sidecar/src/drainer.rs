@@ -24,7 +24,7 @@ use crate::{
     metrics::Metrics,
     pod::Reporter,
     proxy::{ProxyHandle, ProxyReport},
-    sockets::{self, ArrivalTracker, ConnCounts},
+    sockets::{self, AdminServer, ArrivalTracker, ConnCounts},
 };
 
 /// Where the drain is, for `/readyz`, `/status` and waiting callers.
@@ -83,21 +83,30 @@ struct Inner {
     ports: Vec<u16>,
     kube: Option<KubeDrain>,
     metrics: Arc<Metrics>,
-    admin_accepts: Arc<AtomicU64>,
+    admin: AdminListener,
     started: AtomicBool,
     state: watch::Sender<DrainState>,
     /// Proxy mode: the proxy, whose counts replace the socket table.
     proxy: OnceLock<ProxyHandle>,
 }
 
+/// The sidecar's admin listener: its connections are not arrivals for the app.
+#[derive(Debug, Clone)]
+pub struct AdminListener {
+    /// The port it listens on.
+    pub port: u16,
+    /// Connections it accepted so far.
+    pub accepted: Arc<AtomicU64>,
+}
+
 impl Drainer {
-    /// A drainer for the app `ports`; `admin_accepts` counts the admin server's connections.
+    /// A drainer for the app `ports`.
     pub fn new(
         cfg: DrainConfig,
         ports: Vec<u16>,
         kube: Option<KubeDrain>,
         metrics: Arc<Metrics>,
-        admin_accepts: Arc<AtomicU64>,
+        admin: AdminListener,
     ) -> Self {
         let (state, _) = watch::channel(DrainState::Idle);
         Self {
@@ -106,7 +115,7 @@ impl Drainer {
                 ports,
                 kube,
                 metrics,
-                admin_accepts,
+                admin,
                 started: AtomicBool::new(false),
                 state,
                 proxy: OnceLock::new(),
@@ -227,7 +236,7 @@ struct Observer {
     ports: Vec<u16>,
     tracker: ArrivalTracker,
     use_passive: bool,
-    admin_accepts: Arc<AtomicU64>,
+    admin: AdminListener,
     last: ConnCounts,
     last_at: Instant,
     /// Proxy mode: the proxy and its accepted count at the previous observation.
@@ -253,9 +262,11 @@ impl Observer {
                     snap.sockets.retain(|s| !s.remote.ip().is_loopback());
                     snap.passive_opens = None;
                 }
-                let admin = self
-                    .use_passive
-                    .then(|| self.admin_accepts.load(Ordering::SeqCst));
+                // Read after the snapshot (see `ArrivalTracker`).
+                let admin = self.use_passive.then(|| AdminServer {
+                    port: self.admin.port,
+                    accepted: self.admin.accepted.load(Ordering::SeqCst),
+                });
                 let now = Instant::now();
                 let since = now.saturating_duration_since(self.last_at);
                 self.last_at = now;
@@ -309,7 +320,7 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
             AppShutdown::Graceful => ArrivalTracker::new_connections_only(),
         },
         use_passive: cfg.signal == NewConnectionSignal::Netns,
-        admin_accepts: inner.admin_accepts.clone(),
+        admin: inner.admin.clone(),
         last: ConnCounts::default(),
         last_at: Instant::now(),
         proxy: inner

@@ -24,7 +24,7 @@ use tokio::{
 use crate::{
     admin::{self, AdminState, Authorizer, Health},
     config::{Config, ProbeKind, RunMode},
-    drainer::{Drainer, KubeDrain},
+    drainer::{AdminListener, Drainer, KubeDrain},
     metrics::Metrics,
     pod::{OwnPod, Reporter},
     probe::{HealthTracker, probe_once},
@@ -36,6 +36,15 @@ use crate::{
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let admin_accepts = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.admin_bind, cfg.admin_port))
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin server to {}:{}",
+                cfg.admin_bind, cfg.admin_port
+            )
+        })?;
+    let addr = listener.local_addr()?;
 
     let (kube, auth) = match (&cfg.mode, &cfg.pod) {
         (RunMode::Kubernetes, Some(pod)) => match kube::Client::try_default().await {
@@ -66,7 +75,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.app_ports.clone(),
         kube,
         metrics.clone(),
-        admin_accepts.clone(),
+        AdminListener {
+            port: addr.port(),
+            accepted: admin_accepts.clone(),
+        },
     );
     let proxy = match &cfg.proxy {
         Some(p) => {
@@ -84,15 +96,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
     ));
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.admin_bind, cfg.admin_port))
-        .await
-        .with_context(|| {
-            format!(
-                "binding the admin server to {}:{}",
-                cfg.admin_bind, cfg.admin_port
-            )
-        })?;
-    let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = ?cfg.mode, app_ports = ?cfg.app_ports, "admin server listening");
     let accepts = admin_accepts.clone();
     let m = metrics.clone();

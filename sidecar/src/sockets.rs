@@ -205,18 +205,25 @@ impl Snapshot {
 ///   connection that opened and closed between two snapshots leaves no trace when the client
 ///   closed first);
 /// - with [`NewConnectionSignal::Netns`](crate::config::NewConnectionSignal), the namespace's
-///   `PassiveOpens` counter grew by more than the connections the sidecar's own admin server
-///   accepted meanwhile (every completed inbound handshake counts, so nothing is missed; a
-///   connection to another listener of the pod counts too, which only lengthens the quiet
-///   period). The unexplained count `U = ΔPassiveOpens − ΔadminAccepts` is compared with the
-///   previous observation's. The admin accept count can lag the kernel's handshake by a moment:
-///   the lag shows as one early (conservative) arrival, and when it resolves in the same
-///   interval as a real arrival, that arrival was already flagged one poll interval earlier.
+///   `PassiveOpens` counter grew by more than the sidecar's own admin server explains (every
+///   completed inbound handshake counts, so nothing is missed; a connection to another listener
+///   of the pod counts too, which only lengthens the quiet period).
+///
+/// The admin server explains `accepted + queued`: the connections it accepted (read *after* the
+/// snapshot) plus the ones the kernel completed but the server has not accepted yet (the admin
+/// listener's accept queue, in the snapshot). Read in that order, an admin connection is never
+/// missing from the explanation, only sometimes counted a moment early, so the unexplained count
+/// `U = ΔPassiveOpens − explained` never runs ahead of the real arrivals and only dips below.
+/// An arrival is a `U` above every earlier one (a dip that recovers is not an arrival). Counting
+/// only `accepted` let a kubelet probe or `/status` poll that was handshaken but not yet accepted
+/// look like an arrival, often enough under steady polling to hold the quiet period open.
 #[derive(Debug)]
 pub struct ArrivalTracker {
     seen: Option<HashSet<(u64, u64, SocketAddr)>>,
+    /// `PassiveOpens` and admin connections explained at the first observation.
     base: Option<(u64, u64)>,
-    unexplained: i64,
+    /// The highest unexplained count so far.
+    max_unexplained: i64,
     /// Whether data on an established connection counts as an arrival.
     count_requests: bool,
 }
@@ -226,7 +233,7 @@ impl Default for ArrivalTracker {
         Self {
             seen: None,
             base: None,
-            unexplained: 0,
+            max_unexplained: 0,
             count_requests: true,
         }
     }
@@ -242,15 +249,15 @@ impl ArrivalTracker {
         }
     }
 
-    /// Feeds one snapshot taken `since` after the previous one; `admin_accepts` is the
-    /// sidecar's cumulative admin accept count (`None` ignores `PassiveOpens`). Returns whether
-    /// a new connection or request arrived since the previous call; the first call only sets
-    /// the baseline.
+    /// Feeds one snapshot taken `since` after the previous one; `admin` describes the
+    /// sidecar's admin server (`None` ignores `PassiveOpens`), its accept count read after the
+    /// snapshot was taken. Returns whether a new connection or request arrived since the
+    /// previous call; the first call only sets the baseline.
     pub fn observe(
         &mut self,
         snap: &Snapshot,
         ports: &[u16],
-        admin_accepts: Option<u64>,
+        admin: Option<AdminServer>,
         since: std::time::Duration,
     ) -> bool {
         let current: HashSet<_> = snap
@@ -275,20 +282,41 @@ impl ArrivalTracker {
             None => false,
         };
         self.seen = Some(current);
-        if let (Some(passive), Some(admin)) = (snap.passive_opens, admin_accepts) {
+        if let (Some(passive), Some(admin)) = (snap.passive_opens, admin) {
+            let explained = admin.accepted + snap.accept_queue(admin.port);
             match self.base {
-                None => self.base = Some((passive, admin)),
-                Some((p0, a0)) => {
+                None => self.base = Some((passive, explained)),
+                Some((p0, e0)) => {
                     let unexplained =
-                        passive.saturating_sub(p0) as i64 - admin.saturating_sub(a0) as i64;
-                    if unexplained > self.unexplained {
+                        passive.saturating_sub(p0) as i64 - explained as i64 + e0 as i64;
+                    if unexplained > self.max_unexplained {
                         arrived = true;
+                        self.max_unexplained = unexplained;
                     }
-                    self.unexplained = unexplained;
                 }
             }
         }
         arrived
+    }
+}
+
+/// The sidecar's admin server, whose connections explain part of `PassiveOpens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminServer {
+    /// Its listening port.
+    pub port: u16,
+    /// Connections it accepted so far.
+    pub accepted: u64,
+}
+
+impl Snapshot {
+    /// Connections the kernel completed on `port` that are waiting to be accepted.
+    fn accept_queue(&self, port: u16) -> u64 {
+        self.sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen && s.local.port() == port)
+            .map(|s| u64::from(s.rx_queue))
+            .sum()
     }
 }
 

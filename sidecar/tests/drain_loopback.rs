@@ -584,9 +584,15 @@ async fn sigterm_without_prestop_drains_then_exits_when_the_app_is_gone() {
     wait_until(Duration::from_secs(2), || {
         get(side.addr, "/readyz").0 == 503
     });
-    wait_until(Duration::from_secs(5), || {
-        get(side.addr, "/status").1.contains("\"state\":\"done\"")
-    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get(side.addr, "/status").1.contains("\"state\":\"done\"") {
+        assert!(
+            Instant::now() < deadline,
+            "drain not done within 5s:\n{}",
+            side.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Drained, but the app still listens: the sidecar stays.
     std::thread::sleep(Duration::from_millis(300));
     assert!(
