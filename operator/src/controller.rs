@@ -95,14 +95,36 @@ pub struct Context {
 /// What the shell wrote and the caches may not show yet.
 #[derive(Default)]
 struct Memory {
-    /// Policy UID → last status written.
-    status: HashMap<String, RolloutPolicyStatus>,
-    /// Pod UID → gate written.
-    gates: HashMap<String, GateView>,
-    /// Pod UIDs whose drain report was counted.
+    /// Policy UID → what that policy's passes wrote. Keyed per policy so that one policy's
+    /// pass prunes only its own entries (pruning another's pending gate writes would let that
+    /// policy admit one pod too many); a policy's entry goes with the policy.
+    policies: HashMap<String, PolicyMemory>,
+    /// Pod UIDs whose drain report was counted (pruned by [`CountedDrains::forget_gone`]).
     drains: CountedDrains,
+}
+
+/// What the shell wrote for one policy.
+#[derive(Default)]
+struct PolicyMemory {
+    /// Last status written.
+    status: Option<RolloutPolicyStatus>,
+    /// Pod UID → gate written, until the cache shows it.
+    gates: HashMap<String, GateView>,
     /// (namespace, service account, Deployment UID) whose sidecar RoleBinding was applied.
     bindings: HashSet<(String, String, String)>,
+}
+
+impl Memory {
+    /// The entry of the policy with UID `uid`.
+    fn policy(&mut self, uid: &str) -> &mut PolicyMemory {
+        self.policies.entry(uid.to_owned()).or_default()
+    }
+
+    /// Forgets the policies whose UID is not `present` any more (deleted without a final pass
+    /// of this process: another leader ran it, or the finalizer was removed by hand).
+    fn forget_policies(&mut self, present: impl Fn(&str) -> bool) {
+        self.policies.retain(|uid, _| present(uid));
+    }
 }
 
 impl Context {
@@ -448,7 +470,7 @@ impl Context {
         // The status goes first: whoever reads the status after the pods never sees more pods
         // admitted than the recorded step allows. A failed gate write is redone next time.
         let written = async {
-            self.ensure_sidecar_binding(&ns, &observed).await?;
+            self.ensure_sidecar_binding(policy, &observed).await?;
             if !deleting && plan.status != observed.policy.status {
                 self.patch_status(policy, &plan).await?;
             }
@@ -481,6 +503,10 @@ impl Context {
         }
         if deleting {
             info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
+            // The finalizer goes next: nothing of this policy is read again.
+            self.memory()
+                .policies
+                .remove(&policy.uid().unwrap_or_default());
             self.metrics.set_phase(&ns, &name, None);
             self.retrigger_siblings(policy);
             return Ok(Requeue::await_change());
@@ -523,10 +549,17 @@ impl Context {
         let ns = policy.namespace().unwrap_or_default();
         let uid = policy.uid().unwrap_or_default();
         let mut memory = self.memory();
+        let known: HashSet<String> = self
+            .policies
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
+        memory.forget_policies(|u| u == uid || known.contains(u));
         let status = memory
+            .policy(&uid)
             .status
-            .get(&uid)
-            .cloned()
+            .clone()
             .or_else(|| policy.status.clone())
             .unwrap_or_default();
         let target_name = &policy.spec.target_ref.name;
@@ -571,13 +604,14 @@ impl Context {
         for pod in &pods {
             let mut view = pod_view(pod);
             let pod_uid = pod.uid().unwrap_or_default();
-            if let Some(written) = memory.gates.get(&pod_uid).cloned() {
+            let gates = &mut memory.policy(&uid).gates;
+            if let Some(written) = gates.get(&pod_uid).cloned() {
                 if view
                     .gate
                     .as_ref()
                     .is_some_and(|g| g.ready == written.ready && g.reason == written.reason)
                 {
-                    memory.gates.remove(&pod_uid);
+                    gates.remove(&pod_uid);
                 } else {
                     view.gate = Some(written);
                 }
@@ -608,7 +642,10 @@ impl Context {
                 .get(&ObjectRef::new(name).within(ns))
                 .is_some_and(|p| p.uid().as_deref() == Some(uid))
         });
-        memory.gates.retain(|uid, _| live.contains(uid));
+        memory
+            .policy(&uid)
+            .gates
+            .retain(|pod_uid, _| live.contains(pod_uid));
         let new_drains = counted.iter().map(|t| t.report).collect();
         let observed = Observed {
             policy: PolicyView {
@@ -746,14 +783,17 @@ impl Context {
                         .inc();
                     info!(pod = %pod, namespace = %ns, reason, "pod admitted");
                 }
-                self.memory().gates.insert(
-                    current.uid().unwrap_or_default(),
-                    GateView {
-                        ready: *ready,
-                        reason: (*reason).to_owned(),
-                        last_probe: Some(now),
-                    },
-                );
+                self.memory()
+                    .policy(&policy.uid().unwrap_or_default())
+                    .gates
+                    .insert(
+                        current.uid().unwrap_or_default(),
+                        GateView {
+                            ready: *ready,
+                            reason: (*reason).to_owned(),
+                            last_probe: Some(now),
+                        },
+                    );
             }
             Action::Rollback { revision } => self.rollback(policy, revision).await?,
             Action::ClearAnnotation(key) => {
@@ -849,14 +889,16 @@ impl Context {
         )
         .await?;
         self.memory()
-            .status
-            .insert(policy.uid().unwrap_or_default(), plan.status.clone());
+            .policy(&policy.uid().unwrap_or_default())
+            .status = Some(plan.status.clone());
         Ok(())
     }
 
     /// Binds the sidecar's ClusterRole to the service account of the target's pods in the
     /// policy's namespace (once per namespace and service account).
-    async fn ensure_sidecar_binding(&self, ns: &str, o: &Observed) -> Result<()> {
+    async fn ensure_sidecar_binding(&self, policy: &RolloutPolicy, o: &Observed) -> Result<()> {
+        let ns = &policy.namespace().unwrap_or_default();
+        let policy_uid = policy.uid().unwrap_or_default();
         let Some(role) = &self.sidecar_cluster_role else {
             return Ok(());
         };
@@ -884,7 +926,7 @@ impl Context {
             .and_then(|d| d.metadata.uid.clone())
             .unwrap_or_default();
         let key = (ns.to_owned(), sa.clone(), deployment_uid);
-        if self.memory().bindings.contains(&key) {
+        if self.memory().policy(&policy_uid).bindings.contains(&key) {
             return Ok(());
         }
         let name = format!("{role}-{sa}");
@@ -904,7 +946,7 @@ impl Context {
                 &Patch::Apply(&binding),
             )
             .await?;
-        self.memory().bindings.insert(key);
+        self.memory().policy(&policy_uid).bindings.insert(key);
         Ok(())
     }
 }

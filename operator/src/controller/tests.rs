@@ -51,10 +51,30 @@ fn policy(status: RolloutPolicyStatus) -> RolloutPolicy {
 }
 
 fn deployment() -> Deployment {
+    deployment_of("web")
+}
+
+/// The UID of the Deployment `app` (`deploy-uid` for `web`).
+fn deploy_uid(app: &str) -> String {
+    match app {
+        "web" => "deploy-uid".to_owned(),
+        _ => format!("{app}-deploy-uid"),
+    }
+}
+
+/// The UID of the ReplicaSet `hash` of `app` (`rs-<hash>` for `web`).
+fn rs_uid(app: &str, hash: &str) -> String {
+    match app {
+        "web" => format!("rs-{hash}"),
+        _ => format!("{app}-rs-{hash}"),
+    }
+}
+
+fn deployment_of(app: &str) -> Deployment {
     serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "shop", "uid": "deploy-uid"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}},
+        "metadata": {"name": app, "namespace": "shop", "uid": deploy_uid(app)},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
+            "template": {"metadata": {"labels": {"app": app}},
                 "spec": {"terminationGracePeriodSeconds": 60, "containers": [{"name": "app", "image": "demo:v2",
                     "ports": [{"name": "http", "containerPort": 8080}]}]}}}
     }))
@@ -62,18 +82,26 @@ fn deployment() -> Deployment {
 }
 
 fn rs(hash: &str, revision: &str) -> PartialObjectMeta<ReplicaSet> {
+    rs_of("web", hash, revision)
+}
+
+fn rs_of(app: &str, hash: &str, revision: &str) -> PartialObjectMeta<ReplicaSet> {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": {"name": format!("web-{hash}"), "namespace": "shop", "uid": format!("rs-{hash}"),
+        "metadata": {"name": format!("{app}-{hash}"), "namespace": "shop", "uid": rs_uid(app, hash),
             "labels": {"pod-template-hash": hash},
             "annotations": {"deployment.kubernetes.io/revision": revision},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
-                "uid": "deploy-uid", "controller": true}]}
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": app,
+                "uid": deploy_uid(app), "controller": true}]}
     }))
     .unwrap()
 }
 
 fn pod(name: &str, hash: &str, gate: Option<&str>) -> Pod {
+    pod_of("web", name, hash, gate)
+}
+
+fn pod_of(app: &str, name: &str, hash: &str, gate: Option<&str>) -> Pod {
     let mut conditions = vec![json!({"type": "ContainersReady", "status": "True",
         "lastTransitionTime": "2027-01-15T07:00:00Z"})];
     if let Some(status) = gate {
@@ -82,9 +110,9 @@ fn pod(name: &str, hash: &str, gate: Option<&str>) -> Pod {
     }
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
-            "labels": {"app": "web", "pod-template-hash": hash},
-            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{hash}"),
-                "uid": format!("rs-{hash}"), "controller": true}]},
+            "labels": {"app": app, "pod-template-hash": hash},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{hash}"),
+                "uid": rs_uid(app, hash), "controller": true}]},
         "spec": {"containers": [{"name": "app", "image": "demo"}],
             "initContainers": [{"name": SIDECAR_CONTAINER_NAME, "image": "sidecar", "restartPolicy": "Always"}],
             "readinessGates": [{"conditionType": READY_GATE_CONDITION}]},
@@ -907,5 +935,145 @@ async fn a_drain_whose_status_write_failed_is_counted_next_time() {
     });
     assert!(ctx.apply(&p, false).await.is_err());
     ctx.apply(&p, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+/// A second policy, `api`, for the Deployment `api` in the same namespace.
+fn api_policy(status: RolloutPolicyStatus) -> RolloutPolicy {
+    let mut p = policy(status);
+    p.metadata.name = Some("api".into());
+    p.metadata.uid = Some("api-policy-uid".into());
+    p.spec = RolloutPolicySpec::for_deployment("api");
+    p
+}
+
+/// Policies `web` and `api`, each with its Deployment, revisions and pods.
+fn two_policy_context(
+    client: Client,
+    policies: Vec<RolloutPolicy>,
+    web_pods: Vec<Pod>,
+    api_pods: Vec<Pod>,
+) -> Context {
+    Context::new(
+        client.clone(),
+        Recorder::new(
+            client,
+            Reporter {
+                controller: "quiesce-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        Arc::new(Metrics::default()),
+        store(policies),
+        store(vec![deployment(), deployment_of("api")]),
+        store(vec![
+            rs("old", "1"),
+            rs("new", "2"),
+            rs_of("api", "old", "1"),
+            rs_of("api", "new", "2"),
+        ]),
+        store(web_pods.into_iter().chain(api_pods).collect()),
+        store(vec![]),
+        None,
+        Arc::new(|| Timestamp::from_second(NOW).unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn one_policys_pass_keeps_another_policys_pending_gate_writes() {
+    let (client, mut handle) = mock();
+    let web = policy(stable(Phase::Completed));
+    let api = api_policy(settled_on_new());
+    let ctx = two_policy_context(
+        client,
+        vec![web.clone(), api.clone()],
+        vec![pod("o1", "old", Some("True")), pod("n1", "new", None)],
+        vec![pod_of("api", "a1", "new", Some("True"))],
+    );
+    let verifier = tokio::spawn(async move {
+        let web_status = "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status";
+        expect(
+            &mut handle,
+            Method::PATCH,
+            web_status,
+            json!(policy(RolloutPolicyStatus::default())),
+        )
+        .await;
+        expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        let gate = expect(
+            &mut handle,
+            Method::PATCH,
+            "/api/v1/namespaces/shop/pods/n1/status",
+            json!(pod("n1", "new", Some("True"))),
+        )
+        .await;
+        assert_eq!(gate["status"]["conditions"][0]["status"], "True");
+        // The api policy's pass: its status only (its conditions are new).
+        expect(
+            &mut handle,
+            Method::PATCH,
+            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/api/status",
+            json!(api_policy(RolloutPolicyStatus::default())),
+        )
+        .await;
+        // The web policy's next pass still sees n1 admitted (the cache does not show it yet):
+        // nothing to write, no second admission.
+        no_more_calls(&mut handle).await;
+    });
+    ctx.apply(&web, false).await.unwrap();
+    ctx.apply(&api, false).await.unwrap();
+    ctx.apply(&web, false).await.unwrap();
+    verifier.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_deleted_policys_memory_is_forgotten() {
+    let (client, mut handle) = mock();
+    let web = policy(stable(Phase::Completed));
+    let api = api_policy(settled_on_new());
+    let ctx = two_policy_context(
+        client,
+        vec![web.clone(), api.clone()],
+        vec![pod("o1", "old", Some("True")), pod("n1", "new", None)],
+        vec![pod_of("api", "a1", "new", Some("True"))],
+    );
+    let verifier = tokio::spawn(async move {
+        // Whatever the passes write, answered by kind.
+        while let Ok(Some((request, send))) =
+            tokio::time::timeout(Duration::from_millis(500), handle.next_request()).await
+        {
+            let uri = request.uri().to_string();
+            let reply = if uri.contains("/rolloutpolicies/") {
+                json!(policy(RolloutPolicyStatus::default()))
+            } else if uri.contains("/pods/") {
+                json!(pod("n1", "new", Some("True")))
+            } else {
+                event_reply()
+            };
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    ctx.apply(&web, false).await.unwrap();
+    ctx.apply(&api, false).await.unwrap();
+    assert_eq!(ctx.memory().policies.len(), 2);
+    // The api policy's final pass forgets it.
+    ctx.apply(&api, true).await.unwrap();
+    assert!(!ctx.memory().policies.contains_key("api-policy-uid"));
+    assert!(ctx.memory().policies.contains_key("policy-uid"));
+    // A policy gone from the cache without a final pass here (another leader ran it) is
+    // forgotten by the next pass of any policy.
+    ctx.memory().policy("gone-uid").status = Some(RolloutPolicyStatus::default());
+    ctx.apply(&web, false).await.unwrap();
+    assert!(!ctx.memory().policies.contains_key("gone-uid"));
     verifier.await.unwrap();
 }
