@@ -1,7 +1,13 @@
 //! Admin server: `/livez`, `/readyz`, the drain endpoint (preStop target), `/status`,
-//! `/metrics`.
+//! `/metrics`. Reachable from the pod network, so nothing it answers costs more than a bounded
+//! amount of work, and nothing but the pod's own deletion (or loopback in standalone mode)
+//! starts a drain.
 
-use std::{net::SocketAddr, sync::Arc};
+mod serve;
+
+pub use serve::serve;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -12,7 +18,7 @@ use axum::{
 };
 use quiesce_api::constants::SIDECAR_DRAIN_PATH;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use crate::{
     config::RunMode, drainer::Drainer, metrics::Metrics, pod::OwnPod, proxy::ProxyHandle, sockets,
@@ -34,10 +40,13 @@ pub struct Health {
 pub enum Authorizer {
     /// Only callers on loopback.
     Loopback,
-    /// Anyone, but only while the API says the pod is terminating (`None`: no API access, so
-    /// every call is refused).
+    /// Anyone, but only once the pod is terminating as its watch tells (`None`: no API
+    /// access, so every call is refused).
     PodTerminating(Option<Box<OwnPod>>),
 }
+
+/// How long a drain call waits for the pod watch to report the deletion the kubelet acts on.
+const TERMINATING_WAIT: Duration = Duration::from_secs(3);
 
 /// Why a drain call was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +57,8 @@ pub enum Refusal {
     NotTerminating,
     /// The API could not tell.
     Unverifiable(String),
+    /// Too many calls are already waiting to be verified.
+    Busy,
 }
 
 impl Authorizer {
@@ -58,11 +69,13 @@ impl Authorizer {
             Authorizer::PodTerminating(None) => {
                 Err(Refusal::Unverifiable("no Kubernetes API access".into()))
             }
-            Authorizer::PodTerminating(Some(pod)) => match pod.is_terminating().await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(Refusal::NotTerminating),
-                Err(e) => Err(Refusal::Unverifiable(e)),
-            },
+            Authorizer::PodTerminating(Some(pod)) => {
+                if pod.is_terminating(TERMINATING_WAIT).await {
+                    Ok(())
+                } else {
+                    Err(Refusal::NotTerminating)
+                }
+            }
         }
     }
 }
@@ -100,6 +113,33 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Proxy mode: the proxy, whose counters `/status` shows.
     pub proxy: Option<ProxyHandle>,
+    /// Bounds what callers cost: see [`Limits`].
+    pub limits: Arc<Limits>,
+}
+
+/// What keeps callers of the admin port from costing more than a bounded amount of work.
+#[derive(Debug)]
+pub struct Limits {
+    /// Drain calls waiting for the pod watch to report the deletion: a few at once (the
+    /// kubelet makes one); the rest are refused at once instead of holding connections.
+    waiting_drain_calls: Semaphore,
+    /// The connection counts `/status` shows, reused for [`STATUS_MAX_AGE`]: a socket-table
+    /// dump per request would let a caller spend the sidecar's CPU.
+    status_connections: Mutex<Option<(tokio::time::Instant, serde_json::Value)>>,
+}
+
+/// How many drain calls may wait for the pod's deletion at once.
+const WAITING_DRAIN_CALLS: usize = 4;
+/// How long `/status` reuses its connection counts.
+const STATUS_MAX_AGE: Duration = Duration::from_secs(1);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            waiting_drain_calls: Semaphore::new(WAITING_DRAIN_CALLS),
+            status_connections: Mutex::new(None),
+        }
+    }
 }
 
 /// The admin router; needs `ConnectInfo<SocketAddr>`.
@@ -128,9 +168,15 @@ async fn drain(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     // Once a drain started, joining it needs no new check: it cannot be started twice.
-    if !s.drainer.started()
-        && let Err(r) = s.auth.check(peer).await
-    {
+    let verdict = if s.drainer.started() {
+        Ok(())
+    } else {
+        match s.limits.waiting_drain_calls.try_acquire() {
+            Ok(_permit) => s.auth.check(peer).await,
+            Err(_) => Err(Refusal::Busy),
+        }
+    };
+    if let Err(r) = verdict {
         let (code, why) = match &r {
             Refusal::NotLoopback(p) => (
                 StatusCode::FORBIDDEN,
@@ -138,7 +184,14 @@ async fn drain(
             ),
             Refusal::NotTerminating => (
                 StatusCode::FORBIDDEN,
-                "drain refused: the pod is not terminating".to_string(),
+                format!(
+                    "drain refused: the pod is not terminating (no deletion seen within {}s)",
+                    TERMINATING_WAIT.as_secs()
+                ),
+            ),
+            Refusal::Busy => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "drain refused: too many drain calls waiting for the pod's deletion".to_string(),
             ),
             Refusal::Unverifiable(e) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -165,9 +218,19 @@ async fn drain(
 }
 
 async fn status(State(s): State<AdminState>) -> Response {
-    let connections = match sockets::snapshot().await {
-        Ok(snap) => json!(snap.counts(&s.ports)),
-        Err(e) => json!({"error": e.to_string()}),
+    let connections = {
+        let mut cached = s.limits.status_connections.lock().await;
+        match &*cached {
+            Some((at, v)) if at.elapsed() < STATUS_MAX_AGE => v.clone(),
+            _ => {
+                let v = match sockets::snapshot().await {
+                    Ok(snap) => json!(snap.counts(&s.ports)),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                *cached = Some((tokio::time::Instant::now(), v.clone()));
+                v
+            }
+        }
     };
     let health = s.health.borrow().clone();
     let mut v = json!({
@@ -247,6 +310,7 @@ mod tests {
             auth: Arc::new(Authorizer::Loopback),
             metrics,
             proxy: None,
+            limits: Default::default(),
         }
     }
 

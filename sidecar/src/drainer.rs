@@ -100,6 +100,15 @@ pub struct AdminListener {
 }
 
 impl Drainer {
+    /// Waits at most `bound` for the drain reports made so far to be written to the pod
+    /// (true at once outside Kubernetes).
+    pub async fn flush_report(&self, bound: Duration) -> bool {
+        match &self.inner.kube {
+            Some(k) => k.reporter.flush(bound).await,
+            None => true,
+        }
+    }
+
     /// A drainer for the app `ports`.
     pub fn new(
         cfg: DrainConfig,
@@ -411,7 +420,8 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
             .drained(&report.to_api(), cfg.report_timeout)
             .await
     {
-        tracing::warn!("drained condition not confirmed in time; answering anyway");
+        inner.metrics.report_failures.inc();
+        tracing::warn!("drained condition not written in time; answering anyway (still retrying)");
     }
     if report.handed_to_app.is_some() {
         tokio::spawn(follow_app_shutdown(d.clone(), report.clone()));

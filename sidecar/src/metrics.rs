@@ -113,7 +113,7 @@ impl Default for Metrics {
         );
         registry.register(
             "report_failures",
-            "Drain reports given up after retries",
+            "Drain reports not written within --report-timeout (retried until the API takes them)",
             m.report_failures.clone(),
         );
         registry.register(

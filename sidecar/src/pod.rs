@@ -1,27 +1,33 @@
 //! The sidecar's own pod through the Kubernetes API: is it terminating (who may drain), and
 //! the `quiesce.dev/drained` condition on its status (the drain report, as JSON).
 //!
-//! API failures never block or fail a drain: calls are bounded, reports are retried a few
-//! times and then given up with a log line and a metric.
+//! API failures never block or fail a drain. Whether the pod is terminating comes from a watch
+//! of the pod kept from start: a drain call is answered from memory (no API round-trip an
+//! outsider could multiply), and a deletion seen before the apiserver became unreachable still
+//! authorizes the kubelet's preStop call. Reports are retried until the API takes them (the
+//! latest state wins) for as long as the sidecar runs.
 
 use std::{sync::Arc, time::Duration};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use quiesce_api::constants::{
     DRAINED_CONDITION, SIDECAR_FIELD_MANAGER,
     reasons::{DRAIN_TIMED_OUT, DRAINED, DRAINING},
 };
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 
 use crate::{config::PodIdentity, metrics::Metrics};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-const ATTEMPTS: u32 = 4;
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Access to the own pod.
 #[derive(Clone)]
@@ -29,6 +35,7 @@ pub struct OwnPod {
     api: Api<Pod>,
     pod: PodIdentity,
     metrics: Arc<Metrics>,
+    terminating: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for OwnPod {
@@ -38,33 +45,27 @@ impl std::fmt::Debug for OwnPod {
 }
 
 impl OwnPod {
-    /// Handle on `pod` through `client`.
+    /// Handle on `pod` through `client`; starts watching the pod.
     pub fn new(client: Client, pod: PodIdentity, metrics: Arc<Metrics>) -> Self {
+        let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+        let terminating = watch_terminating(api.clone(), &pod.name, metrics.clone());
         Self {
-            api: Api::namespaced(client, &pod.namespace),
+            api,
             pod,
             metrics,
+            terminating,
         }
     }
 
-    /// Whether the pod has a deletionTimestamp, asked of the API (bounded retries).
-    pub async fn is_terminating(&self) -> Result<bool, String> {
-        let mut last = String::new();
-        for attempt in 0..3u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-            }
-            match tokio::time::timeout(CALL_TIMEOUT, self.api.get(&self.pod.name)).await {
-                Ok(Ok(p)) => return Ok(p.metadata.deletion_timestamp.is_some()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".to_string(),
-            }
-            self.metrics
-                .api_errors
-                .get_or_create(&vec![("op", "get_pod")])
-                .inc();
-        }
-        Err(last)
+    /// Whether the pod is terminating (has a deletionTimestamp), waiting up to `bound` for
+    /// the watch to say so: the kubelet calls the preStop hook right after it learned of the
+    /// deletion from the same apiserver, so the watch is at most a moment behind.
+    pub async fn is_terminating(&self, bound: Duration) -> bool {
+        let mut rx = self.terminating.clone();
+        matches!(
+            tokio::time::timeout(bound, rx.wait_for(|t| *t)).await,
+            Ok(Ok(_))
+        )
     }
 
     async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), String> {
@@ -107,95 +108,151 @@ pub fn condition_patch(
     })
 }
 
-struct Job {
-    body: serde_json::Value,
-    done: Option<oneshot::Sender<bool>>,
+/// Watches the pod named `name` and publishes whether it is terminating (once true, stays
+/// true: a deletionTimestamp is never removed, and a deleted pod was terminating).
+fn watch_terminating(api: Api<Pod>, name: &str, metrics: Arc<Metrics>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                    if p.metadata.deletion_timestamp.is_some() {
+                        tx.send_replace(true);
+                    }
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    tx.send_replace(true);
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(e) => {
+                    metrics
+                        .api_errors
+                        .get_or_create(&vec![("op", "watch_pod")])
+                        .inc();
+                    tracing::warn!(error = %e, "watching the own pod failed; retrying");
+                }
+            }
+            if *tx.borrow() {
+                // Nothing more to learn.
+                return;
+            }
+        }
+    });
+    rx
 }
 
-/// Sends condition updates in order from one background task.
+/// The condition the reporter should leave on the pod, with a version so a waiter can tell
+/// when its own update (or a later one) was written.
+#[derive(Debug, Clone, Default)]
+struct Desired {
+    version: u64,
+    body: Option<serde_json::Value>,
+}
+
+/// Writes the drained condition from one background task: the latest state wins (a
+/// `Draining` not yet written is superseded by the report), and a failed write is retried
+/// with capped backoff until the API takes it, so a report made while the apiserver is
+/// unreachable arrives when it is back.
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    tx: mpsc::UnboundedSender<Job>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("body", &self.body).finish()
-    }
+    desired: Arc<watch::Sender<Desired>>,
+    written: watch::Receiver<u64>,
 }
 
 impl Reporter {
     /// Starts the reporting task.
     pub fn spawn(pod: OwnPod) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (desired, mut wanted) = watch::channel(Desired::default());
+        let (written_tx, written) = watch::channel(0u64);
         tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let ok = send_with_retries(&pod, &job.body).await;
-                if let Some(done) = job.done {
-                    let _ = done.send(ok);
+            let mut delay = RETRY_MIN;
+            loop {
+                let Desired { version, body } = wanted.borrow_and_update().clone();
+                if let Some(body) = body
+                    && version > *written_tx.borrow()
+                {
+                    match pod.patch_condition(&body).await {
+                        Ok(()) => {
+                            written_tx.send_replace(version);
+                            delay = RETRY_MIN;
+                        }
+                        Err(e) => {
+                            pod.metrics
+                                .api_errors
+                                .get_or_create(&vec![("op", "patch_pod_status")])
+                                .inc();
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "patching the drained condition failed; retrying");
+                            // Wake early for a newer state, else retry after the delay.
+                            let _ = tokio::time::timeout(delay, wanted.changed()).await;
+                            delay = (delay * 2).min(RETRY_MAX);
+                            continue;
+                        }
+                    }
+                }
+                if wanted.changed().await.is_err() {
+                    return;
                 }
             }
         });
-        Self { tx }
+        Self {
+            desired: Arc::new(desired),
+            written,
+        }
+    }
+
+    fn set(&self, body: serde_json::Value) -> u64 {
+        let mut version = 0;
+        self.desired.send_modify(|d| {
+            d.version += 1;
+            d.body = Some(body);
+            version = d.version;
+        });
+        version
     }
 
     /// Condition False/Draining; does not wait.
     pub fn draining(&self) {
-        let body = condition_patch(false, DRAINING, "draining connections", chrono::Utc::now());
-        let _ = self.tx.send(Job { body, done: None });
+        self.set(condition_patch(
+            false,
+            DRAINING,
+            "draining connections",
+            chrono::Utc::now(),
+        ));
     }
 
     /// Condition True with the report as its message (JSON, see
-    /// [`quiesce_api::DrainReport::to_condition_message`]); waits at most `bound`. Returns
-    /// whether it was written.
+    /// [`quiesce_api::DrainReport::to_condition_message`]); waits at most `bound` (the write
+    /// goes on after that). Returns whether it was written within the bound.
     pub async fn drained(&self, report: &quiesce_api::DrainReport, bound: Duration) -> bool {
         let reason = if report.forced {
             DRAIN_TIMED_OUT
         } else {
             DRAINED
         };
-        let body = condition_patch(
+        let version = self.set(condition_patch(
             true,
             reason,
             &report.to_condition_message(),
             chrono::Utc::now(),
-        );
-        let (done, rx) = oneshot::channel();
-        if self
-            .tx
-            .send(Job {
-                body,
-                done: Some(done),
-            })
-            .is_err()
-        {
-            return false;
-        }
-        matches!(tokio::time::timeout(bound, rx).await, Ok(Ok(true)))
+        ));
+        self.wait_written(version, bound).await
     }
-}
 
-async fn send_with_retries(pod: &OwnPod, body: &serde_json::Value) -> bool {
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=ATTEMPTS {
-        match pod.patch_condition(body).await {
-            Ok(()) => return true,
-            Err(e) => {
-                pod.metrics
-                    .api_errors
-                    .get_or_create(&vec![("op", "patch_pod_status")])
-                    .inc();
-                tracing::warn!(attempt, error = %e, "patching the drained condition failed");
-            }
-        }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
+    /// Waits at most `bound` for everything reported so far to be written.
+    pub async fn flush(&self, bound: Duration) -> bool {
+        let version = self.desired.borrow().version;
+        self.wait_written(version, bound).await
     }
-    pod.metrics.report_failures.inc();
-    tracing::error!("gave up reporting the drained condition; the drain itself is unaffected");
-    false
+
+    async fn wait_written(&self, version: u64, bound: Duration) -> bool {
+        let mut written = self.written.clone();
+        matches!(
+            tokio::time::timeout(bound, written.wait_for(|w| *w >= version)).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -99,10 +98,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, mode = ?cfg.mode, app_ports = ?cfg.app_ports, "admin server listening");
     let accepts = admin_accepts.clone();
     let m = metrics.clone();
-    let listener = listener.tap_io(move |_| {
+    let on_accept = move || {
         accepts.fetch_add(1, Ordering::SeqCst);
         m.admin_connections.inc();
-    });
+    };
     let state = AdminState {
         mode: cfg.mode,
         ports: cfg.app_ports.clone(),
@@ -111,9 +110,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         auth: Arc::new(auth),
         metrics,
         proxy: proxy.clone(),
+        limits: Default::default(),
     };
-    let app = admin::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = tokio::spawn(admin::serve(listener, admin::router(state), on_accept));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -163,6 +162,11 @@ async fn shutdown(cfg: &Config, drainer: &Drainer, proxy: Option<&ProxyHandle>) 
     loop {
         match listening_app_ports(&cfg.app_ports).await {
             Some(0) => {
+                // A report the apiserver has not taken yet (it was unreachable) is worth
+                // staying for: the kubelet's grace period bounds the wait.
+                if !drainer.flush_report(cfg.drain.exit_timeout).await {
+                    tracing::warn!("drain report still not written; exiting without it");
+                }
                 tracing::info!("app ports closed; exiting");
                 return;
             }

@@ -640,3 +640,54 @@ fn invalid_configuration_fails_at_start_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("POD_NAME, POD_NAMESPACE, POD_IP"));
 }
+
+/// Whether the server closed `s` within `bound` (EOF or reset on read).
+async fn closed_within(s: &mut tokio::net::TcpStream, bound: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(bound, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_peer_does_not_starve_the_kubelet() {
+    let _g = serial().await;
+    let app = demo_app("v1", "graceful");
+    let side = sidecar(&app, &[]);
+    // Another pod (127.0.0.2) opens many connections and sends nothing.
+    let mut flood = Vec::new();
+    for _ in 0..48 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(sock.connect(side.addr).await.unwrap());
+    }
+    let mut closed_at_once = 0;
+    for s in &mut flood {
+        if closed_within(s, Duration::from_millis(200)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 48 - 16,
+        "only {closed_at_once} of 48 connections from one peer were refused"
+    );
+    // The kubelet (127.0.0.1 here) is still answered while the flood holds its slots.
+    let answered = tokio::task::spawn_blocking(move || {
+        let t = Instant::now();
+        let code = get(side.addr, "/readyz").0;
+        (code, t.elapsed(), side)
+    });
+    let (code, took, _side) = answered.await.unwrap();
+    assert_eq!(code, 200, "readyz during the flood");
+    assert!(took < Duration::from_secs(2), "readyz took {took:?}");
+    // A connection that never sends a request head is closed after the head timeout.
+    let mut held_closed = 0;
+    for s in &mut flood {
+        if closed_within(s, Duration::from_secs(7)).await {
+            held_closed += 1;
+        }
+    }
+    assert_eq!(held_closed, 48, "idle connections were not closed");
+}
