@@ -7,6 +7,7 @@
 #   cluster.sh load-image TAR            load a docker-archive image into the node
 #   cluster.sh images                    build the project images and load them
 #   cluster.sh e2e                       up + images + the e2e suite
+#   cluster.sh pause-apiserver SECONDS   freeze the kube-apiserver for SECONDS (outage tests)
 # Provider: QUIESCE_CLUSTER_PROVIDER=local|kind. Default: kind when a Docker engine answers and
 # `kind` is installed, else local (host processes, no Docker needed).
 set -euo pipefail

@@ -34,5 +34,9 @@ case "${1:-}" in
   load-image)
     ensure_kind
     "$KIND" load image-archive "$2" --name "$NAME" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR" >&2; exit 2 ;;
+  pause-apiserver) # SECONDS: freeze the kube-apiserver in the node container
+    node="$NAME-control-plane"
+    trap 'docker exec "$node" pkill -CONT -x kube-apiserver || true' EXIT
+    docker exec "$node" pkill -STOP -x kube-apiserver; sleep "$2" ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR|pause-apiserver SECONDS" >&2; exit 2 ;;
 esac

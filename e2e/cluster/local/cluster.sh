@@ -454,5 +454,10 @@ case "${1:-}" in
   exec) shift; export PATH="$ROOT/.tools/bin:$PATH"; in_ns "$@" ;;
   load-image) [ -n "${2:-}" ] || die "usage: $0 load-image TAR"; import_image "$2" ;;
   check-isolation) check_isolation && echo "isolated" ;;
+  pause-apiserver) # SECONDS: freeze the kube-apiserver (SIGSTOP), as an outage looks to clients
+    [ -n "${2:-}" ] || die "usage: $0 pause-apiserver SECONDS"
+    pid=$(cat "$PIDS/kube-apiserver.pid")
+    trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
+    kill -STOP "$pid"; sleep "$2" ;;
   *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR|check-isolation" >&2; exit 2 ;;
 esac

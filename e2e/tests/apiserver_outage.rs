@@ -1,0 +1,117 @@
+//! The kube-apiserver stops answering while old pods drain (a control-plane restart, an
+//! overloaded apiserver): the drains still happen — the deletion the kubelet acts on was seen
+//! by the sidecar's watch of its own pod before the outage, and the quiet period needs no API —
+//! no request fails, and the drain reports reach the API once it is back.
+//!
+//! Its own test binary: freezing the apiserver would stall any test running beside it.
+
+use std::{process::Command, time::Duration};
+
+use k8s_openapi::api::apps::v1::Deployment;
+
+use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
+use quiesce_e2e::loadgen::{self, LoadConfig};
+
+const APP: &str = "outage";
+const REPLICAS: i32 = 3;
+const OUTAGE: Duration = Duration::from_secs(30);
+
+// Drains must outlast the outage: until the API is back, kube-proxy keeps routing to the old
+// pods, so their quiet period cannot come before it.
+const POLICY_SPEC: &str =
+    r#"    drain: {endpointTimeoutSeconds: 10, quietPeriodMillis: 1000, timeoutSeconds: 90}"#;
+
+/// Freezes the kube-apiserver for `d` through the cluster provider (blocks meanwhile).
+fn pause_apiserver(d: Duration) -> anyhow::Result<()> {
+    let script = chart::repo_root().join("e2e/cluster/cluster.sh");
+    let st = Command::new(script)
+        .args(["pause-apiserver", &d.as_secs().to_string()])
+        .env(
+            "QUIESCE_CLUSTER_PROVIDER",
+            std::env::var("QUIESCE_E2E_PROVIDER").unwrap_or_else(|_| "local".into()),
+        )
+        .status()?;
+    anyhow::ensure!(st.success(), "cluster.sh pause-apiserver failed: {st}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
+    let client = harness::client().await.expect("cluster");
+    chart::install(&client).await.expect("chart installed");
+    with_namespace("api-outage", |client, ns| async move {
+        // A grace period that covers the drain budget, so the kubelet does not cut it short.
+        let app = |v| {
+            demo_app(APP, REPLICAS, v, &[]).replace(
+                "terminationGracePeriodSeconds: 30",
+                "terminationGracePeriodSeconds: 120",
+            )
+        };
+        apply_yaml(&client, &ns, &policy(APP, APP, POLICY_SPEC)).await?;
+        apply_yaml(&client, &ns, &app("v1")).await?;
+        harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
+        let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
+        chart::wait_serving(&url).await?;
+        let load = loadgen::spawn(LoadConfig::new(url, 40.0));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        apply_yaml(&client, &ns, &app("v2")).await?;
+        let draining = eventually(
+            "an old pod terminating",
+            Duration::from_secs(90),
+            || async {
+                let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
+                Ok(pods
+                    .into_iter()
+                    .find(|p| p.metadata.deletion_timestamp.is_some())
+                    .and_then(|p| p.metadata.name))
+            },
+        )
+        .await?;
+        println!("{draining} is terminating: freezing the apiserver for {OUTAGE:?}");
+        tokio::task::spawn_blocking(|| pause_apiserver(OUTAGE)).await??;
+        println!("apiserver answers again");
+
+        let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
+        eventually(
+            "the rollout to finish after the outage",
+            Duration::from_secs(240),
+            || async {
+                let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
+                let d = deployments.get(APP).await?;
+                Ok((harness::rollout_complete(&d)
+                    && pods.len() == REPLICAS as usize
+                    && pods.iter().all(|p| p.metadata.deletion_timestamp.is_none()))
+                .then_some(()))
+            },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        load.stop();
+        let summary = load.finish().await;
+        println!("load: {}", serde_json::to_string(&summary)?);
+        assert_eq!(
+            summary.failed(),
+            0,
+            "requests failed across the apiserver outage: {summary:?}"
+        );
+        assert!(summary.ok_by_version.contains_key("v2"), "{summary:?}");
+
+        // Every old pod's drain report reached the API (the one drained during the outage
+        // included): the operator counted each.
+        let drains = eventually(
+            "every old pod's drain report counted",
+            Duration::from_secs(60),
+            || async {
+                let st = chart::policy_status(&client, &ns, APP).await?;
+                let d = st.drains.unwrap_or_default();
+                Ok((d.completed + d.forced >= i64::from(REPLICAS)).then_some(d))
+            },
+        )
+        .await?;
+        println!("drains: {drains:?}");
+        Ok(())
+    })
+    .await;
+}
