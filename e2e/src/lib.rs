@@ -2,6 +2,7 @@
 //! load generator, and the measured rollout scenario behind `make demo` and `make bench`.
 
 pub mod apidoc;
+pub mod chaos;
 pub mod chart;
 pub mod grpc;
 pub mod h2chan;
