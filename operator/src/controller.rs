@@ -10,6 +10,7 @@
 //! catches up. Without that, a reconcile triggered right after an admission could count the
 //! admitted pod as held and admit one pod too many.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -110,6 +111,10 @@ struct PolicyMemory {
     status: Option<RolloutPolicyStatus>,
     /// Pod UID → gate written, until the cache shows it.
     gates: HashMap<String, GateView>,
+    /// Pod UID → when its gate was last written `False`, while not opened since: the pods this
+    /// operator holds (a gate found `True` on one was opened by someone else, see
+    /// [`plan::foreign_opened`]).
+    held: HashMap<String, Timestamp>,
     /// (namespace, service account, Deployment UID) whose sidecar RoleBinding was applied.
     bindings: HashSet<(String, String, String)>,
 }
@@ -501,6 +506,7 @@ impl Context {
         for action in &plan.actions {
             self.execute(policy, &observed, action, now).await?;
         }
+        self.count_distrusted(&ns, &name, &observed, &plan);
         if deleting {
             info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
             // The finalizer goes next: nothing of this policy is read again.
@@ -516,6 +522,24 @@ impl Context {
             Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
             None => Requeue::await_change(),
         })
+    }
+
+    /// Counts what the plan would not trust: invalid drain reports and gates someone else
+    /// opened on a held pod (reset by the plan's actions, just applied).
+    fn count_distrusted(&self, ns: &str, name: &str, observed: &Observed, plan: &Plan) {
+        let labels = vec![("namespace", ns.to_owned()), ("policy", name.to_owned())];
+        let invalid = observed.new_drains.iter().filter(|d| d.invalid).count();
+        if invalid > 0 {
+            warn!(policy = %name, namespace = %ns, invalid, "drain reports not plausible; their numbers are ignored");
+            self.metrics
+                .invalid_drain_reports
+                .get_or_create(&labels)
+                .inc_by(invalid as u64);
+        }
+        for pod in &plan.gate_resets {
+            warn!(policy = %name, namespace = %ns, pod = %pod, "readiness gate opened by someone else while held; reset");
+            self.metrics.gate_resets.get_or_create(&labels).inc();
+        }
     }
 
     /// Other policies for the same Deployment: one of them governs it now.
@@ -604,18 +628,9 @@ impl Context {
         for pod in &pods {
             let mut view = pod_view(pod);
             let pod_uid = pod.uid().unwrap_or_default();
-            let gates = &mut memory.policy(&uid).gates;
-            if let Some(written) = gates.get(&pod_uid).cloned() {
-                if view
-                    .gate
-                    .as_ref()
-                    .is_some_and(|g| g.ready == written.ready && g.reason == written.reason)
-                {
-                    gates.remove(&pod_uid);
-                } else {
-                    view.gate = Some(written);
-                }
-            }
+            let mine = memory.policy(&uid);
+            overlay_gate(&mut view, mine.gates.entry(pod_uid.clone()));
+            view.held_since = mine.held.get(&pod_uid).copied();
             if let Some(report) = drain_report(pod)
                 && memory
                     .drains
@@ -642,10 +657,9 @@ impl Context {
                 .get(&ObjectRef::new(name).within(ns))
                 .is_some_and(|p| p.uid().as_deref() == Some(uid))
         });
-        memory
-            .policy(&uid)
-            .gates
-            .retain(|pod_uid, _| live.contains(pod_uid));
+        let mine = memory.policy(&uid);
+        mine.gates.retain(|pod_uid, _| live.contains(pod_uid));
+        mine.held.retain(|pod_uid, _| live.contains(pod_uid));
         let new_drains = counted.iter().map(|t| t.report).collect();
         let observed = Observed {
             policy: PolicyView {
@@ -783,17 +797,22 @@ impl Context {
                         .inc();
                     info!(pod = %pod, namespace = %ns, reason, "pod admitted");
                 }
-                self.memory()
-                    .policy(&policy.uid().unwrap_or_default())
-                    .gates
-                    .insert(
-                        current.uid().unwrap_or_default(),
-                        GateView {
-                            ready: *ready,
-                            reason: (*reason).to_owned(),
-                            last_probe: Some(now),
-                        },
-                    );
+                let pod_uid = current.uid().unwrap_or_default();
+                let mut memory = self.memory();
+                let mine = memory.policy(&policy.uid().unwrap_or_default());
+                if *ready {
+                    mine.held.remove(&pod_uid);
+                } else {
+                    mine.held.insert(pod_uid.clone(), now);
+                }
+                mine.gates.insert(
+                    pod_uid,
+                    GateView {
+                        ready: *ready,
+                        reason: (*reason).to_owned(),
+                        last_probe: Some(now),
+                    },
+                );
             }
             Action::Rollback { revision } => self.rollback(policy, revision).await?,
             Action::ClearAnnotation(key) => {
@@ -951,6 +970,25 @@ impl Context {
     }
 }
 
+/// Lays the gate the shell wrote (`written`, if any) over the cache's: until the cache shows
+/// it, the pod's gate is what was written. A held gate the cache shows open is left to the
+/// plan to judge: someone else opened it after the write (or, right after a reset, the cache
+/// still shows the gate from before; judged again, it is reset again).
+fn overlay_gate(view: &mut PodView, written: Entry<'_, String, GateView>) {
+    let Entry::Occupied(written) = written else {
+        return;
+    };
+    let shown = view.gate.as_ref();
+    let caught_up =
+        shown.is_some_and(|g| g.ready == written.get().ready && g.reason == written.get().reason);
+    let opened_since = !written.get().ready && shown.is_some_and(|g| g.ready);
+    if caught_up || opened_since {
+        written.remove();
+    } else {
+        view.gate = Some(written.get().clone());
+    }
+}
+
 /// Whether `a` is older than `b` (creation time, then name): the older policy wins a conflict.
 fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
     let key = |p: &RolloutPolicy| {
@@ -1072,6 +1110,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         restarts,
         sidecar,
         terminating: pod.meta().deletion_timestamp.is_some(),
+        held_since: None,
     }
 }
 

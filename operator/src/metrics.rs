@@ -9,6 +9,8 @@
 //! | `policy_phase` (gauge, 1 for the current phase) | `namespace`, `policy`, `phase` |
 //! | `admissions_total` (readiness gates set `True`) | `namespace`, `policy`, `reason` |
 //! | `drains_total` (drains reported by sidecars) | `namespace`, `policy`, `result` |
+//! | `invalid_drain_reports_total` (reports whose numbers were not plausible) | `namespace`, `policy` |
+//! | `gate_resets_total` (gates someone else opened on a held pod, reset to `False`) | `namespace`, `policy` |
 //! | `webhook_requests_total` | `result` (`injected`, `skipped`, `error`) |
 //! | `webhook_duration_seconds` (histogram) | |
 //! | `leader` (gauge) | |
@@ -42,6 +44,10 @@ pub struct Metrics {
     pub admissions: Family<Labels, Counter>,
     /// Drains reported by the sidecars.
     pub drains: Family<Labels, Counter>,
+    /// Drain reports whose numbers were not plausible (counted as drains without them).
+    pub invalid_drain_reports: Family<Labels, Counter>,
+    /// Gates set `True` by someone else while the operator held the pod, reset to `False`.
+    pub gate_resets: Family<Labels, Counter>,
     /// Admission webhook requests by result.
     pub webhook_requests: Family<Labels, Counter>,
     /// Admission webhook latency.
@@ -73,6 +79,8 @@ impl Default for Metrics {
             policy_phase: Family::default(),
             admissions: Family::default(),
             drains: Family::default(),
+            invalid_drain_reports: Family::default(),
+            gate_resets: Family::default(),
             webhook_requests: Family::default(),
             webhook_duration: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -102,6 +110,16 @@ impl Default for Metrics {
             m.admissions.clone(),
         );
         registry.register("drains", "Drains reported by sidecars", m.drains.clone());
+        registry.register(
+            "invalid_drain_reports",
+            "Drain reports whose numbers were not plausible, counted as drains without them",
+            m.invalid_drain_reports.clone(),
+        );
+        registry.register(
+            "gate_resets",
+            "quiesce.dev/ready gates set True by someone else on a held pod, reset to False",
+            m.gate_resets.clone(),
+        );
         registry.register(
             "webhook_requests",
             "Admission webhook requests by result",

@@ -17,7 +17,9 @@
 //!   them reported Drained or is gone.
 //! - `spec.paused`, the promote and abort annotations, the progress deadline and the restart
 //!   limit drive the phase; failures run the failure action (Rollback or Pause).
-//! - A pod's gate, once `True`, is never turned back to `False`.
+//! - A pod's gate, once `True`, is never turned back to `False` — unless someone else opened
+//!   it while the operator held the pod (the app container shares the sidecar's token): such a
+//!   gate is reset and reported ([`foreign_opened`]).
 //! - Held pods carry `quiesce.dev/ready=False` with a reason and a `lastProbeTime` heartbeat the
 //!   sidecar's fail-open path reads: a pod the operator stopped looking at is let in after
 //!   `failOpenAfterSeconds`.
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use quiesce_api::constants::{annotations, conditions, reasons};
+use quiesce_api::constants::{READY_GATE_CONDITION, annotations, conditions, reasons};
 use quiesce_api::{
     DrainMode, DrainStats, FailureAction, Phase, RolloutPolicySpec, RolloutPolicyStatus, StepAction,
 };
@@ -166,6 +168,10 @@ pub struct PodView {
     pub sidecar: Option<SidecarView>,
     /// `deletionTimestamp` is set.
     pub terminating: bool,
+    /// When the operator last wrote this pod's gate `False` (its last heartbeat), if it has not
+    /// opened the gate since: the operator holds the pod. From the shell's memory, so `None`
+    /// after an operator restart.
+    pub held_since: Option<Timestamp>,
 }
 
 /// The status of a pod's quiesce sidecar (`status.initContainerStatuses[quiesce-sidecar]`).
@@ -204,6 +210,9 @@ pub struct DrainReport {
     pub forced: bool,
     /// How long it took, when reported.
     pub duration_millis: Option<i64>,
+    /// The report was not plausible (unparsable JSON, or a number out of bounds): the drain
+    /// counts, its numbers do not.
+    pub invalid: bool,
 }
 
 /// What [`plan`] decided.
@@ -215,7 +224,16 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// When to call [`plan`] again if nothing changes before (a timer is due).
     pub requeue_after: Option<Duration>,
+    /// Pods whose gate someone else opened while the operator held them, reset to `False` by
+    /// this plan (the shell counts them).
+    pub gate_resets: Vec<String>,
 }
+
+/// Event reason: a held pod's gate was opened by someone other than the operator, and reset.
+pub const GATE_RESET: &str = "GateReset";
+
+/// Event reason: drain reports whose numbers could not be trusted.
+pub const INVALID_DRAIN_REPORT: &str = "InvalidDrainReport";
 
 /// One thing the shell does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -282,7 +300,67 @@ impl Action {
 
 /// Computes the next status and actions of one policy at `now`.
 pub fn plan(o: &Observed, now: Timestamp) -> Plan {
-    Planner::new(o, now).run()
+    let foreign = foreign_opened(o, now);
+    if foreign.is_empty() {
+        return Planner::new(o, now).run();
+    }
+    // Plan as if the foreign-opened gates were still held: the pods go in when a step lets
+    // them, and are reset otherwise.
+    let mut trusted = o.clone();
+    for pod in trusted
+        .pods
+        .iter_mut()
+        .filter(|p| foreign.contains(&p.name))
+    {
+        pod.gate = Some(GateView {
+            ready: false,
+            reason: String::new(),
+            last_probe: None,
+        });
+    }
+    let mut plan = Planner::new(&trusted, now).run();
+    report_resets(&mut plan, &foreign);
+    plan
+}
+
+/// Pods whose gate is `True` although the operator holds them and its heartbeat is younger
+/// than `failOpenAfterSeconds` (so the sidecar's fail-open had no reason to open it): someone
+/// else — the app, with the pod's shared token — opened it.
+pub fn foreign_opened(o: &Observed, now: Timestamp) -> Vec<String> {
+    if o.policy.deleting {
+        return Vec::new();
+    }
+    let fail_open = o.policy.spec.readiness.fail_open_after();
+    o.pods
+        .iter()
+        .filter(|p| !p.terminating && gate_ready(p))
+        .filter(|p| p.held_since.is_some_and(|t| now < add(t, fail_open)))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// A Warning per foreign-opened gate the plan closes again, and the list for the shell.
+fn report_resets(plan: &mut Plan, foreign: &[String]) {
+    let reset: Vec<String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SetGate {
+                pod, ready: false, ..
+            } if foreign.contains(pod) => Some(pod.clone()),
+            _ => None,
+        })
+        .collect();
+    for pod in &reset {
+        let note = format!(
+            "pod {pod}: readiness gate {READY_GATE_CONDITION} was set True by someone other than \
+             the operator while the operator held the pod (the app container shares the \
+             sidecar's token); reset to False"
+        );
+        plan.actions
+            .push(Action::warning(GATE_RESET, note).with_action(format!("ResetGate{pod}")));
+    }
+    plan.gate_resets = reset;
 }
 
 /// Why new-revision pods are held.
@@ -394,6 +472,15 @@ impl<'a> Planner<'a> {
     fn count_drains(&mut self) {
         if self.o.new_drains.is_empty() {
             return;
+        }
+        let invalid = self.o.new_drains.iter().filter(|d| d.invalid).count();
+        if invalid > 0 {
+            let note = format!(
+                "{invalid} drain report(s) not plausible (unparsable, or a number out of bounds): \
+                 counted as drains, their numbers ignored"
+            );
+            self.actions
+                .push(Action::warning(INVALID_DRAIN_REPORT, note));
         }
         let stats = self.status.drains.get_or_insert_with(DrainStats::default);
         for d in &self.o.new_drains {
@@ -1329,6 +1416,7 @@ impl<'a> Planner<'a> {
             status: self.status,
             actions: self.actions,
             requeue_after,
+            gate_resets: Vec::new(),
         }
     }
 }

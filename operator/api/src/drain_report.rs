@@ -114,7 +114,42 @@ impl DrainReport {
     pub fn from_condition_message(message: &str) -> Option<Self> {
         serde_json::from_str(message).ok()
     }
+
+    /// Whether every number is plausible for a drain that could last at most `max_ms`
+    /// milliseconds: each duration at most `max_ms`, each count at most [`MAX_COUNT`]. The
+    /// app container can write the condition too, so a reader checks this before taking any
+    /// number from a report.
+    pub fn is_plausible(&self, max_ms: u64) -> bool {
+        let durations_ok = [
+            self.duration_ms,
+            self.endpoints_ms,
+            self.quiet_ms,
+            self.in_flight_ms,
+        ]
+        .into_iter()
+        .chain(self.app_shutdown_ms)
+        .all(|ms| ms <= max_ms);
+        let proxy = self.proxy.unwrap_or_default();
+        let counts_ok = [
+            self.connections_at_start,
+            self.busy_at_start,
+            self.busy_at_end,
+            proxy.requests_while_draining,
+            proxy.connection_close,
+            proxy.goaways,
+            proxy.idle_closed,
+            proxy.left_open,
+        ]
+        .into_iter()
+        .chain(self.handed_to_app)
+        .all(|n| n <= MAX_COUNT);
+        durations_ok && counts_ok
+    }
 }
+
+/// Largest plausible count in a report (connections, requests during one drain): more than a
+/// pod's sockets could ever carry; anything above is a forged or garbled report.
+pub const MAX_COUNT: u64 = 1 << 32;
 
 #[cfg(test)]
 mod tests {
@@ -217,7 +252,7 @@ mod tests {
                 "{garbage}"
             );
         }
-        // Huge but well-formed numbers parse; the operator bounds what it takes from them.
+        // Huge but well-formed numbers parse; readers check them with `is_plausible`.
         let huge = DrainReport {
             duration_ms: u64::MAX,
             ..report()
@@ -226,5 +261,39 @@ mod tests {
             DrainReport::from_condition_message(&huge.to_condition_message()),
             Some(huge)
         );
+    }
+
+    #[test]
+    fn only_reports_with_numbers_in_bounds_are_plausible() {
+        assert!(report().is_plausible(2410));
+        assert!(!report().is_plausible(2409), "the total above the bound");
+        let phase = DrainReport {
+            quiet_ms: 5000,
+            ..report()
+        };
+        assert!(!phase.is_plausible(2410), "a phase above the bound");
+        let app = DrainReport {
+            app_shutdown_ms: Some(u64::MAX),
+            ..report()
+        };
+        assert!(!app.is_plausible(60_000));
+        let count = DrainReport {
+            connections_at_start: MAX_COUNT + 1,
+            ..report()
+        };
+        assert!(!count.is_plausible(60_000));
+        let proxy = DrainReport {
+            proxy: Some(ProxyDrainReport {
+                goaways: u64::MAX,
+                ..Default::default()
+            }),
+            ..report()
+        };
+        assert!(!proxy.is_plausible(60_000));
+        let handed = DrainReport {
+            handed_to_app: Some(MAX_COUNT),
+            ..report()
+        };
+        assert!(handed.is_plausible(60_000));
     }
 }

@@ -34,14 +34,18 @@ pub const MAX_PENDING: usize = 10_000;
 /// How often the inbox looks for expired reports.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Longest drain duration taken from a report (a day): anything above is a garbled report (the
-/// app shares the pod's token and could write the condition), and the drain is counted without
-/// a duration.
+/// Longest drain duration taken from a report (a day), whatever the pod's grace period says.
 const MAX_DURATION_MILLIS: u64 = 86_400_000;
 
+/// Added to a pod's grace period for the longest plausible drain: the sidecar measures with its
+/// own clock, and the kubelet's kill is not instantaneous.
+const GRACE_SLACK_MILLIS: u64 = 5_000;
+
 /// The sidecar's finished-drain report on a pod, if any. A finished condition whose message is
-/// not a report (an older sidecar's prose, or garbage) still counts as a drain, forced as its
-/// reason says, without a duration.
+/// not a report (an older sidecar's prose) still counts as a drain, forced as its reason says,
+/// without a duration. The app container shares the pod's token and can write the condition:
+/// a JSON message that does not parse, or whose numbers are not plausible for the pod (see
+/// [`longest_drain_millis`]), is an invalid report — the drain counts, none of its numbers do.
 pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
     let c = pod
         .status
@@ -50,15 +54,34 @@ pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
         .as_ref()?
         .iter()
         .find(|c| c.type_ == DRAINED_CONDITION && c.status == "True")?;
-    let report = c
-        .message
-        .as_deref()
-        .and_then(quiesce_api::DrainReport::from_condition_message);
+    let message = c.message.as_deref().unwrap_or_default();
+    let report = quiesce_api::DrainReport::from_condition_message(message)
+        .filter(|r| r.is_plausible(longest_drain_millis(pod)));
+    let by_reason = c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT);
     Some(DrainReport {
-        forced: c.reason.as_deref() == Some(reasons::DRAIN_TIMED_OUT)
-            || report.as_ref().is_some_and(|r| r.forced),
-        duration_millis: report.and_then(|r| bounded_duration_millis(r.duration_ms)),
+        forced: by_reason || report.as_ref().is_some_and(|r| r.forced),
+        duration_millis: report
+            .as_ref()
+            .and_then(|r| bounded_duration_millis(r.duration_ms)),
+        invalid: report.is_none() && message.trim_start().starts_with('{'),
     })
+}
+
+/// The longest drain the pod could have had: its grace period (the larger of the spec's and
+/// the deletion's; the kubelet kills the pod after it) plus [`GRACE_SLACK_MILLIS`], at most
+/// [`MAX_DURATION_MILLIS`].
+pub fn longest_drain_millis(pod: &Pod) -> u64 {
+    let spec = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
+    let deletion = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    let grace = u64::try_from(spec.max(deletion)).unwrap_or(0);
+    grace
+        .saturating_mul(1000)
+        .saturating_add(GRACE_SLACK_MILLIS)
+        .min(MAX_DURATION_MILLIS)
 }
 
 /// A reported drain duration when it is plausible (at most a day).

@@ -1077,3 +1077,142 @@ async fn a_deleted_policys_memory_is_forgotten() {
     assert!(!ctx.memory().policies.contains_key("gone-uid"));
     verifier.await.unwrap();
 }
+
+/// A store and its writer, for tests that change the cache between passes.
+fn writable_store<K>(objects: Vec<K>) -> (Store<K>, reflector::store::Writer<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (reader, writer)
+}
+
+/// Answers every call (a policy, a pod or an Event, by path) and records
+/// `(method, path, body)` until `handle` is idle for 300 ms.
+async fn record_calls(handle: &mut Handle) -> Vec<(Method, String, Value)> {
+    let mut calls = Vec::new();
+    while let Ok(Some((request, send))) =
+        tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await
+    {
+        let (method, uri) = (request.method().clone(), request.uri().path().to_owned());
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let reply = if uri.contains("/rolloutpolicies/") {
+            json!(policy(RolloutPolicyStatus::default()))
+        } else if let Some(name) = uri
+            .strip_prefix("/api/v1/namespaces/shop/pods/")
+            .and_then(|p| p.strip_suffix("/status"))
+        {
+            json!(pod(name, "new", None))
+        } else {
+            event_reply()
+        };
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+        calls.push((method, uri, body));
+    }
+    calls
+}
+
+/// The gate statuses written, by pod.
+fn gate_writes(calls: &[(Method, String, Value)]) -> Vec<(String, String)> {
+    calls
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/api/v1/namespaces/shop/pods/"))
+        .map(|(_, _, body)| {
+            let c = &body["status"]["conditions"][0];
+            (
+                body["metadata"]["name"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gate_the_app_opened_on_a_held_pod_is_reset_and_reported() {
+    let (client, mut handle) = mock();
+    let p = policy(stable(Phase::Completed));
+    let (pods, mut pod_writer) = writable_store(vec![
+        pod("o1", "old", Some("True")),
+        pod("n1", "new", None),
+        pod("n2", "new", None),
+    ]);
+    let mut ctx = context(client, vec![p.clone()], vec![], None);
+    ctx.pods = pods;
+    let ctx = Arc::new(ctx);
+    // First pass: one new pod admitted (replicas 1), the other held.
+    let (c, policy_) = (ctx.clone(), p.clone());
+    let pass = tokio::spawn(async move { c.apply(&policy_, false).await.unwrap() });
+    let calls = record_calls(&mut handle).await;
+    pass.await.unwrap();
+    assert_eq!(
+        gate_writes(&calls),
+        vec![("n1".into(), "True".into()), ("n2".into(), "False".into())]
+    );
+    // The cache catches up, and shows n2 opened by the app (it shares the sidecar's token).
+    for (name, gate) in [("n1", "True"), ("n2", "True")] {
+        pod_writer.apply_watcher_event(&watcher::Event::Apply(pod(name, "new", Some(gate))));
+    }
+    let (c, policy_) = (ctx.clone(), p.clone());
+    let pass = tokio::spawn(async move { c.apply(&policy_, false).await.unwrap() });
+    let calls = record_calls(&mut handle).await;
+    pass.await.unwrap();
+    assert_eq!(gate_writes(&calls), vec![("n2".into(), "False".into())]);
+    let warning = calls
+        .iter()
+        .find(|(_, path, body)| path.ends_with("/events") && body["reason"] == plan::GATE_RESET)
+        .expect("a GateReset Event");
+    assert_eq!(warning.2["type"], "Warning");
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("quiesce_operator_gate_resets_total{namespace=\"shop\",policy=\"web\"} 1"),
+        "{}",
+        ctx.metrics.encode()
+    );
+}
+
+#[test]
+fn drain_reports_beyond_the_pods_grace_period_are_invalid() {
+    let mut p = drained(
+        pod("o1", "old", None),
+        reasons::DRAINED,
+        &report_message(40_000, false),
+    );
+    let r = drain_report(&p).unwrap();
+    assert!(r.invalid, "40 s > 30 s grace (the default) + slack");
+    assert_eq!(r.duration_millis, None);
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(60);
+    let r = drain_report(&p).unwrap();
+    assert_eq!((r.invalid, r.duration_millis), (false, Some(40_000)));
+    // A deletion with a longer grace period than the spec's bounds it.
+    p.spec.as_mut().unwrap().termination_grace_period_seconds = Some(10);
+    p.metadata.deletion_grace_period_seconds = Some(45);
+    assert_eq!(drain_report(&p).unwrap().duration_millis, Some(40_000));
+    // An older sidecar's prose is not a report, but not an invalid one either.
+    let prose = drained(pod("o1", "old", None), reasons::DRAINED, "drained in 1.25s");
+    let r = drain_report(&prose).unwrap();
+    assert_eq!((r.invalid, r.duration_millis), (false, None));
+    // A forged report: JSON whose counts are absurd.
+    let forged = quiesce_api::DrainReport {
+        duration_ms: 10,
+        connections_at_start: u64::MAX,
+        ..Default::default()
+    };
+    let p = drained(
+        pod("o1", "old", None),
+        reasons::DRAINED,
+        &forged.to_condition_message(),
+    );
+    assert!(drain_report(&p).unwrap().invalid);
+}

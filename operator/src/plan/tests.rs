@@ -770,16 +770,109 @@ fn drains_are_added_up() {
         DrainReport {
             forced: false,
             duration_millis: Some(1200),
+            invalid: false,
         },
         DrainReport {
             forced: true,
             duration_millis: Some(30000),
+            invalid: false,
         },
     ];
     let p = w.step(1);
     let d = p.status.drains.unwrap();
     assert_eq!((d.completed, d.forced), (1, 1));
     assert_eq!(d.max_duration_millis, Some(30000));
+}
+
+#[test]
+fn an_invalid_drain_report_counts_as_a_drain_without_numbers_and_is_reported() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    let valid = DrainReport {
+        forced: false,
+        duration_millis: Some(1200),
+        invalid: false,
+    };
+    w.o.new_drains = vec![
+        valid,
+        DrainReport {
+            forced: false,
+            duration_millis: None,
+            invalid: true,
+        },
+    ];
+    let p = w.step(1);
+    let d = p.status.drains.clone().unwrap();
+    assert_eq!(d.completed, 2, "the drain happened");
+    assert_eq!(
+        (d.last_duration_millis, d.max_duration_millis),
+        (Some(1200), Some(1200))
+    );
+    assert!(events(&p).contains(&INVALID_DRAIN_REPORT));
+    w.o.new_drains = vec![valid];
+    assert!(!events(&w.step(2)).contains(&INVALID_DRAIN_REPORT));
+}
+
+/// A world paused after step 1: `n1` admitted, `n2` held by the operator since 10 s, then
+/// opened by the app at 15 s.
+fn paused_with_a_foreign_gate() -> World {
+    let mut w = World::rolling(
+        spec(vec![
+            Step::admit_count(1),
+            Step::pause(None),
+            Step::admit_percent(100),
+        ]),
+        2,
+        vec![
+            pod("n1", "new", Some(0), Some(true)),
+            pod("n2", "new", Some(0), None),
+        ],
+    );
+    let p = w.step(10);
+    assert_eq!(held(&p), vec![("n2", reasons::PAUSED)]);
+    w.apply_gates(&p, 10);
+    let n2 = w.pod_mut("n2");
+    n2.held_since = Some(at(10));
+    n2.gate = Some(GateView {
+        ready: true,
+        reason: reasons::ADMITTED.into(),
+        last_probe: Some(at(15)),
+    });
+    w
+}
+
+#[test]
+fn a_gate_opened_by_someone_else_while_held_is_reset_and_reported() {
+    let mut w = paused_with_a_foreign_gate();
+    let p = w.step(20);
+    assert_eq!(held(&p), vec![("n2", reasons::PAUSED)], "reset to False");
+    assert_eq!(p.gate_resets, vec!["n2".to_owned()]);
+    assert!(events(&p).contains(&GATE_RESET));
+    assert_eq!(p.status.admitted_replicas, Some(1), "n2 does not count");
+    assert_eq!(p.status.phase, Some(Phase::Paused));
+}
+
+#[test]
+fn a_foreign_gate_the_step_allows_is_admitted_without_a_reset() {
+    let mut w = paused_with_a_foreign_gate();
+    w.o.policy.promote = Some("true".into());
+    let p = w.step(20);
+    assert_eq!(admitted(&p), vec!["n2"]);
+    assert!(p.gate_resets.is_empty());
+    assert!(!events(&p).contains(&GATE_RESET));
+}
+
+#[test]
+fn a_fail_open_after_the_operators_silence_is_trusted() {
+    let mut w = paused_with_a_foreign_gate();
+    let fail_open = w.o.policy.spec.readiness.fail_open_after().as_secs();
+    let after = 10 + i64::try_from(fail_open).unwrap();
+    let p = w.step(after);
+    assert!(p.gate_resets.is_empty(), "the sidecar may open it by now");
+    assert_eq!(p.status.admitted_replicas, Some(2));
+    // Without the operator's memory of holding it (a restart), the gate is trusted too.
+    let mut w = paused_with_a_foreign_gate();
+    w.pod_mut("n2").held_since = None;
+    assert!(w.step(20).gate_resets.is_empty());
 }
 
 fn service(name: &str, selector: &[(&str, &str)], target: TargetPort) -> ServiceView {
