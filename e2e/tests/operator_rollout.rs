@@ -141,10 +141,13 @@ async fn stepped_rollout_under_load_loses_no_request() {
         // The pause held for its duration with nothing admitted.
         let paused: Vec<&Sample> = samples.iter().filter(|s| s.step == Some(1)).collect();
         assert!(!paused.is_empty(), "the pause step was observed");
+        // Exactly the one pod of step 0 admitted; the first sample of the pause may predate
+        // its gate (the operator writes the status, then the gate).
         assert!(
             paused
                 .iter()
-                .all(|s| s.phase == Some(Phase::Paused) && s.admitted_new == 1),
+                .all(|s| s.phase == Some(Phase::Paused) && s.admitted_new <= 1)
+                && paused.last().is_some_and(|s| s.admitted_new == 1),
             "{paused:?}"
         );
         let held = paused.last().unwrap().at - paused.first().unwrap().at;

@@ -95,6 +95,14 @@ struct Args {
     /// Sidecar log format.
     #[arg(long, env = "QUIESCE_SIDECAR_LOG_FORMAT", default_value = "json")]
     sidecar_log_format: String,
+    /// Sidecar admin port (readiness, preStop drain, metrics); a pod whose containers use it
+    /// gets the next free one of the 10 ports from it (reported).
+    #[arg(
+        long,
+        env = "QUIESCE_SIDECAR_ADMIN_PORT",
+        default_value_t = quiesce_api::constants::SIDECAR_ADMIN_PORT
+    )]
+    sidecar_admin_port: u16,
     /// ClusterRole bound to the app pods' service account in namespaces with a policy (empty:
     /// bind it yourself).
     #[arg(
@@ -216,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
             memory_request: args.sidecar_memory_request.clone(),
             memory_limit: args.sidecar_memory_limit.clone(),
             log_format: args.sidecar_log_format.clone(),
+            admin_port: args.sidecar_admin_port,
         }),
         metrics: metrics.clone(),
         recorder: Some(recorder.clone()),

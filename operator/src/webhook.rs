@@ -1,7 +1,11 @@
 //! The mutating admission webhook (pod CREATE, path [`MUTATE_PATH`], HTTPS on the webhook
 //! port): pods whose Deployment is targeted by a RolloutPolicy get the quiesce sidecar as a
 //! native sidecar, the `quiesce.dev/ready` readiness gate, an httpGet preStop hook to the
-//! sidecar's drain endpoint on app containers that have none, and the env the sidecar needs.
+//! sidecar's drain endpoint on app containers that have none (or a plain `sleep`), and the env
+//! the sidecar needs. Injection never makes a healthy pod unhealthy: see [`fidelity`] for the
+//! probe translation, the admin port choice and the preStop rules; hostNetwork pods are not
+//! injected. What departs from the pod as written is reported ([`Notice`]s: Events on the
+//! policy and admission warnings).
 //!
 //! [`inject`] is pure (tested on plain pods); [`router`] wires it to the caches; [`serve`] is
 //! the TLS server. Both replicas serve (the webhook needs no leadership). Every failure allows
@@ -38,8 +42,11 @@ use quiesce_api::{DrainMode, RolloutPolicy, SidecarEnv, SidecarProbe};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
+pub mod fidelity;
 mod proxy_ports;
 
+pub use fidelity::Notice;
+use fidelity::PreStop;
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
 use crate::certs::CertStore;
@@ -64,6 +71,9 @@ pub struct SidecarSettings {
     pub memory_limit: String,
     /// Log format of the sidecar (`json` or `plain`).
     pub log_format: String,
+    /// The sidecar's admin port, unless a container of the pod uses it (then the next free one
+    /// of [`fidelity::ADMIN_PORT_RANGE`]).
+    pub admin_port: u16,
 }
 
 impl Default for SidecarSettings {
@@ -75,6 +85,7 @@ impl Default for SidecarSettings {
             memory_request: "16Mi".into(),
             memory_limit: "64Mi".into(),
             log_format: "json".into(),
+            admin_port: SIDECAR_ADMIN_PORT,
         }
     }
 }
@@ -82,7 +93,8 @@ impl Default for SidecarSettings {
 /// What [`inject`] decided.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    /// The pod is left alone, and why.
+    /// The pod is left alone, and why. Some reasons are reported ([`fidelity::skip_notice`]):
+    /// a governed pod that cannot be injected must not be missed.
     Skip(&'static str),
     /// The mutated pod, and whether its grace period is shorter than the drain budget.
     Inject {
@@ -90,6 +102,8 @@ pub enum Decision {
         pod: Box<Pod>,
         /// `Some(message)` when `terminationGracePeriodSeconds` is below the drain budget.
         short_grace: Option<String>,
+        /// What the injection changed or could not reproduce, to report.
+        notices: Vec<Notice>,
     },
 }
 
@@ -110,6 +124,22 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     {
         return Decision::Skip("already injected");
     }
+    if spec.host_network == Some(true) {
+        return Decision::Skip(fidelity::SKIP_HOST_NETWORK);
+    }
+    let Some(admin_port) = fidelity::choose_admin_port(spec, settings.admin_port) else {
+        return Decision::Skip(fidelity::SKIP_NO_ADMIN_PORT);
+    };
+    let mut notices = Vec::new();
+    if admin_port != settings.admin_port {
+        notices.push(Notice::warning(
+            fidelity::reasons::ADMIN_PORT_MOVED,
+            format!(
+                "a container of the pod uses port {}: the sidecar's admin port is {admin_port}",
+                settings.admin_port
+            ),
+        ));
+    }
     let mut pod = pod.clone();
     let drain = &policy.spec.drain;
     let spec = pod.spec.as_mut().expect("checked above");
@@ -122,6 +152,7 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
         .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
         .map(|p| p.container_port)
         .collect();
+    app_ports.sort_unstable();
     app_ports.dedup();
     let resolve_port = |port: &IntOrString| -> Option<i32> {
         match port {
@@ -141,25 +172,26 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     // Ports outside 1..=65535 are invalid pods the apiserver rejects after admission.
     let port_u16 = |port: i32| u16::try_from(port).ok().filter(|p| *p != 0);
     let probe_port = |port: &IntOrString| resolve_port(port).and_then(port_u16);
-    let probe = match readiness.as_ref() {
-        Some(Probe {
-            http_get: Some(get),
-            ..
-        }) if probe_port(&get.port).is_some() => SidecarProbe::Http {
-            port: probe_port(&get.port).unwrap_or_default(),
-            path: get.path.clone().unwrap_or_else(|| "/".into()),
-        },
-        Some(Probe {
-            tcp_socket: Some(tcp),
-            ..
-        }) if probe_port(&tcp.port).is_some() => SidecarProbe::Tcp {
-            port: probe_port(&tcp.port),
-        },
-        _ if !app_ports.is_empty() => SidecarProbe::Tcp { port: None },
-        _ => SidecarProbe::None,
-    };
+    let app_ports: Vec<u16> = app_ports.into_iter().filter_map(port_u16).collect();
+    // The app containers keep their own readiness probes: the kubelet's verdict on the app
+    // always counts; the sidecar's check is added to it, never a guess in its place.
+    let translated =
+        fidelity::translate_probe(readiness.as_ref(), probe_port, !app_ports.is_empty());
+    let probe_note = fidelity::probe_annotation(&translated);
+    let probe = translated.unwrap_or_else(|why| {
+        notices.push(Notice::normal(
+            fidelity::reasons::PROBE_NOT_REPRODUCED,
+            format!(
+                "the sidecar does not check the app's readiness probe because {why}; the kubelet's probe of the app container decides the app's readiness"
+            ),
+        ));
+        SidecarProbe::None
+    });
     if app_ports.is_empty() {
-        app_ports.push(8080);
+        notices.push(Notice::normal(
+            fidelity::reasons::NO_APP_PORTS,
+            "the pod declares no TCP container port: its drain waits for the endpoints removal and the quiet period (new connections anywhere in the pod) but tracks no in-flight connection",
+        ));
     }
 
     let field = |path: &str| EnvVar {
@@ -186,20 +218,24 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
             ..field("status.podIP")
         },
     ];
-    let admin_port = i32::from(SIDECAR_ADMIN_PORT);
     // Proxy mode takes over the app's named ports; with none, nothing can route through the
-    // proxy and the pod drains in Observe mode (the policy reports why).
+    // proxy and the pod drains in Observe mode (the policy reports why). Its listeners avoid
+    // the admin port and every port the pod's probes and hooks reach.
+    let mut reserved = fidelity::used_ports(spec);
+    reserved.push(i32::from(admin_port));
     let routes = match drain.mode {
-        DrainMode::Proxy => take_over_named_ports(spec, &[admin_port]),
+        DrainMode::Proxy => take_over_named_ports(spec, &reserved),
         DrainMode::Observe => Vec::new(),
     };
+    let admin_port = i32::from(admin_port);
     let mode = if routes.is_empty() {
         DrainMode::Observe
     } else {
         DrainMode::Proxy
     };
     let sidecar_env = SidecarEnv {
-        app_ports: app_ports.iter().copied().filter_map(port_u16).collect(),
+        app_ports,
+        admin_port: port_u16(admin_port).unwrap_or(SIDECAR_ADMIN_PORT),
         drain_mode: mode,
         app_shutdown: drain.app_shutdown,
         endpoint_timeout: drain.endpoint_timeout(),
@@ -288,9 +324,47 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
             condition_type: READY_GATE_CONDITION.into(),
         });
     }
-    for c in &mut spec.containers {
-        let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
-        if lifecycle.pre_stop.is_none() {
+    // preStop: a plain sleep is the guess the drain replaces; any other hook of the user is
+    // kept, and then no container gets the drain hook — a drain running next to the user's
+    // hook would race it (readiness flipped, a report of "drained" while the hook still
+    // works) — so the pod is not drained by quiesce, and says so.
+    let hooks: Vec<(String, PreStop)> = spec
+        .containers
+        .iter()
+        .map(|c| {
+            let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+            (c.name.clone(), fidelity::classify_pre_stop(hook))
+        })
+        .collect();
+    let kept: Vec<String> = hooks
+        .iter()
+        .filter_map(|(name, h)| match h {
+            PreStop::Other(what) => Some(format!("container {name} ({what})")),
+            _ => None,
+        })
+        .collect();
+    let not_drained = (!kept.is_empty()).then(|| {
+        format!(
+            "own preStop hook kept on {}: quiesce does not drain this pod (readiness and rollout pacing still apply); replace the hook by quiesce's drain or remove it to get drains",
+            kept.join(", ")
+        )
+    });
+    if let Some(message) = &not_drained {
+        notices.push(Notice::warning(
+            fidelity::reasons::PRESTOP_KEPT,
+            message.clone(),
+        ));
+    } else {
+        for (c, (name, hook)) in spec.containers.iter_mut().zip(&hooks) {
+            if let PreStop::Sleep(what) = hook {
+                notices.push(Notice::normal(
+                    fidelity::reasons::PRESTOP_SLEEP_REPLACED,
+                    format!(
+                        "container {name}: preStop {what} replaced by quiesce's drain, which waits as long as the traffic needs instead of a fixed time"
+                    ),
+                ));
+            }
+            let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
             lifecycle.pre_stop = Some(LifecycleHandler {
                 http_get: Some(http(SIDECAR_DRAIN_PATH)),
                 ..Default::default()
@@ -314,10 +388,21 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
     }
     pod.annotations_mut()
         .insert(annotations::DRAIN_MODE.into(), mode.as_str().into());
+    pod.annotations_mut().insert(
+        fidelity::annotations::ADMIN_PORT.into(),
+        admin_port.to_string(),
+    );
+    pod.annotations_mut()
+        .insert(fidelity::annotations::APP_PROBE.into(), probe_note);
+    if let Some(message) = not_drained {
+        pod.annotations_mut()
+            .insert(fidelity::annotations::NOT_DRAINED.into(), message);
+    }
     pod.labels_mut().insert(labels::POLICY.into(), name);
     Decision::Inject {
         pod: Box::new(pod),
         short_grace,
+        notices,
     }
 }
 
@@ -420,13 +505,22 @@ fn respond(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRespo
         return (allow, "skipped");
     };
     match inject(pod, &policy, &state.settings) {
-        Decision::Skip(why) => {
-            debug!(deployment = %deployment, namespace = %namespace, why, "not injected");
-            (allow, "skipped")
-        }
+        Decision::Skip(why) => match fidelity::skip_notice(why) {
+            None => {
+                debug!(deployment = %deployment, namespace = %namespace, why, "not injected");
+                (allow, "skipped")
+            }
+            Some(notice) => {
+                warn!(deployment = %deployment, namespace = %namespace, reason = notice.reason, why, "not injected");
+                let notices = [notice];
+                publish_notices(state, &policy, &notices);
+                (with_warnings(allow, &notices), "skipped")
+            }
+        },
         Decision::Inject {
             pod: mutated,
             short_grace,
+            notices,
         } => {
             let patch = match (serde_json::to_value(pod), serde_json::to_value(&*mutated)) {
                 (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
@@ -447,10 +541,11 @@ fn respond(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRespo
                     }
                 });
             }
+            publish_notices(state, &policy, &notices);
             match allow.clone().with_patch(patch) {
                 Ok(resp) => {
-                    info!(deployment = %deployment, namespace = %namespace, policy = %policy.name_any(), "sidecar injected");
-                    (resp, "injected")
+                    info!(deployment = %deployment, namespace = %namespace, policy = %policy.name_any(), notices = notices.len(), "sidecar injected");
+                    (with_warnings(resp, &notices), "injected")
                 }
                 Err(err) => {
                     warn!(error = %err, "serializing the patch failed");
@@ -459,6 +554,50 @@ fn respond(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRespo
             }
         }
     }
+}
+
+/// The notices as warnings of the admission response (shown by `kubectl`, logged by the
+/// controller that created the pod).
+fn with_warnings(mut response: AdmissionResponse, notices: &[Notice]) -> AdmissionResponse {
+    if !notices.is_empty() {
+        response
+            .warnings
+            .get_or_insert_with(Vec::new)
+            .extend(notices.iter().map(|n| format!("quiesce: {}", n.message)));
+    }
+    response
+}
+
+/// The notices as Events on the policy (the pod has no name yet at admission).
+fn publish_notices(state: &WebhookState, policy: &RolloutPolicy, notices: &[Notice]) {
+    let Some(recorder) = state.recorder.clone() else {
+        return;
+    };
+    if notices.is_empty() {
+        return;
+    }
+    let reference = policy.object_ref(&());
+    let events: Vec<Event> = notices
+        .iter()
+        .map(|n| Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.into(),
+            note: Some(n.message.clone()),
+            action: "Inject".into(),
+            secondary: None,
+        })
+        .collect();
+    tokio::spawn(async move {
+        for event in events {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                warn!(error = %err, "publishing event failed");
+            }
+        }
+    });
 }
 
 /// Serves [`router`] over TLS on `addr` with the certificate in `certs`, until `shutdown`.

@@ -38,6 +38,33 @@ pub enum ProbeKind {
     None,
 }
 
+/// Scheme of the HTTP health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeScheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS, the certificate not verified (as the kubelet's `scheme: HTTPS`).
+    Https,
+}
+
+/// The app's TCP ports as one flag value: `8080,9090`, or empty for none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPorts(pub Vec<u16>);
+
+/// Parses `8080,9090` (blanks ignored) into ports; an empty value is no port.
+pub fn parse_app_ports(s: &str) -> Result<AppPorts, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number"))
+        })
+        .collect::<Result<_, _>>()
+        .map(AppPorts)
+}
+
 /// Which evidence of new inbound connections the quiet period uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,16 +99,18 @@ pub struct Args {
     /// Run mode.
     #[arg(long, env = QUIESCE_MODE, value_enum, default_value = "kubernetes")]
     pub mode: RunMode,
-    /// The app's listening TCP ports, comma-separated.
+    /// The app's listening TCP ports, comma-separated; empty: none known (the drain then tracks
+    /// no app connection, and the probe needs `--probe-port`).
     #[arg(
         long,
         env = QUIESCE_APP_PORTS,
-        value_delimiter = ',',
-        default_value = "8080"
+        default_value = "8080",
+        value_parser = parse_app_ports
     )]
-    pub app_ports: Vec<u16>,
-    /// Address the admin server binds.
-    #[arg(long, env = QUIESCE_ADMIN_BIND, default_value = "0.0.0.0")]
+    pub app_ports: AppPorts,
+    /// Address the admin server binds. `::` (the default) is every address of both families
+    /// where the node has IPv6 (IPV6_V6ONLY off), else `0.0.0.0` — see [`crate::listen`].
+    #[arg(long, env = QUIESCE_ADMIN_BIND, default_value = "::")]
     pub admin_bind: IpAddr,
     /// Admin server port (`/livez`, `/readyz`, drain, `/status`, `/metrics`); 0 picks a free one.
     #[arg(long, env = QUIESCE_ADMIN_PORT, default_value_t = SIDECAR_ADMIN_PORT)]
@@ -93,12 +122,21 @@ pub struct Args {
     /// Port probed; defaults to the first app port.
     #[arg(long, env = QUIESCE_PROBE_PORT)]
     pub probe_port: Option<u16>,
-    /// Address probed (the app shares the pod's network namespace).
-    #[arg(long, env = QUIESCE_PROBE_HOST, default_value = "127.0.0.1")]
-    pub probe_host: IpAddr,
+    /// Address probed (the app shares the pod's network namespace). Default: in kubernetes
+    /// mode the pod IP, the address the kubelet probes (right for IPv4, IPv6 and dual-stack
+    /// pods, and for an app bound to the pod IP only); in standalone mode 127.0.0.1.
+    #[arg(long, env = QUIESCE_PROBE_HOST)]
+    pub probe_host: Option<IpAddr>,
     /// HTTP probe path.
     #[arg(long, env = QUIESCE_PROBE_PATH, default_value = "/")]
     pub probe_path: String,
+    /// HTTP probe scheme; `https` does TLS without verifying the certificate, as the kubelet.
+    #[arg(long, env = QUIESCE_PROBE_SCHEME, value_enum, default_value = "http")]
+    pub probe_scheme: ProbeScheme,
+    /// HTTP probe request headers, one `Name: value` per line; a `Host` header replaces the
+    /// default `Host` (the probed address).
+    #[arg(long, env = QUIESCE_PROBE_HEADERS)]
+    pub probe_headers: Option<String>,
     /// HTTP probe expected status: one code (`200`) or an inclusive range (`200-399`).
     #[arg(long, env = QUIESCE_PROBE_STATUS, default_value = "200-399")]
     pub probe_status: String,
@@ -171,8 +209,8 @@ pub struct Args {
     /// picks a free port (tests).
     #[arg(long, env = QUIESCE_PROXY_PORTS)]
     pub proxy_ports: Option<String>,
-    /// Proxy mode: address the proxy listeners bind.
-    #[arg(long, env = QUIESCE_PROXY_BIND, default_value = "0.0.0.0")]
+    /// Proxy mode: address the proxy listeners bind (`::`: both families, as `--admin-bind`).
+    #[arg(long, env = QUIESCE_PROXY_BIND, default_value = "::")]
     pub proxy_bind: IpAddr,
     /// Proxy mode: during a drain, an idle kept-alive connection is closed only once it has
     /// been idle this long (default: the quiet period, or 1s if that is 0).
@@ -216,6 +254,10 @@ pub struct ProbeConfig {
     pub port: u16,
     /// HTTP path.
     pub path: String,
+    /// HTTP over TLS, certificate not verified.
+    pub https: bool,
+    /// HTTP request headers, checked as HTTP names and values; a `Host` one replaces the default.
+    pub headers: Vec<(String, String)>,
     /// Inclusive range of healthy HTTP statuses.
     pub status: (u16, u16),
     /// gRPC service name.
@@ -267,7 +309,7 @@ pub struct ProxyConfig {
 pub struct Config {
     /// Run mode.
     pub mode: RunMode,
-    /// App ports, deduplicated.
+    /// App ports, deduplicated; may be empty (none declared: no app connection is tracked).
     pub app_ports: Vec<u16>,
     /// Admin bind address.
     pub admin_bind: IpAddr,
@@ -294,11 +336,21 @@ impl Args {
     /// Checks every value and builds the [`Config`]; all problems are reported at once.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let mut errs = Vec::new();
-        let mut app_ports = self.app_ports.clone();
+        let mut app_ports = self.app_ports.0.clone();
         app_ports.sort_unstable();
         app_ports.dedup();
         if app_ports.is_empty() {
-            errs.push("--app-ports: at least one app port is needed".to_string());
+            if self.probe != ProbeKind::None && self.probe_port.is_none() {
+                errs.push(format!(
+                    "--probe {:?} needs --probe-port when there are no --app-ports",
+                    self.probe
+                ));
+            }
+            if self.new_connection_signal == NewConnectionSignal::Ports {
+                errs.push(
+                    "--new-connection-signal ports needs --app-ports (use netns)".to_string(),
+                );
+            }
         }
         if app_ports.contains(&0) {
             errs.push("--app-ports: port 0 is not a port an app listens on".to_string());
@@ -322,6 +374,18 @@ impl Args {
                 self.probe_path
             ));
         }
+        let headers = match self
+            .probe_headers
+            .as_deref()
+            .map(parse_probe_headers)
+            .transpose()
+        {
+            Ok(h) => h.unwrap_or_default(),
+            Err(e) => {
+                errs.push(format!("--probe-headers: {e}"));
+                Vec::new()
+            }
+        };
         if self.probe_port == Some(0) {
             errs.push("--probe-port: 0 is not a port".to_string());
         }
@@ -393,15 +457,25 @@ impl Args {
         if !errs.is_empty() {
             return Err(ConfigError(errs));
         }
+        let probe_host = self.probe_host.unwrap_or(match &pod {
+            Some(p) => p.ip,
+            None => IpAddr::from([127, 0, 0, 1]),
+        });
         Ok(Config {
             mode: self.mode,
             admin_bind: self.admin_bind,
             admin_port: self.admin_port,
             probe: ProbeConfig {
                 kind: self.probe,
-                host: self.probe_host,
-                port: self.probe_port.unwrap_or(app_ports[0]),
+                host: probe_host,
+                // Checked above: with no app port the probe has its own port or is `none`.
+                port: self
+                    .probe_port
+                    .or(app_ports.first().copied())
+                    .unwrap_or_default(),
                 path: self.probe_path,
+                https: self.probe_scheme == ProbeScheme::Https,
+                headers,
                 status,
                 grpc_service: self.probe_grpc_service,
                 period: self.probe_period,
@@ -520,6 +594,18 @@ pub fn parse_proxy_routes(s: &str) -> Result<Vec<(u16, u16)>, String> {
             Ok((listen, upstream))
         })
         .collect()
+}
+
+/// Parses probe headers, one `Name: value` per line, and checks each as an HTTP header.
+pub fn parse_probe_headers(s: &str) -> Result<Vec<(String, String)>, String> {
+    let headers = quiesce_api::sidecar::headers_from_env(s)?;
+    for (name, value) in &headers {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{name:?} is not an HTTP header name"))?;
+        http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of {name} is not a valid HTTP header value"))?;
+    }
+    Ok(headers)
 }
 
 /// Parses `200` or `200-399` into an inclusive range of HTTP statuses.
@@ -709,6 +795,7 @@ mod tests {
         use quiesce_api::{SidecarEnv, SidecarProbe, constants::SIDECAR_FAIL_OPEN_ENV};
         let observe = SidecarEnv {
             app_ports: vec![8080, 9090],
+            admin_port: 9901,
             drain_mode: DrainMode::Observe,
             app_shutdown: AppShutdown::Graceful,
             endpoint_timeout: Duration::from_secs(10),
@@ -721,6 +808,7 @@ mod tests {
         };
         let proxy = SidecarEnv {
             app_ports: vec![8080],
+            admin_port: 9903,
             drain_mode: DrainMode::Proxy,
             app_shutdown: AppShutdown::Immediate,
             endpoint_timeout: Duration::from_millis(2500),
@@ -730,11 +818,44 @@ mod tests {
             probe: SidecarProbe::Http {
                 port: 8080,
                 path: "/healthz".into(),
+                https: false,
+                headers: Vec::new(),
             },
             log_format: "json".into(),
             fail_open_after_seconds: 30,
         };
-        for e in [observe, proxy] {
+        let https_without_ports = SidecarEnv {
+            app_ports: Vec::new(),
+            probe: SidecarProbe::Http {
+                port: 8443,
+                path: "/ready".into(),
+                https: true,
+                headers: vec![
+                    ("Host".into(), "web.example".into()),
+                    ("X-Token".into(), "a:b, c".into()),
+                ],
+            },
+            ..observe.clone()
+        };
+        let grpc = SidecarEnv {
+            probe: SidecarProbe::Grpc {
+                port: 9090,
+                service: "shop.Cart".into(),
+            },
+            ..observe.clone()
+        };
+        let unprobed_without_ports = SidecarEnv {
+            app_ports: Vec::new(),
+            probe: SidecarProbe::None,
+            ..observe.clone()
+        };
+        for e in [
+            observe,
+            proxy,
+            https_without_ports,
+            grpc,
+            unprobed_without_ports,
+        ] {
             let mut pairs = e.to_env();
             pairs.extend(
                 [
@@ -748,6 +869,12 @@ mod tests {
             let c = args.validate().expect("valid configuration");
             assert_eq!(c.mode, RunMode::Kubernetes);
             assert_eq!(c.app_ports, e.app_ports);
+            assert_eq!(c.admin_port, e.admin_port);
+            assert_eq!(
+                c.probe.host.to_string(),
+                "10.1.2.3",
+                "the kubelet's target: the pod IP"
+            );
             assert_eq!(c.drain.app_shutdown, e.app_shutdown);
             assert_eq!(c.drain.endpoint_timeout, e.endpoint_timeout);
             assert_eq!(c.drain.quiet_period, e.quiet_period);
@@ -757,14 +884,50 @@ mod tests {
                 c.proxy.map(|p| p.routes).unwrap_or_default(),
                 e.proxy_routes
             );
-            let (kind, port, path) = match &e.probe {
-                SidecarProbe::Http { port, path } => (ProbeKind::Http, *port, path.as_str()),
-                SidecarProbe::Tcp { port } => (ProbeKind::Tcp, port.unwrap_or(e.app_ports[0]), "/"),
-                SidecarProbe::None => (ProbeKind::None, e.app_ports[0], "/"),
+            let first = e.app_ports.first().copied().unwrap_or_default();
+            let (kind, port, path, https, headers, service) = match &e.probe {
+                SidecarProbe::Http {
+                    port,
+                    path,
+                    https,
+                    headers,
+                } => (
+                    ProbeKind::Http,
+                    *port,
+                    path.as_str(),
+                    *https,
+                    headers.clone(),
+                    "",
+                ),
+                SidecarProbe::Grpc { port, service } => (
+                    ProbeKind::Grpc,
+                    *port,
+                    "/",
+                    false,
+                    Vec::new(),
+                    service.as_str(),
+                ),
+                SidecarProbe::Tcp { port } => (
+                    ProbeKind::Tcp,
+                    port.unwrap_or(first),
+                    "/",
+                    false,
+                    Vec::new(),
+                    "",
+                ),
+                SidecarProbe::None => (ProbeKind::None, first, "/", false, Vec::new(), ""),
             };
             assert_eq!(
                 (c.probe.kind, c.probe.port, c.probe.path.as_str()),
                 (kind, port, path)
+            );
+            assert_eq!(
+                (
+                    c.probe.https,
+                    &c.probe.headers,
+                    c.probe.grpc_service.as_str()
+                ),
+                (https, &headers, service)
             );
             let log = if e.log_format == "json" {
                 LogFormat::Json
@@ -786,6 +949,94 @@ mod tests {
                 Some(Duration::from_secs(e.fail_open_after_seconds as u64))
             );
         }
+    }
+
+    #[test]
+    fn no_app_ports_means_none_tracked_and_a_probe_needs_its_own_port() {
+        let c = args(&["--mode", "standalone", "--app-ports", "", "--probe", "none"])
+            .validate()
+            .unwrap();
+        assert!(c.app_ports.is_empty());
+        let err = args(&["--mode", "standalone", "--app-ports", ""])
+            .validate()
+            .unwrap_err();
+        assert!(err.0[0].contains("needs --probe-port"), "{err}");
+        let c = args(&[
+            "--mode",
+            "standalone",
+            "--app-ports",
+            "",
+            "--probe-port",
+            "8443",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(c.probe.port, 8443);
+        let err = args(&[
+            "--mode",
+            "standalone",
+            "--app-ports",
+            "",
+            "--probe",
+            "none",
+            "--new-connection-signal",
+            "ports",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(err.0[0].contains("needs --app-ports"), "{err}");
+        assert_eq!(parse_app_ports(" 80, 8080 ,").unwrap().0, vec![80, 8080]);
+        assert!(parse_app_ports("http").is_err());
+    }
+
+    #[test]
+    fn probe_host_defaults_to_the_pod_ip_like_the_kubelet() {
+        for ip in ["10.1.2.3", "fd00::7"] {
+            let c = args(&[
+                "--pod-name",
+                "web-1",
+                "--pod-namespace",
+                "ns",
+                "--pod-ip",
+                ip,
+            ])
+            .validate()
+            .unwrap();
+            assert_eq!(c.probe.host.to_string(), ip);
+        }
+        let c = args(&["--mode", "standalone"]).validate().unwrap();
+        assert_eq!(c.probe.host.to_string(), "127.0.0.1");
+        let c = args(&["--mode", "standalone", "--probe-host", "::1"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.probe.host.to_string(), "::1");
+    }
+
+    #[test]
+    fn probe_scheme_and_headers() {
+        let c = args(&[
+            "--mode",
+            "standalone",
+            "--probe-scheme",
+            "https",
+            "--probe-headers",
+            "Host: web.example\nX-Probe: 1",
+        ])
+        .validate()
+        .unwrap();
+        assert!(c.probe.https);
+        assert_eq!(
+            c.probe.headers,
+            vec![
+                ("Host".to_owned(), "web.example".to_owned()),
+                ("X-Probe".to_owned(), "1".to_owned())
+            ]
+        );
+        let err = args(&["--mode", "standalone", "--probe-headers", "Bad Name: x"])
+            .validate()
+            .unwrap_err();
+        assert!(err.0[0].contains("not an HTTP header name"), "{err}");
+        assert!(parse_probe_headers("X: a\u{7f}").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Modules, one concern each: [`config`] (flags/env, validation), [`probe`] (health checks),
 //! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
-//! shell), [`endpoints`] (EndpointSlice watch), [`pod`] (own pod: terminating check and the
+//! shell), [`endpoints`] (EndpointSlice watch), [`listen`] (dual-stack listeners), [`pod`] (own pod: terminating check and the
 //! drained condition), [`admin`] (HTTP endpoints), [`metrics`], [`proxy`] (proxy drain mode:
 //! the reverse proxy in front of the app), [`run`] (process wiring).
 
@@ -13,6 +13,7 @@ pub mod drain;
 pub mod drainer;
 pub mod endpoints;
 pub mod fail_open;
+pub mod listen;
 pub mod metrics;
 pub mod pod;
 pub mod probe;

@@ -1,14 +1,26 @@
-//! App health checks (HTTP GET, TCP connect, gRPC health v1) and the threshold logic that turns
-//! single results into a healthy/unhealthy state.
+//! App health checks (HTTP(S) GET, TCP connect, gRPC health v1) and the threshold logic that
+//! turns single results into a healthy/unhealthy state.
 //!
-//! Probes go to the app over loopback of the shared network namespace. They pause while a
-//! drain runs: readiness is 503 anyway, and a probe connection would count as new traffic.
+//! Probes go to the app inside the shared network namespace, by default on the pod IP as the
+//! kubelet's do. They reproduce the kubelet's: HTTPS without certificate verification (the
+//! handshake's signatures are still checked), the probe's headers (a `Host` header replaces
+//! the default one), statuses 200–399. They pause while a drain runs: readiness is 503 anyway,
+//! and a probe connection would count as new traffic.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{ProbeConfig, ProbeKind};
@@ -89,7 +101,7 @@ pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), String> {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            ProbeKind::Http => http_probe(addr, &cfg.path, cfg.status).await,
+            ProbeKind::Http => http_probe(addr, cfg).await,
             ProbeKind::Grpc => grpc_probe(addr, &cfg.grpc_service).await,
         }
     };
@@ -99,21 +111,47 @@ pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), String> {
     }
 }
 
-async fn http_probe(addr: SocketAddr, path: &str, status: (u16, u16)) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(path)
+/// The HTTP probe's request (pure): `GET path` with `Host` (the probed address),
+/// `User-Agent` and `Connection: close`, then the probe's `headers` — the first of a name
+/// replaces a default of that name, later ones of the same name are added.
+pub fn http_request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<http::Request<Empty<Bytes>>, String> {
+    let mut req = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, "quiesce-sidecar")
         .header(http::header::CONNECTION, "close")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let res = send.send_request(req).await.map_err(|e| e.to_string());
-    conn.abort();
-    let code = res?.status().as_u16();
+    let mut replaced: Vec<http::HeaderName> = Vec::new();
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        if replaced.contains(&name) {
+            req.headers_mut().append(name, value);
+        } else {
+            req.headers_mut().insert(name.clone(), value);
+            replaced.push(name);
+        }
+    }
+    Ok(req)
+}
+
+async fn http_probe(addr: SocketAddr, cfg: &ProbeConfig) -> Result<(), String> {
+    let req = http_request(addr, &cfg.path, &cfg.headers)?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let code = if cfg.https {
+        let tls = tokio_rustls::TlsConnector::from(insecure_tls_config())
+            .connect(ServerName::from(addr.ip()), stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        send_get(tls, req).await?
+    } else {
+        send_get(stream, req).await?
+    };
+    let status = cfg.status;
     if (status.0..=status.1).contains(&code) {
         Ok(())
     } else {
@@ -121,6 +159,87 @@ async fn http_probe(addr: SocketAddr, path: &str, status: (u16, u16)) -> Result<
             "HTTP status {code}, expected {}-{}",
             status.0, status.1
         ))
+    }
+}
+
+async fn send_get<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<u16, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn);
+    let res = send.send_request(req).await.map_err(|e| e.to_string());
+    conn.abort();
+    Ok(res?.status().as_u16())
+}
+
+/// The client TLS configuration of HTTPS probes: any certificate is accepted, as the kubelet
+/// does for `scheme: HTTPS` (built once).
+pub fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+/// Accepts any server certificate (no chain, name or date check) but still checks that the
+/// server holds the certificate's key, as Go's `InsecureSkipVerify` (the kubelet's HTTPS probes).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -152,17 +271,26 @@ pub fn grpc_health_status(frame: &[u8]) -> Option<u64> {
     let len = u32::from_be_bytes(frame.get(1..5)?.try_into().ok()?) as usize;
     let mut msg = frame.get(5..5 + len)?;
     let mut status = 0; // absent field = UNKNOWN
-    while let Some((&tag, rest)) = msg.split_first() {
-        let (value, rest) = read_varint(rest)?;
-        match (tag >> 3, tag & 7) {
+    // Unknown fields of any wire type are skipped; tags are varints (field numbers above 15
+    // take more than one byte).
+    while !msg.is_empty() {
+        let (tag, rest) = read_varint(msg)?;
+        msg = match (tag >> 3, tag & 7) {
+            (0, _) => return None,
             (1, 0) => {
+                let (value, rest) = read_varint(rest)?;
                 status = value;
-                msg = rest;
+                rest
             }
-            (_, 0) => msg = rest,
-            (_, 2) => msg = rest.get(value as usize..)?,
+            (_, 0) => read_varint(rest)?.1,
+            (_, 1) => rest.get(8..)?,
+            (_, 2) => {
+                let (len, rest) = read_varint(rest)?;
+                rest.get(usize::try_from(len).ok()?..)?
+            }
+            (_, 5) => rest.get(4..)?,
             _ => return None,
-        }
+        };
     }
     Some(status)
 }
@@ -271,6 +399,31 @@ mod tests {
         assert_eq!(grpc_health_status(&[0, 0, 0, 0, 9]), None);
     }
 
+    #[test]
+    fn the_probes_headers_replace_the_defaults_and_repeat() {
+        let addr: SocketAddr = "[fd00::7]:8443".parse().unwrap();
+        let req = http_request(addr, "/ready", &[]).unwrap();
+        assert_eq!(req.headers()["host"], "[fd00::7]:8443");
+        let h = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let req = http_request(
+            addr,
+            "/ready",
+            &[
+                h("Host", "web.example"),
+                h("User-Agent", "kube-probe/1.33"),
+                h("X-A", "1"),
+                h("X-A", "2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(req.headers()["host"], "web.example");
+        assert_eq!(req.headers()["user-agent"], "kube-probe/1.33");
+        let xa: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(req.headers()["connection"], "close");
+        assert!(http_request(addr, "/", &[h("bad name", "x")]).is_err());
+    }
+
     #[tokio::test]
     async fn http_and_tcp_probes_against_a_loopback_server() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -301,6 +454,8 @@ mod tests {
             host: addr.ip(),
             port: addr.port(),
             path: "/ok".into(),
+            https: false,
+            headers: Vec::new(),
             status: (200, 399),
             grpc_service: String::new(),
             period: Duration::from_secs(1),

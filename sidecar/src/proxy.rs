@@ -117,7 +117,7 @@ pub async fn start(cfg: &ProxyConfig, metrics: Arc<Metrics>) -> Result<ProxyHand
     let mut listeners = Vec::new();
     for &(listen, upstream) in &cfg.routes {
         let addr = SocketAddr::new(cfg.bind, listen);
-        let l = TcpListener::bind(addr)
+        let l = crate::listen::bind(addr)
             .await
             .map_err(|source| ProxyError::Bind {
                 addr,

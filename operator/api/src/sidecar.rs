@@ -17,7 +17,7 @@ use crate::{AppShutdown, DrainMode};
 pub mod env {
     /// Run mode: `kubernetes` (injected) or `standalone`.
     pub const QUIESCE_MODE: &str = "QUIESCE_MODE";
-    /// The app's TCP ports, comma-separated.
+    /// The app's TCP ports, comma-separated (empty: the pod declares none).
     pub const QUIESCE_APP_PORTS: &str = "QUIESCE_APP_PORTS";
     /// Address the admin server binds.
     pub const QUIESCE_ADMIN_BIND: &str = "QUIESCE_ADMIN_BIND";
@@ -31,6 +31,12 @@ pub mod env {
     pub const QUIESCE_PROBE_HOST: &str = "QUIESCE_PROBE_HOST";
     /// HTTP probe path.
     pub const QUIESCE_PROBE_PATH: &str = "QUIESCE_PROBE_PATH";
+    /// HTTP probe scheme: `http` or `https` (TLS without certificate verification, as the
+    /// kubelet does).
+    pub const QUIESCE_PROBE_SCHEME: &str = "QUIESCE_PROBE_SCHEME";
+    /// HTTP probe request headers, one `Name: value` per line (a `Host` header replaces the
+    /// default one).
+    pub const QUIESCE_PROBE_HEADERS: &str = "QUIESCE_PROBE_HEADERS";
     /// HTTP probe's healthy statuses (`200` or `200-399`).
     pub const QUIESCE_PROBE_STATUS: &str = "QUIESCE_PROBE_STATUS";
     /// gRPC health service name.
@@ -91,21 +97,67 @@ pub enum SidecarProbe {
         port: u16,
         /// Path requested.
         path: String,
+        /// `https`: TLS without certificate verification, as the kubelet does.
+        https: bool,
+        /// Request headers as `(name, value)`, in order ([`env::QUIESCE_PROBE_HEADERS`]; written
+        /// only when not empty). Names and values must be valid HTTP header names and values
+        /// without line breaks.
+        headers: Vec<(String, String)>,
+    },
+    /// gRPC health v1 `Check` of `service` (empty: the whole server) on `port`, plaintext, as
+    /// the kubelet's `grpc` probe.
+    Grpc {
+        /// Port probed.
+        port: u16,
+        /// Service name ([`env::QUIESCE_PROBE_GRPC_SERVICE`]; written only when not empty).
+        service: String,
     },
     /// TCP connect to `port` (`None`: the first app port).
     Tcp {
         /// Port probed.
         port: Option<u16>,
     },
-    /// No check: the app counts as healthy.
+    /// No check: the sidecar counts the app as healthy (the kubelet's own probe of the app
+    /// container still gates the pod's readiness).
     None,
+}
+
+/// Encodes probe headers for [`env::QUIESCE_PROBE_HEADERS`]: one `Name: value` per line.
+pub fn headers_to_env(headers: &[(String, String)]) -> String {
+    headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Decodes [`env::QUIESCE_PROBE_HEADERS`]: one `Name: value` per line, blank lines ignored, the
+/// value trimmed. Checks only the shape; the sidecar checks names and values as HTTP.
+pub fn headers_from_env(s: &str) -> Result<Vec<(String, String)>, String> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| format!("{line:?} is not a header line `Name: value`"))?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(format!("{line:?} has no header name"));
+            }
+            Ok((name.to_owned(), value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// Everything the webhook decides for one injected sidecar, written as its environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SidecarEnv {
-    /// The app's TCP ports ([`env::QUIESCE_APP_PORTS`]).
+    /// The app's TCP ports ([`env::QUIESCE_APP_PORTS`]); empty when the pod declares none (the
+    /// drain then tracks no app connection: no port is guessed).
     pub app_ports: Vec<u16>,
+    /// The sidecar's admin port ([`env::QUIESCE_ADMIN_PORT`]): readiness, liveness, the
+    /// preStop drain call and metrics.
+    pub admin_port: u16,
     /// Drain mode the sidecar really runs ([`env::QUIESCE_DRAIN_MODE`]).
     pub drain_mode: DrainMode,
     /// How the app treats SIGTERM ([`env::QUIESCE_APP_SHUTDOWN`]).
@@ -251,6 +303,7 @@ impl SidecarEnv {
                 env::QUIESCE_APP_PORTS,
                 ports(&mut self.app_ports.iter().map(u16::to_string)),
             ),
+            (env::QUIESCE_ADMIN_PORT, self.admin_port.to_string()),
             (env::QUIESCE_DRAIN_MODE, self.drain_mode.env_value().into()),
             (
                 env::QUIESCE_APP_SHUTDOWN,
@@ -286,10 +339,28 @@ impl SidecarEnv {
             ));
         }
         match &self.probe {
-            SidecarProbe::Http { port, path } => {
+            SidecarProbe::Http {
+                port,
+                path,
+                https,
+                headers,
+            } => {
                 out.push((env::QUIESCE_PROBE, "http".into()));
                 out.push((env::QUIESCE_PROBE_PORT, port.to_string()));
                 out.push((env::QUIESCE_PROBE_PATH, path.clone()));
+                if *https {
+                    out.push((env::QUIESCE_PROBE_SCHEME, "https".into()));
+                }
+                if !headers.is_empty() {
+                    out.push((env::QUIESCE_PROBE_HEADERS, headers_to_env(headers)));
+                }
+            }
+            SidecarProbe::Grpc { port, service } => {
+                out.push((env::QUIESCE_PROBE, "grpc".into()));
+                out.push((env::QUIESCE_PROBE_PORT, port.to_string()));
+                if !service.is_empty() {
+                    out.push((env::QUIESCE_PROBE_GRPC_SERVICE, service.clone()));
+                }
             }
             SidecarProbe::Tcp { port } => {
                 out.push((env::QUIESCE_PROBE, "tcp".into()));
@@ -331,8 +402,10 @@ impl SidecarEnv {
         }
         let app_ports = get(env::QUIESCE_APP_PORTS)?
             .split(',')
+            .filter(|p| !p.trim().is_empty())
             .map(|p| port(env::QUIESCE_APP_PORTS, p))
             .collect::<Result<_, _>>()?;
+        let admin_port = port(env::QUIESCE_ADMIN_PORT, &get(env::QUIESCE_ADMIN_PORT)?)?;
         let drain_mode = get(env::QUIESCE_DRAIN_MODE)?
             .parse()
             .map_err(|e: UnknownValue| bad(env::QUIESCE_DRAIN_MODE, e.to_string()))?;
@@ -362,11 +435,31 @@ impl SidecarEnv {
                 .map(|p| port(env::QUIESCE_PROBE_PORT, &p))
                 .transpose()
         };
+        let required_port =
+            || probe_port()?.ok_or_else(|| bad(env::QUIESCE_PROBE_PORT, "missing".into()));
         let probe = match get(env::QUIESCE_PROBE)?.as_str() {
             "http" => SidecarProbe::Http {
-                port: probe_port()?
-                    .ok_or_else(|| bad(env::QUIESCE_PROBE_PORT, "missing".into()))?,
+                port: required_port()?,
                 path: get(env::QUIESCE_PROBE_PATH)?,
+                https: match lookup(env::QUIESCE_PROBE_SCHEME).as_deref() {
+                    None | Some("http") => false,
+                    Some("https") => true,
+                    Some(other) => {
+                        return Err(bad(
+                            env::QUIESCE_PROBE_SCHEME,
+                            format!("{other:?} is not one of http, https"),
+                        ));
+                    }
+                },
+                headers: lookup(env::QUIESCE_PROBE_HEADERS)
+                    .map(|h| headers_from_env(&h))
+                    .transpose()
+                    .map_err(|e| bad(env::QUIESCE_PROBE_HEADERS, e))?
+                    .unwrap_or_default(),
+            },
+            "grpc" => SidecarProbe::Grpc {
+                port: required_port()?,
+                service: lookup(env::QUIESCE_PROBE_GRPC_SERVICE).unwrap_or_default(),
             },
             "tcp" => SidecarProbe::Tcp {
                 port: probe_port()?,
@@ -375,13 +468,14 @@ impl SidecarEnv {
             other => {
                 return Err(bad(
                     env::QUIESCE_PROBE,
-                    format!("{other:?} is not one of http, tcp, none"),
+                    format!("{other:?} is not one of http, grpc, tcp, none"),
                 ));
             }
         };
         let fail_open = get(env::QUIESCE_FAIL_OPEN_AFTER_SECONDS)?;
         Ok(Self {
             app_ports,
+            admin_port,
             drain_mode,
             app_shutdown,
             endpoint_timeout: duration(env::QUIESCE_ENDPOINT_TIMEOUT)?,
@@ -400,8 +494,12 @@ impl SidecarEnv {
     }
 }
 
+/// The longest duration [`parse_duration`] accepts: a day. The sidecar adds its durations up
+/// and to the clock, which a value near `u64::MAX` seconds overflows (a panic).
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
 /// Parses a duration as the sidecar reads it: `250ms`, `2s`, `1m`, `1h` or a bare number of
-/// seconds.
+/// seconds; at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -416,6 +514,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
     };
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than a day"));
+    }
     Ok(d)
 }
 
@@ -428,6 +529,7 @@ mod tests {
     fn observe() -> SidecarEnv {
         SidecarEnv {
             app_ports: vec![8080, 9090],
+            admin_port: 9901,
             drain_mode: DrainMode::Observe,
             app_shutdown: AppShutdown::Immediate,
             endpoint_timeout: Duration::from_secs(10),
@@ -443,6 +545,7 @@ mod tests {
     fn proxy() -> SidecarEnv {
         SidecarEnv {
             app_ports: vec![8080],
+            admin_port: 9902,
             drain_mode: DrainMode::Proxy,
             app_shutdown: AppShutdown::Graceful,
             endpoint_timeout: Duration::from_millis(2500),
@@ -452,6 +555,8 @@ mod tests {
             probe: SidecarProbe::Http {
                 port: 8080,
                 path: "/healthz".into(),
+                https: false,
+                headers: Vec::new(),
             },
             log_format: "plain".into(),
             fail_open_after_seconds: 30,
@@ -476,6 +581,33 @@ mod tests {
                 probe: SidecarProbe::Tcp { port: Some(9090) },
                 ..observe()
             },
+            SidecarEnv {
+                app_ports: Vec::new(),
+                probe: SidecarProbe::Http {
+                    port: 8443,
+                    path: "/ready?full=1".into(),
+                    https: true,
+                    headers: vec![
+                        ("Host".into(), "web.example".into()),
+                        ("X-Probe".into(), "a, b: c".into()),
+                    ],
+                },
+                ..observe()
+            },
+            SidecarEnv {
+                probe: SidecarProbe::Grpc {
+                    port: 9090,
+                    service: "shop.Cart".into(),
+                },
+                ..observe()
+            },
+            SidecarEnv {
+                probe: SidecarProbe::Grpc {
+                    port: 9090,
+                    service: String::new(),
+                },
+                ..observe()
+            },
         ] {
             assert_eq!(round_trip(&e), e);
         }
@@ -496,6 +628,9 @@ mod tests {
         assert_eq!(get(env::QUIESCE_QUIET_PERIOD), Some("250ms"));
         assert_eq!(get(env::QUIESCE_DRAIN_TIMEOUT), Some("5s"));
         assert_eq!(get(env::QUIESCE_PROXY_PORTS), Some("15001:8080,15002:8080"));
+        assert_eq!(get(env::QUIESCE_ADMIN_PORT), Some("9902"));
+        assert_eq!(get(env::QUIESCE_PROBE_SCHEME), None, "http is the default");
+        assert_eq!(get(env::QUIESCE_PROBE_HEADERS), None);
         assert_eq!(get(env::QUIESCE_PROBE), Some("http"));
         assert_eq!(get(env::QUIESCE_PROBE_PATH), Some("/healthz"));
         assert_eq!(get("QUIESCE_FAIL_OPEN_AFTER_SECONDS"), Some("30"));
@@ -533,11 +668,39 @@ mod tests {
     }
 
     #[test]
+    fn no_app_ports_is_an_empty_list_not_a_guess() {
+        let e = SidecarEnv {
+            app_ports: Vec::new(),
+            ..observe()
+        };
+        let vars = e.to_env();
+        assert!(vars.contains(&(env::QUIESCE_APP_PORTS.to_owned(), String::new())));
+        assert_eq!(round_trip(&e).app_ports, Vec::<u16>::new());
+    }
+
+    #[test]
+    fn probe_headers_are_one_per_line() {
+        let h = vec![
+            ("Host".to_owned(), "web.example".to_owned()),
+            ("Authorization".to_owned(), "Bearer a:b".to_owned()),
+        ];
+        let s = headers_to_env(&h);
+        assert_eq!(s, "Host: web.example\nAuthorization: Bearer a:b");
+        assert_eq!(headers_from_env(&s).unwrap(), h);
+        assert_eq!(headers_from_env("").unwrap(), Vec::new());
+        assert!(headers_from_env("no colon").is_err());
+        assert!(headers_from_env(": value").is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("24h").unwrap(), MAX_DURATION);
+        assert!(parse_duration("86401").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
     }
 }
