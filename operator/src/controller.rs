@@ -44,11 +44,13 @@ use crate::plan::{
 };
 
 mod drains;
+mod policies;
 #[cfg(test)]
 mod tests;
 
 use drains::CountedDrains;
 pub use drains::{DrainInbox, Taken, drain_report};
+pub use policies::{Undecodable, decode_event, policy_events};
 
 /// Annotation of a ReplicaSet: the Deployment revision it belongs to.
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -248,12 +250,20 @@ pub async fn run(
     .reflect(svc_writer)
     .touched_objects();
 
-    let controller = Controller::new(
-        Api::<RolloutPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(ControllerConfig::default().concurrency(8));
-    let policies = controller.store();
+    // Policies are decoded one by one: one that does not decode is reported, not a stall.
+    let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
+    let (undecodable_tx, undecodable_rx) = futures::channel::mpsc::unbounded();
+    tokio::spawn(policies::report_undecodable(
+        client.clone(),
+        recorder.clone(),
+        undecodable_rx,
+    ));
+    let policy_stream = policy_events(client.clone(), Some(undecodable_tx))
+        .default_backoff()
+        .reflect(policy_writer)
+        .applied_objects();
+    let controller = Controller::for_stream(policy_stream, policies.clone())
+        .with_config(ControllerConfig::default().concurrency(8));
     let (p1, p2, p3, p4) = (
         policies.clone(),
         policies.clone(),

@@ -155,13 +155,10 @@ async fn main() -> anyhow::Result<()> {
     let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
     tokio::spawn(
-        watcher(
-            Api::<RolloutPolicy>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(policy_writer)
-        .for_each(|_| async {}),
+        quiesce_operator::controller::policy_events(client.clone(), None)
+            .default_backoff()
+            .reflect(policy_writer)
+            .for_each(|_| async {}),
     );
     tokio::spawn(
         watcher(

@@ -1216,3 +1216,161 @@ fn drain_reports_beyond_the_pods_grace_period_are_invalid() {
     );
     assert!(drain_report(&p).unwrap().invalid);
 }
+
+/// A policy object as the apiserver stores it, with `spec` as given.
+fn raw_policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "quiesce.dev/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("{name}-uid"),
+            "resourceVersion": "7", "generation": 1},
+        "spec": spec})
+}
+
+/// Passes the CRD schema (an integer `admit` of at least 1, not decreasing, last `100%`) but
+/// not the Rust type (`admit` is an `i32`).
+fn undecodable_spec() -> Value {
+    json!({"targetRef": {"name": "api"}, "steps": [{"admit": 3_000_000_000_i64}, {"admit": "100%"}]})
+}
+
+fn dynamic(v: Value) -> kube::api::DynamicObject {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn an_undecodable_policy_is_left_out_of_the_cache_and_reported() {
+    let good = dynamic(raw_policy("web", json!({"targetRef": {"name": "web"}})));
+    let bad = dynamic(raw_policy("bad", undecodable_spec()));
+    let mut reported = Vec::new();
+    let typed = decode_event(watcher::Event::InitApply(good), &mut reported);
+    assert!(matches!(typed, Some(watcher::Event::InitApply(p)) if p.spec.target_ref.name == "web"));
+    assert!(reported.is_empty());
+    // Listed: left out.
+    let listed = decode_event(watcher::Event::InitApply(bad.clone()), &mut reported);
+    assert!(listed.is_none());
+    // Changed into something undecodable: removed from the cache (not left at its old version).
+    let typed = decode_event(watcher::Event::Apply(bad.clone()), &mut reported);
+    assert!(matches!(typed, Some(watcher::Event::Delete(p)) if p.name_any() == "bad"));
+    assert_eq!(reported.len(), 2);
+    assert!(
+        reported[0].error.starts_with("spec: "),
+        "{}",
+        reported[0].error
+    );
+    assert!(
+        reported[0].error.contains("3000000000"),
+        "{}",
+        reported[0].error
+    );
+    // A status that does not decode is dropped: the policy is reconciled and its status rewritten.
+    let mut v = raw_policy("web", json!({"targetRef": {"name": "web"}}));
+    v["status"] = json!({"admittedReplicas": 3_000_000_000_i64});
+    let p = policies::decode(&dynamic(v)).unwrap();
+    assert_eq!(p.status, None);
+}
+
+#[tokio::test]
+async fn one_undecodable_policy_does_not_stall_the_policy_watch() {
+    let list = json!({"apiVersion": "quiesce.dev/v1alpha1", "kind": "RolloutPolicyList",
+        "metadata": {"resourceVersion": "9"},
+        "items": [raw_policy("web", json!({"targetRef": {"name": "web"}})),
+            raw_policy("bad", undecodable_spec())]});
+    // The typed watcher (how policies were watched before) fails the whole list.
+    let (client, mut handle) = mock();
+    let answer = list.clone();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/quiesce.dev/v1alpha1/rolloutpolicies",
+            answer,
+        )
+        .await;
+    });
+    let mut typed = Box::pin(watcher(
+        Api::<RolloutPolicy>::all(client),
+        watcher::Config::default(),
+    ));
+    let failed = loop {
+        match typed.next().await.unwrap() {
+            Err(e) => break e,
+            Ok(watcher::Event::InitDone) => panic!("the typed list went through"),
+            Ok(_) => {}
+        }
+    };
+    assert!(failed.to_string().contains("3000000000"), "{failed}");
+    server.await.unwrap();
+    // The raw watch lists the good policy, and reports the bad one.
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/quiesce.dev/v1alpha1/rolloutpolicies",
+            list,
+        )
+        .await;
+    });
+    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let mut events = Box::pin(policy_events(client, Some(tx)));
+    let mut listed = Vec::new();
+    loop {
+        match events.next().await.unwrap().unwrap() {
+            watcher::Event::InitApply(p) => listed.push(p.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(listed, vec!["web"]);
+    let bad = rx.try_recv().unwrap();
+    assert_eq!(bad.object.name_any(), "bad");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_undecodable_policy_gets_a_warning_and_accepted_false() {
+    let (client, mut handle) = mock();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "quiesce-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let bad = Undecodable {
+        object: dynamic(raw_policy("bad", undecodable_spec())),
+        error: "spec: invalid value: integer `3000000000`, expected i32".into(),
+    };
+    // The same version twice (a relist): reported once.
+    tx.unbounded_send(bad.clone()).unwrap();
+    tx.unbounded_send(bad).unwrap();
+    drop(tx);
+    let reporter = tokio::spawn(policies::report_undecodable(client, recorder, rx));
+    let event = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/shop/events",
+        event_reply(),
+    )
+    .await;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some(policies::UNDECODABLE))
+    );
+    assert_eq!(event["regarding"]["name"], "bad");
+    assert!(event["note"].as_str().unwrap().contains("3000000000"));
+    let patch = expect(
+        &mut handle,
+        Method::PATCH,
+        "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/bad/status",
+        raw_policy("bad", undecodable_spec()),
+    )
+    .await;
+    let c = &patch["status"]["conditions"][0];
+    assert_eq!(
+        (c["type"].as_str(), c["status"].as_str()),
+        (Some("Accepted"), Some("False"))
+    );
+    assert_eq!(c["reason"], policies::UNDECODABLE);
+    reporter.await.unwrap();
+    no_more_calls(&mut handle).await;
+}
