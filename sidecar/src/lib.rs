@@ -3,9 +3,9 @@
 //!
 //! Modules, one concern each: [`config`] (flags/env, validation), [`probe`] (health checks),
 //! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
-//! shell), [`endpoints`] (EndpointSlice watch), [`listen`] (dual-stack listeners), [`pod`] (own pod: terminating check and the
-//! drained condition), [`admin`] (HTTP endpoints), [`metrics`], [`proxy`] (proxy drain mode:
-//! the reverse proxy in front of the app), [`run`] (process wiring).
+//! shell), [`endpoints`] (EndpointSlice watch), [`listen`] (dual-stack listeners), [`pod`] (own
+//! pod: terminating check and the drained condition), [`admin`] (HTTP endpoints), [`metrics`],
+//! [`proxy`] (proxy drain mode: the reverse proxy in front of the app), [`run`] (process wiring).
 
 pub mod admin;
 pub mod config;
