@@ -59,44 +59,53 @@ fn dump_family(socket: &Socket, family: u8, out: &mut Vec<SocketEntry>) -> Resul
         let size = socket
             .recv(&mut &mut rx[..], 0)
             .map_err(|e| SocketError::Diag(e.to_string()))?;
-        let mut offset = 0;
-        while offset < size {
-            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..size])
-                .map_err(|e| SocketError::Diag(format!("parse: {e}")))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    let info = r.nlas.iter().find_map(|n| match n {
-                        Nla::TcpInfo(raw) => Some(raw.as_slice()),
-                        _ => None,
-                    });
-                    let h = &r.header;
-                    out.push(SocketEntry {
-                        local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
-                        remote: SocketAddr::new(
-                            h.socket_id.destination_address,
-                            h.socket_id.destination_port,
-                        ),
-                        state: TcpState::from(h.state),
-                        tx_queue: h.send_queue,
-                        rx_queue: h.recv_queue,
-                        inode: u64::from(h.inode),
-                        cookie: Some(u64::from_ne_bytes(h.socket_id.cookie)),
-                        activity: info.and_then(parse_tcp_info),
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => {
-                    return Err(SocketError::Diag(format!("netlink error: {e:?}")));
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            offset += len;
+        if parse_reply(&rx[..size], out)? {
+            return Ok(());
         }
     }
+}
+
+/// Parses one datagram of a sock_diag dump reply (pure; fuzzed in `tests/parsers_prop.rs`):
+/// appends its sockets to `out`, and returns whether it ended the dump (`NLMSG_DONE`).
+pub fn parse_reply(datagram: &[u8], out: &mut Vec<SocketEntry>) -> Result<bool, SocketError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&datagram[offset..])
+            .map_err(|e| SocketError::Diag(format!("parse: {e}")))?;
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                let info = r.nlas.iter().find_map(|n| match n {
+                    Nla::TcpInfo(raw) => Some(raw.as_slice()),
+                    _ => None,
+                });
+                let h = &r.header;
+                out.push(SocketEntry {
+                    local: SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port),
+                    remote: SocketAddr::new(
+                        h.socket_id.destination_address,
+                        h.socket_id.destination_port,
+                    ),
+                    state: TcpState::from(h.state),
+                    tx_queue: h.send_queue,
+                    rx_queue: h.recv_queue,
+                    inode: u64::from(h.inode),
+                    cookie: Some(u64::from_ne_bytes(h.socket_id.cookie)),
+                    activity: info.and_then(parse_tcp_info),
+                });
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(e) => {
+                return Err(SocketError::Diag(format!("netlink error: {e:?}")));
+            }
+            _ => {}
+        }
+        if len == 0 {
+            break;
+        }
+        offset += len;
+    }
+    Ok(false)
 }
 
 /// Reads the fields the drain needs from a raw `struct tcp_info` (`include/uapi/linux/tcp.h`):

@@ -44,7 +44,9 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
         32 => {
             let mut b = [0u8; 16];
             for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(&ip[i * 8..i * 8 + 8])?.to_ne_bytes());
+                // `get`: a non-ASCII field of 32 bytes may not split on character boundaries.
+                let w = word(ip.get(i * 8..i * 8 + 8)?)?;
+                b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
             }
             IpAddr::V6(Ipv6Addr::from(b))
         }
