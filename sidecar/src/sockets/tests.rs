@@ -291,3 +291,16 @@ fn live_sock_diag_sees_busy_then_idle() {
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(counts(snapshot_blocking().unwrap()).busy, 1);
 }
+
+/// Regression (found by the property tests in tests/parsers_prop.rs): an address field of 32
+/// bytes with a multi-byte character across a word boundary was sliced mid-character (panic).
+#[test]
+fn a_non_ascii_ipv6_address_field_is_skipped() {
+    let ip = format!("0000000é{}", "0".repeat(23));
+    assert_eq!(ip.len(), 32);
+    let table = format!(
+        "header\n   0: {ip}:0050 {}:0000 01 00000000:00000000 00:00000000 00000000 0 0 1 1\n",
+        "0".repeat(32)
+    );
+    assert_eq!(parse_table(&table), Vec::new());
+}
