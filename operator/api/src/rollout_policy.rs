@@ -50,6 +50,13 @@ pub mod messages {
     /// `failOpenAfterSeconds` is not longer than `minHealthySeconds`.
     pub const FAIL_OPEN_AFTER_MIN_HEALTHY: &str =
         "readiness.failOpenAfterSeconds must be greater than readiness.minHealthySeconds";
+    /// The quiet period is not shorter than the drain timeout, which bounds it (the sidecar
+    /// refuses such a drain configuration).
+    pub const QUIET_PERIOD_WITHIN_TIMEOUT: &str =
+        "drain.quietPeriodMillis must be shorter than drain.timeoutSeconds, which bounds it";
+    /// A quiet period shorter than one observation of the sidecar (it refuses it).
+    pub const QUIET_PERIOD_MIN: &str =
+        "drain.quietPeriodMillis must be 0 or at least 100: the sidecar looks for new connections every 100 ms";
 }
 
 /// The CEL rules of `spec.steps`.
@@ -180,6 +187,10 @@ pub struct RolloutPolicySpec {
 
     /// How an old pod is drained before the kubelet stops it.
     #[serde(default)]
+    #[x_kube(
+        validation = Rule::new("self.quietPeriodMillis < self.timeoutSeconds * 1000").message(messages::QUIET_PERIOD_WITHIN_TIMEOUT),
+        validation = Rule::new("self.quietPeriodMillis == 0 || self.quietPeriodMillis >= 100").message(messages::QUIET_PERIOD_MIN),
+    )]
     pub drain: DrainSpec,
 
     /// What counts as a failed rollout and what to do about it.

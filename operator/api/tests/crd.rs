@@ -105,13 +105,15 @@ fn every_cel_message_is_in_the_schema() {
         messages::ADMIT_PERCENTS_ORDER,
         messages::LAST_STEP_FULL,
         messages::FAIL_OPEN_AFTER_MIN_HEALTHY,
+        messages::QUIET_PERIOD_WITHIN_TIMEOUT,
+        messages::QUIET_PERIOD_MIN,
     ] {
         assert!(
             found.iter().any(|(_, m)| m == message),
             "no rule with message {message:?}"
         );
     }
-    assert_eq!(found.len(), 10, "{found:#?}");
+    assert_eq!(found.len(), 12, "{found:#?}");
     for (rule, message) in &found {
         assert!(
             !message.is_empty() && !message.contains('\n'),
