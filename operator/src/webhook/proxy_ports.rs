@@ -19,6 +19,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// ephemeral range.
 pub const FIRST_PROXY_PORT: i32 = 15001;
 
+/// Name of the sidecar's admin port, never taken over.
+pub const ADMIN_PORT_NAME: &str = "quiesce-admin";
+
 /// One proxied port: the sidecar listens on `listen` under the app's original port `name` and
 /// forwards to the app's `upstream` port on loopback.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +76,19 @@ pub fn take_over_named_ports(spec: &mut PodSpec, reserved: &[i32]) -> Vec<ProxyR
     let mut routes = Vec::new();
     let mut next = FIRST_PROXY_PORT;
     for c in &mut spec.containers {
-        for p in c.ports.iter_mut().flatten() {
+        let Some(ports) = c.ports.as_mut() else {
+            continue;
+        };
+        for i in 0..ports.len() {
+            let p = &ports[i];
             let tcp = p.protocol.as_deref().unwrap_or("TCP") == "TCP";
             let Some(name) = p.name.clone().filter(|n| !n.is_empty()) else {
                 continue;
             };
-            if !tcp || routes.iter().any(|r: &ProxyRoute| r.name == name) {
+            // The sidecar's own admin port has this name: a second one would make the pod
+            // invalid (port names are unique in a container).
+            if !tcp || name == ADMIN_PORT_NAME || routes.iter().any(|r: &ProxyRoute| r.name == name)
+            {
                 continue;
             }
             while used.contains(&next) {
@@ -90,7 +100,11 @@ pub fn take_over_named_ports(spec: &mut PodSpec, reserved: &[i32]) -> Vec<ProxyR
                 listen: next,
                 upstream: p.container_port,
             });
-            p.name = Some(renamed(p.container_port));
+            // Port names are unique in a container: a second port of the same number (or a
+            // port already named so) leaves this one unnamed — references become numbers.
+            let new_name = renamed(p.container_port);
+            let taken = ports.iter().any(|q| q.name.as_ref() == Some(&new_name));
+            ports[i].name = (!taken).then_some(new_name);
         }
     }
     if !routes.is_empty() {
@@ -250,6 +264,38 @@ mod tests {
         let before = s.clone();
         assert!(take_over_named_ports(&mut s, &[9901]).is_empty());
         assert_eq!(s, before);
+    }
+
+    /// Found by the property test operator/tests/inject_prop.rs: both would have given a
+    /// container (the app's, or the sidecar's) one port name twice, a pod the apiserver rejects.
+    #[test]
+    fn port_names_stay_unique_in_each_container() {
+        let mut s = PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(vec![
+                    port(Some("http"), 15001, "TCP"),
+                    port(Some("grpc"), 15001, "TCP"),
+                    port(Some(ADMIN_PORT_NAME), 7000, "TCP"),
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let routes = take_over_named_ports(&mut s, &[9901]);
+        let names: Vec<_> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["http", "grpc"],
+            "the admin port's name is the sidecar's"
+        );
+        let names: Vec<_> = s.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.name.as_deref())
+            .collect();
+        assert_eq!(names, vec![Some("qz-15001"), None, Some(ADMIN_PORT_NAME)]);
     }
 
     #[test]
