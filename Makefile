@@ -31,6 +31,7 @@ help:
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
 	@echo "make bench-proxy   proxy overhead on loopback: quiesce vs nginx vs HAProxy (no cluster)"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
+	@echo "make fuzz          the property tests of the parsers, FUZZ_SECONDS (600) per target"
 
 fmt:
 	$(CARGO) fmt --all
@@ -90,3 +91,37 @@ bench-proxy:
 .PHONY: api-docs
 api-docs:
 	$(CARGO) run -q -p quiesce-e2e --bin docgen
+
+# The property tests of every parser of outside input (docs/security.md, "Fuzzing"), for long:
+# each target runs for FUZZ_SECONDS in rounds of FUZZ_CASES cases, every round with a fresh
+# random seed, and stops at the first failure (proptest saves the failing case in the test
+# file's .proptest-regressions). `make unit` runs the same tests with small case counts.
+# One target: `make fuzz FUZZ_TARGETS=quiesce-operator:inject_prop:inject_gives_a_valid_patch_and_a_working_sidecar`.
+FUZZ_SECONDS ?= 600
+FUZZ_CASES ?= 5000
+FUZZ_SIDECAR := proc_tcp_table_round_trips proc_tcp_table_skips_garbage_lines \
+  proc_tcp_table_never_panics proc_tcp_fields_never_panic snmp_passive_opens \
+  sock_diag_reply_round_trips sock_diag_reply_never_panics tcp_info_fields \
+  grpc_health_response_round_trips grpc_health_response_never_panics grpc_health_request_frames \
+  sidecar_config_is_valid_or_a_clear_error
+FUZZ_TARGETS ?= $(addprefix quiesce-sidecar:parsers_prop:,$(FUZZ_SIDECAR)) \
+  quiesce-api:drain_report_prop:condition_message_round_trips \
+  quiesce-api:drain_report_prop:any_message_is_a_report_or_none \
+  quiesce-operator:inject_prop:inject_gives_a_valid_patch_and_a_working_sidecar \
+  quiesce-operator:inject_prop:admission_always_answers_with_an_applicable_patch \
+  quiesce-operator:inject_prop:drain_report_from_any_condition
+.PHONY: fuzz
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  IFS=: read -r pkg bin test <<<"$$t"; \
+	  $(CARGO) test -q -p $$pkg --test $$bin --no-run 2>/dev/null || exit 1; \
+	  start=$$SECONDS; rounds=0; \
+	  while [ $$((SECONDS - start)) -lt $(FUZZ_SECONDS) ]; do \
+	    if ! out=$$(PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test -q -p $$pkg --test $$bin -- --exact $$test 2>&1); then \
+	      echo "$$out"; echo "fuzz: $$test FAILED after $$((rounds * $(FUZZ_CASES))) cases"; exit 1; \
+	    fi; \
+	    grep -q " 1 passed" <<<"$$out" || { echo "fuzz: no test $$bin::$$test"; exit 1; }; \
+	    rounds=$$((rounds + 1)); \
+	  done; \
+	  echo "fuzz: $$test: $$((rounds * $(FUZZ_CASES))) cases in $$((SECONDS - start)) s, no failure"; \
+	done
