@@ -55,8 +55,7 @@ pub mod messages {
     pub const QUIET_PERIOD_WITHIN_TIMEOUT: &str =
         "drain.quietPeriodMillis must be shorter than drain.timeoutSeconds, which bounds it";
     /// A quiet period shorter than one observation of the sidecar (it refuses it).
-    pub const QUIET_PERIOD_MIN: &str =
-        "drain.quietPeriodMillis must be 0 or at least 100: the sidecar looks for new connections every 100 ms";
+    pub const QUIET_PERIOD_MIN: &str = "drain.quietPeriodMillis must be 0 or at least 100: the sidecar looks for new connections every 100 ms";
 }
 
 /// The CEL rules of `spec.steps`.
