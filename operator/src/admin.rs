@@ -22,6 +22,8 @@ pub struct AdminState {
     pub certs: Arc<CertStore>,
     /// Set once the webhook's caches are synced.
     pub caches_synced: Arc<AtomicBool>,
+    /// Set when the replica is stopping (its webhook drains).
+    pub draining: Arc<AtomicBool>,
 }
 
 /// The admin routes.
@@ -34,6 +36,9 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n".to_owned());
+    }
     match (s.certs.ready(), s.caches_synced.load(Ordering::Relaxed)) {
         (true, true) => (StatusCode::OK, "ok\n".to_owned()),
         (cert, caches) => (
@@ -66,6 +71,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             certs: Arc::new(CertStore::default()),
             caches_synced: Arc::new(AtomicBool::new(true)),
+            draining: Arc::new(AtomicBool::new(false)),
         };
         let get = |path: &'static str| {
             let app = router(state.clone());
@@ -79,5 +85,23 @@ mod tests {
         assert_eq!(get("/livez").await, StatusCode::OK);
         assert_eq!(get("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get("/metrics").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_replica_is_not_ready() {
+        let certs = Arc::new(CertStore::default());
+        let state = AdminState {
+            metrics: Arc::new(Metrics::default()),
+            certs,
+            caches_synced: Arc::new(AtomicBool::new(true)),
+            draining: Arc::new(AtomicBool::new(true)),
+        };
+        let res = router(state)
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"stopping\n");
     }
 }

@@ -227,17 +227,22 @@ async fn main() -> anyhow::Result<()> {
         recorder: Some(recorder.clone()),
     });
     let webhook_addr = SocketAddr::from(([0, 0, 0, 0], args.webhook_port));
-    tokio::spawn(webhook::serve(
+    // Stopping, the webhook drains (serves until the apiserver stops calling) while the
+    // controller stops and the Lease is released; the process ends once both are done.
+    let draining = Arc::new(AtomicBool::new(false));
+    let webhook_server = tokio::spawn(webhook::serve(
         webhook_addr,
         webhook_app,
         cert_store.clone(),
         stopped(stop_rx.clone()),
+        draining.clone(),
     ));
 
     let admin_app = admin::router(admin::AdminState {
         metrics: metrics.clone(),
         certs: cert_store,
         caches_synced,
+        draining,
     });
     let admin_listener =
         tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], args.admin_port))).await?;
@@ -308,6 +313,9 @@ async fn main() -> anyhow::Result<()> {
     election.abort();
     let _ = election.await;
     leader::release(client, &lease).await;
+    if let Err(e) = webhook_server.await {
+        tracing::warn!(error = %e, "webhook server task failed");
+    }
     Ok(())
 }
 

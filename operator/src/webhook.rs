@@ -13,7 +13,6 @@
 //! controller reports pods that run without the sidecar.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,17 +38,18 @@ use quiesce_api::constants::{
 };
 use quiesce_api::sidecar::env as sidecar_env;
 use quiesce_api::{DrainMode, RolloutPolicy, SidecarEnv, SidecarProbe};
-use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 pub mod fidelity;
 mod proxy_ports;
+mod server;
+
+pub use server::serve;
 
 pub use fidelity::Notice;
 use fidelity::PreStop;
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
-use crate::certs::CertStore;
 use crate::controller::pod_deployment;
 use crate::metrics::Metrics;
 
@@ -598,54 +598,6 @@ fn publish_notices(state: &WebhookState, policy: &RolloutPolicy, notices: &[Noti
             }
         }
     });
-}
-
-/// Serves [`router`] over TLS on `addr` with the certificate in `certs`, until `shutdown`.
-pub async fn serve(
-    addr: SocketAddr,
-    app: Router,
-    certs: Arc<CertStore>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind(addr).await?;
-    info!(%addr, path = MUTATE_PATH, "webhook listening (TLS)");
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => { warn!(error = %err, "accept failed"); continue; }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                debug!(%peer, error = %err, "webhook connection ended with an error");
-            }
-        });
-    }
 }
 
 #[cfg(test)]

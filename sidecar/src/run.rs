@@ -35,7 +35,7 @@ use crate::{
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let admin_accepts = Arc::new(AtomicU64::new(0));
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(cfg.admin_bind, cfg.admin_port))
+    let listener = crate::listen::bind(SocketAddr::new(cfg.admin_bind, cfg.admin_port))
         .await
         .with_context(|| {
             format!(
