@@ -165,18 +165,26 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
                 .map(|p| p.container_port),
         }
     };
-    let readiness = spec
+    let readiness_owner = spec
         .containers
         .iter()
-        .find_map(|c| c.readiness_probe.clone());
+        .position(|c| c.readiness_probe.is_some());
+    let readiness = readiness_owner.and_then(|i| spec.containers[i].readiness_probe.clone());
     // Ports outside 1..=65535 are invalid pods the apiserver rejects after admission.
     let port_u16 = |port: i32| u16::try_from(port).ok().filter(|p| *p != 0);
     let probe_port = |port: &IntOrString| resolve_port(port).and_then(port_u16);
     let app_ports: Vec<u16> = app_ports.into_iter().filter_map(port_u16).collect();
-    // The app containers keep their own readiness probes: the kubelet's verdict on the app
-    // always counts; the sidecar's check is added to it, never a guess in its place.
+    // A readiness probe the sidecar reproduces faithfully moves to the sidecar: the kubelet
+    // keeps probing a terminating pod's readiness, and its probe of the app over the network
+    // would look like new traffic to the drain (a connection every period; with a period at
+    // or under the quiet period, every drain would run into its timeout). The kubelet then
+    // probes the sidecar, which answers from its own check of the app — the same verdict.
+    // A probe the sidecar cannot reproduce (exec, another host) stays on the app.
     let translated =
         fidelity::translate_probe(readiness.as_ref(), probe_port, !app_ports.is_empty());
+    if let (Some(i), Ok(_)) = (readiness_owner, &translated) {
+        spec.containers[i].readiness_probe = None;
+    }
     let probe_note = fidelity::probe_annotation(&translated);
     let probe = translated.unwrap_or_else(|why| {
         notices.push(Notice::normal(

@@ -100,9 +100,8 @@ fn http_get() -> impl Strategy<Value = HTTPGetAction> {
         prop::option::of(prop_oneof![
             Just("/".to_string()),
             Just("/healthz".to_string()),
-            // A path without its leading '/' ("healthz", which the kubelet requests as
-            // "/healthz") is left out: see `a_probe_path_without_a_slash_starts_the_sidecar`.
-            "/[a-z?=&%]{0,12}",
+            // With or without the leading '/' ("healthz" is requested as "/healthz").
+            "/?[a-z?=&%]{0,12}",
         ]),
         prop::sample::select(vec![None, Some("HTTP"), Some("HTTPS")]),
         prop::option::of(prop::collection::vec(
@@ -958,13 +957,11 @@ fn an_app_port_named_like_the_admin_port_is_not_taken_over() {
     big_stack(move || check(&pod, &proxy_policy(), true).unwrap());
 }
 
-/// Known bug, found by `inject_gives_a_valid_patch_and_a_working_sidecar`: the kubelet requests
-/// an httpGet path without its leading '/' (`healthz`) as `/healthz`, but the webhook hands
-/// `healthz` to the sidecar, which refuses it (`--probe-path must start with '/'`) and does not
-/// start — the pod never starts. The fix belongs to the probe translation being reworked in
-/// operator/src/webhook.rs; un-ignore this test with it.
+/// Regression (found by `inject_gives_a_valid_patch_and_a_working_sidecar`): the kubelet
+/// requests an httpGet path without its leading '/' (`healthz`) as `/healthz`, but the webhook
+/// handed `healthz` to the sidecar, which refused it (`--probe-path must start with '/'`) and
+/// did not start — the pod never started.
 #[test]
-#[ignore = "known bug: probe path without a leading '/' (probe translation rework)"]
 fn a_probe_path_without_a_slash_starts_the_sidecar() {
     let pod = pod_with(json!([{"name": "app", "image": "demo",
         "ports": [{"containerPort": 80}],

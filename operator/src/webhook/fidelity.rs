@@ -147,11 +147,12 @@ pub fn translate_probe(
         }
         return Ok(SidecarProbe::Http {
             port: port(&get.port)?,
-            path: get
-                .path
-                .clone()
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "/".into()),
+            // The kubelet requests "healthz" as "/healthz".
+            path: match get.path.as_deref() {
+                None | Some("") => "/".into(),
+                Some(p) if p.starts_with('/') => p.into(),
+                Some(p) => format!("/{p}"),
+            },
             https,
             headers,
         });

@@ -153,14 +153,8 @@ fn proxy_mode_takes_over_the_named_port_and_says_so() {
         app.ports.as_ref().unwrap()[0].name.as_deref(),
         Some("qz-8080")
     );
-    let probe = app
-        .readiness_probe
-        .as_ref()
-        .unwrap()
-        .http_get
-        .as_ref()
-        .unwrap();
-    assert_eq!(probe.port, IntOrString::Int(8080));
+    // The app's readiness probe moved to the sidecar (the kubelet probes the sidecar).
+    assert!(app.readiness_probe.is_none());
     assert_eq!(
         p.annotations()
             .get(annotations::DRAIN_MODE)
@@ -756,5 +750,20 @@ async fn the_oldest_policy_injects_when_two_target_one_deployment() {
             .unwrap()
             .name_any(),
         "first"
+    );
+}
+
+#[test]
+fn a_readiness_probe_the_sidecar_reproduces_moves_to_it() {
+    // The kubelet keeps probing readiness while a pod terminates: left on the app, an HTTP
+    // probe every second is a new connection every second to the drain's eyes.
+    let (p, _) = injected(&pod(), &policy("web", "web"));
+    let spec = p.spec.as_ref().unwrap();
+    assert!(spec.containers[0].readiness_probe.is_none());
+    let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(env(sidecar, "QUIESCE_PROBE_PORT").as_deref(), Some("8080"));
+    assert!(
+        sidecar.readiness_probe.is_some(),
+        "the kubelet probes the sidecar"
     );
 }
