@@ -100,16 +100,19 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
 
         // Every old pod's drain report reached the API (the one drained during the outage
         // included): the operator counted each.
-        let drains = eventually(
-            "every old pod's drain report counted",
-            Duration::from_secs(60),
-            || async {
-                let st = chart::policy_status(&client, &ns, APP).await?;
-                let d = st.drains.unwrap_or_default();
-                Ok((d.completed + d.forced >= i64::from(REPLICAS)).then_some(d))
-            },
-        )
-        .await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let drains = loop {
+            let st = chart::policy_status(&client, &ns, APP).await?;
+            let d = st.drains.clone().unwrap_or_default();
+            if d.completed + d.forced >= i64::from(REPLICAS) {
+                break d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every old pod's drain report counted: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
         println!("drains: {drains:?}");
         // Only a drain that spanned the outage may be forced (it could not see its endpoints
         // go); the others quiet down as soon as traffic stops — the kubelet's readiness probes

@@ -149,6 +149,10 @@ async fn listening_app_ports(ports: &[u16]) -> Option<usize> {
         .map(|s| s.counts(ports).listening_ports)
 }
 
+/// Longest wait for a pending drain report before exiting; the pod's grace period (the
+/// kubelet's SIGKILL) is the real bound.
+const REPORT_FLUSH_BOUND: Duration = Duration::from_secs(600);
+
 async fn shutdown(cfg: &Config, drainer: &Drainer, proxy: Option<&ProxyHandle>) {
     // A native sidecar gets SIGTERM after the app exited: nothing left to drain then.
     let app_up = listening_app_ports(&cfg.app_ports).await.unwrap_or(1) > 0;
@@ -163,8 +167,9 @@ async fn shutdown(cfg: &Config, drainer: &Drainer, proxy: Option<&ProxyHandle>) 
         match listening_app_ports(&cfg.app_ports).await {
             Some(0) => {
                 // A report the apiserver has not taken yet (it was unreachable) is worth
-                // staying for: the kubelet's grace period bounds the wait.
-                if !drainer.flush_report(cfg.drain.exit_timeout).await {
+                // staying for: the kubelet's grace period ends the wait, not a bound of ours
+                // (30 s here lost the report of a drain made early in a 30 s outage).
+                if !drainer.flush_report(REPORT_FLUSH_BOUND).await {
                     tracing::warn!("drain report still not written; exiting without it");
                 }
                 tracing::info!("app ports closed; exiting");
