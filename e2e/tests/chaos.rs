@@ -79,6 +79,13 @@ async fn settled_on(
     .await
 }
 
+/// Waits up to `secs` for the policy to report the rollout Completed.
+async fn completed(client: &kube::Client, ns: &str, secs: u64) -> anyhow::Result<()> {
+    let done = Duration::from_secs(secs);
+    chart::wait_phase(client, ns, APP, quiesce_api::Phase::Completed, done).await?;
+    Ok(())
+}
+
 fn pod_version(p: &Pod) -> Option<String> {
     p.spec
         .as_ref()?
@@ -130,14 +137,7 @@ async fn leader_operator_sigkilled_mid_rollout() {
             leader.metadata.name.unwrap_or_default()
         );
         settled_on(&client, &ns, "v2", REPLICAS as usize).await?;
-        chart::wait_phase(
-            &client,
-            &ns,
-            APP,
-            quiesce_api::Phase::Completed,
-            Duration::from_secs(120),
-        )
-        .await?;
+        completed(&client, &ns, 120).await?;
         no_request_failed(load, "v2").await
     })
     .await;
@@ -222,14 +222,7 @@ async fn operator_scaled_to_zero_mid_rollout_fails_open_then_resumes() {
         scale_operator(&client, 2).await?;
         chart::wait_ready(&client).await?;
         // The operator, back, takes over and reports the rollout done.
-        chart::wait_phase(
-            &client,
-            &ns,
-            APP,
-            quiesce_api::Phase::Completed,
-            Duration::from_secs(120),
-        )
-        .await?;
+        completed(&client, &ns, 120).await?;
         no_request_failed(load, "v2").await
     }))
     .catch_unwind()
@@ -255,14 +248,7 @@ async fn second_template_change_mid_rollout() {
         apply_yaml(&client, &ns, &demo_app(APP, REPLICAS, "v3", &[])).await?;
         println!("v3 applied while v2 paused");
         settled_on(&client, &ns, "v3", REPLICAS as usize).await?;
-        chart::wait_phase(
-            &client,
-            &ns,
-            APP,
-            quiesce_api::Phase::Completed,
-            Duration::from_secs(180),
-        )
-        .await?;
+        completed(&client, &ns, 180).await?;
         no_request_failed(load, "v3").await
     })
     .await;
@@ -317,14 +303,7 @@ async fn deployment_scaled_mid_rollout() {
         .await?;
         println!("scaled to 5 while paused");
         settled_on(&client, &ns, "v2", 5).await?;
-        chart::wait_phase(
-            &client,
-            &ns,
-            APP,
-            quiesce_api::Phase::Completed,
-            Duration::from_secs(180),
-        )
-        .await?;
+        completed(&client, &ns, 180).await?;
         no_request_failed(load, "v2").await
     })
     .await;

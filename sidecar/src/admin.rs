@@ -82,14 +82,7 @@ impl Authorizer {
 
 /// Standalone mode's rule: loopback callers only (IPv4-mapped loopback included).
 pub fn loopback_only(peer: SocketAddr) -> Result<(), Refusal> {
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(peer.ip()),
-        ip => ip,
-    };
-    if ip.is_loopback() {
+    if serve::canonical(peer.ip()).is_loopback() {
         Ok(())
     } else {
         Err(Refusal::NotLoopback(peer))

@@ -136,7 +136,7 @@ async fn serve_one(
 }
 
 /// An IPv4-mapped IPv6 address counts as the IPv4 address (dual-stack listeners).
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(super) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         ip => ip,
