@@ -70,6 +70,52 @@ where
     }
 }
 
+/// A token of service account `sa` from the TokenRequest API: bound to `pod` (the token the
+/// kubelet mounts, whose claims name the pod) or, with `None`, unbound (what
+/// `kubectl create token` or a legacy token Secret gives).
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    sa: &str,
+    pod: Option<&Pod>,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            bound_object_ref: pod.map(|pod| BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..TokenRequest::default()
+    };
+    Ok(
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace)
+            .create_token_request(sa, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("token of {namespace}/{sa}"))?
+            .status
+            .context("token request without status")?
+            .token,
+    )
+}
+
+/// A client of the same cluster that authenticates with `token` only.
+pub async fn client_with_token(token: String) -> Result<Client> {
+    let mut config = kube::Config::infer().await?;
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
+    Ok(Client::try_from(config)?)
+}
+
 fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     (RandomState::new().hash_one(std::time::SystemTime::now()) & 0x00ff_ffff) as u32

@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::AuthInfo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
@@ -256,31 +254,8 @@ async fn client_as_pod(client: &Client, ns: &str, pod: &Pod) -> Result<Client> {
         .as_ref()
         .and_then(|s| s.service_account_name.clone())
         .context("pod SA")?;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod.name_any()),
-                uid: pod.metadata.uid.clone(),
-            }),
-            expiration_seconds: Some(600),
-        },
-        ..TokenRequest::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(&sa, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("token")?
-        .token;
-    let mut config = kube::Config::infer().await?;
-    config.auth_info = AuthInfo {
-        token: Some(token.into()),
-        ..AuthInfo::default()
-    };
-    Ok(Client::try_from(config)?)
+    let token = harness::service_account_token(client, ns, &sa, Some(pod)).await?;
+    harness::client_with_token(token).await
 }
 
 fn condition_patch(type_: &str) -> Patch<serde_json::Value> {

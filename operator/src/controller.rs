@@ -18,7 +18,6 @@ use std::time::Duration;
 use futures::{Future, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
@@ -76,17 +75,11 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Cache of Services (metadata and spec): which ports the drain proxy can take over.
     pub services: Store<Service>,
-    /// ClusterRole bound to the pods' service account in each namespace with a policy, so the
-    /// injected sidecar may report its drain (`None`: the chart binds it).
-    pub sidecar_cluster_role: Option<String>,
     /// Current time.
     pub clock: Clock,
     /// Drain reports recorded by the pod watch (see [`pod_event`]).
     pub drain_inbox: Arc<DrainInbox>,
     memory: Mutex<Memory>,
-    /// Owner of the sidecar RoleBindings (the sidecar ClusterRole): uninstalling the chart
-    /// deletes the ClusterRole, and the garbage collector the bindings in every namespace.
-    sidecar_binding_owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
     /// `true` once every cache is synced. One task waits on the stores and flips this:
     /// `Store::wait_until_ready` wakes only one of several concurrent waiters (its oneshot keeps
     /// the last waker), so reconciles must not call it themselves.
@@ -117,8 +110,6 @@ struct PolicyMemory {
     /// operator holds (a gate found `True` on one was opened by someone else, see
     /// [`plan::foreign_opened`]).
     held: HashMap<String, Timestamp>,
-    /// (namespace, service account, Deployment UID) whose sidecar RoleBinding was applied.
-    bindings: HashSet<(String, String, String)>,
 }
 
 impl Memory {
@@ -146,7 +137,6 @@ impl Context {
         replicasets: Store<PartialObjectMeta<ReplicaSet>>,
         pods: Store<Pod>,
         services: Store<Service>,
-        sidecar_cluster_role: Option<String>,
         clock: Clock,
     ) -> Self {
         Self {
@@ -158,11 +148,9 @@ impl Context {
             replicasets,
             pods,
             services,
-            sidecar_cluster_role,
             clock,
             drain_inbox: Arc::default(),
             memory: Mutex::default(),
-            sidecar_binding_owner: None,
             ready: tokio::sync::watch::channel(true).1,
             retrigger: None,
         }
@@ -171,15 +159,6 @@ impl Context {
     /// Reconciles wait until `ready` is `true` (the caches are synced).
     pub fn with_readiness(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
         self.ready = ready;
-        self
-    }
-
-    /// Sets the owner of the sidecar RoleBindings.
-    pub fn with_binding_owner(
-        mut self,
-        owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-    ) -> Self {
-        self.sidecar_binding_owner = owner;
         self
     }
 
@@ -207,10 +186,11 @@ pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    sidecar_cluster_role: Option<String>,
-    binding_owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    bindings: Option<SidecarBindings>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    // Woken on every change of the caches the sidecar bindings are computed from.
+    let changed = Arc::new(tokio::sync::Notify::new());
     let (deployments, deploy_writer) = reflector::store::<Deployment>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -258,9 +238,11 @@ pub async fn run(
         recorder.clone(),
         undecodable_rx,
     ));
+    let policy_changed = changed.clone();
     let policy_stream = policy_events(client.clone(), Some(undecodable_tx))
         .default_backoff()
         .reflect(policy_writer)
+        .inspect(move |_| policy_changed.notify_one())
         .applied_objects();
     let controller = Controller::for_stream(policy_stream, policies.clone())
         .with_config(ControllerConfig::default().concurrency(8));
@@ -275,17 +257,19 @@ pub async fn run(
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     {
         // The single waiter on the stores (see `Context::ready`).
-        let (d, r, p, s) = (
+        let (d, r, p, s, pol) = (
             deployments.clone(),
             replicasets.clone(),
             pods.clone(),
             services.clone(),
+            policies.clone(),
         );
         tokio::spawn(async move {
             if d.wait_until_ready().await.is_ok()
                 && r.wait_until_ready().await.is_ok()
                 && p.wait_until_ready().await.is_ok()
                 && s.wait_until_ready().await.is_ok()
+                && pol.wait_until_ready().await.is_ok()
             {
                 let _ = ready_tx.send(true);
             }
@@ -301,17 +285,33 @@ pub async fn run(
             replicasets,
             pods,
             services,
-            sidecar_cluster_role,
             system_clock(),
         )
         .with_retrigger(retrigger)
-        .with_readiness(ready_rx)
-        .with_binding_owner(binding_owner),
+        .with_readiness(ready_rx.clone()),
     );
+    let binder = bindings.map(|settings| {
+        tokio::spawn(
+            crate::bindings::Bindings {
+                client: ctx.client.clone(),
+                role: settings.role,
+                owner: settings.owner,
+                scope: settings.scope,
+                policies: ctx.policies.clone(),
+                deployments: ctx.deployments.clone(),
+                pods: ctx.pods.clone(),
+                changed: changed.clone(),
+                synced: ready_rx,
+            }
+            .run(),
+        )
+    });
     let (inbox, clock) = (ctx.drain_inbox.clone(), ctx.clock.clone());
+    let (deploy_changed, pod_changed) = (changed.clone(), changed);
     controller
         .reconcile_on(retriggered)
         .watches_stream(deploy_stream, move |d: Deployment| {
+            deploy_changed.notify_one();
             policies_for(&p1, &d.namespace().unwrap_or_default(), &d.name_any())
         })
         .watches_stream(
@@ -322,6 +322,7 @@ pub async fn run(
             },
         )
         .watches_stream(pod_stream, move |pod: Pod| {
+            pod_changed.notify_one();
             pod_event(&pod, &p3, &rs_for_pods, &inbox, clock())
         })
         .watches_stream(svc_stream, move |svc: Service| service_event(&svc, &p4))
@@ -334,6 +335,20 @@ pub async fn run(
             }
         })
         .await;
+    // Leadership ends: the bindings are the next leader's to keep.
+    if let Some(binder) = binder {
+        binder.abort();
+    }
+}
+
+/// How the leader keeps the sidecar's RoleBindings (see [`crate::bindings`]).
+pub struct SidecarBindings {
+    /// The sidecar ClusterRole.
+    pub role: String,
+    /// Owner of the bindings (the ClusterRole).
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    /// Where the webhook injects.
+    pub scope: crate::bindings::Scope,
 }
 
 /// Policies in `namespace` that target the Deployment `name`.
@@ -485,7 +500,6 @@ impl Context {
         // The status goes first: whoever reads the status after the pods never sees more pods
         // admitted than the recorded step allows. A failed gate write is redone next time.
         let written = async {
-            self.ensure_sidecar_binding(policy, &observed).await?;
             if !deleting && plan.status != observed.policy.status {
                 self.patch_status(policy, &plan).await?;
             }
@@ -920,62 +934,6 @@ impl Context {
         self.memory()
             .policy(&policy.uid().unwrap_or_default())
             .status = Some(plan.status.clone());
-        Ok(())
-    }
-
-    /// Binds the sidecar's ClusterRole to the service account of the target's pods in the
-    /// policy's namespace (once per namespace and service account).
-    async fn ensure_sidecar_binding(&self, policy: &RolloutPolicy, o: &Observed) -> Result<()> {
-        let ns = &policy.namespace().unwrap_or_default();
-        let policy_uid = policy.uid().unwrap_or_default();
-        let Some(role) = &self.sidecar_cluster_role else {
-            return Ok(());
-        };
-        let TargetState::Found(target) = &o.target else {
-            return Ok(());
-        };
-        let deployment = self
-            .deployments
-            .get(&ObjectRef::new(&target.name).within(ns));
-        let sa = deployment
-            .as_ref()
-            .and_then(|d| {
-                d.spec
-                    .as_ref()?
-                    .template
-                    .spec
-                    .as_ref()?
-                    .service_account_name
-                    .clone()
-            })
-            .unwrap_or_else(|| "default".to_owned());
-        // Keyed by the Deployment's UID too: a namespace deleted and created again under the
-        // same name has a new Deployment and needs its binding again.
-        let deployment_uid = deployment
-            .and_then(|d| d.metadata.uid.clone())
-            .unwrap_or_default();
-        let key = (ns.to_owned(), sa.clone(), deployment_uid);
-        if self.memory().policy(&policy_uid).bindings.contains(&key) {
-            return Ok(());
-        }
-        let name = format!("{role}-{sa}");
-        let mut binding: RoleBinding = serde_json::from_value(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name, "namespace": ns,
-                "labels": {quiesce_api::constants::labels::MANAGED_BY: quiesce_api::constants::labels::MANAGED_BY_VALUE}},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
-        }))?;
-        binding.metadata.owner_references = self.sidecar_binding_owner.clone().map(|o| vec![o]);
-        Api::<RoleBinding>::namespaced(self.client.clone(), ns)
-            .patch(
-                &name,
-                &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
-                &Patch::Apply(&binding),
-            )
-            .await?;
-        self.memory().policy(&policy_uid).bindings.insert(key);
         Ok(())
     }
 }

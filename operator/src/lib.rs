@@ -4,6 +4,7 @@
 //! - [`plan`]: the pure decisions (`plan(observed, now) -> Plan`).
 //! - [`controller`]: the I/O shell around it (watches, pod and status patches, Events).
 //! - [`webhook`]: the mutating admission webhook that injects the sidecar.
+//! - [`bindings`]: the sidecar's RoleBindings, exactly where a sidecar runs.
 //! - [`certs`]: the webhook's self-managed CA and serving certificate.
 //! - [`leader`]: Lease-based leader election (only the leader reconciles).
 //! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
@@ -15,6 +16,7 @@ pub mod plan;
 
 pub use error::{Error, Result};
 pub mod admin;
+pub mod bindings;
 pub mod certs;
 pub mod leader;
 pub mod webhook;

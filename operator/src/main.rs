@@ -111,6 +111,15 @@ struct Args {
         default_value = "quiesce-sidecar"
     )]
     sidecar_cluster_role: String,
+    /// Namespaces the webhook never injects (comma-separated; besides those labelled
+    /// `quiesce.dev/inject=disabled`): the sidecar role is never bound there.
+    #[arg(
+        long,
+        env = "QUIESCE_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    excluded_namespaces: Vec<String>,
     /// The operator's own Deployment: owner of the Secret and Lease it creates.
     #[arg(
         long,
@@ -269,7 +278,21 @@ async fn main() -> anyhow::Result<()> {
         owner: deployment_owner,
     };
     let (mut leading, election) = leader::spawn(client.clone(), lease.clone());
-    let role = (!args.sidecar_cluster_role.is_empty()).then(|| args.sidecar_cluster_role.clone());
+    let bindings = |owner| {
+        (!args.sidecar_cluster_role.is_empty()).then(|| controller::SidecarBindings {
+            role: args.sidecar_cluster_role.clone(),
+            owner,
+            scope: quiesce_operator::bindings::Scope {
+                excluded: args
+                    .excluded_namespaces
+                    .iter()
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .chain([args.namespace.clone()])
+                    .collect(),
+            },
+        })
+    };
     let mut stop = stop_rx.clone();
     loop {
         tokio::select! {
@@ -290,8 +313,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             metrics.clone(),
             recorder.clone(),
-            role.clone(),
-            binding_owner.clone(),
+            bindings(binding_owner.clone()),
             shutdown,
         ));
         // A graceful stop waits for running reconciles, but never longer than 5 s: the Lease

@@ -121,13 +121,8 @@ fn pod_of(app: &str, name: &str, hash: &str, gate: Option<&str>) -> Pod {
     .unwrap()
 }
 
-fn context(
-    client: Client,
-    policies: Vec<RolloutPolicy>,
-    pods: Vec<Pod>,
-    role: Option<&str>,
-) -> Context {
-    context_with_services(client, policies, pods, vec![], role)
+fn context(client: Client, policies: Vec<RolloutPolicy>, pods: Vec<Pod>) -> Context {
+    context_with_services(client, policies, pods, vec![])
 }
 
 fn context_with_services(
@@ -135,7 +130,6 @@ fn context_with_services(
     policies: Vec<RolloutPolicy>,
     pods: Vec<Pod>,
     services: Vec<Service>,
-    role: Option<&str>,
 ) -> Context {
     Context::new(
         client.clone(),
@@ -152,7 +146,6 @@ fn context_with_services(
         store(vec![rs("old", "1"), rs("new", "2")]),
         store(pods),
         store(services),
-        role.map(str::to_owned),
         Arc::new(|| Timestamp::from_second(NOW).unwrap()),
     )
 }
@@ -234,7 +227,6 @@ async fn a_new_revision_is_an_event_a_gate_and_one_status_apply() {
         client,
         vec![p.clone()],
         vec![pod("o1", "old", Some("True")), pod("n1", "new", None)],
-        None,
     );
     let verifier = tokio::spawn(async move {
         let status = expect(
@@ -286,7 +278,6 @@ async fn an_unchanged_world_makes_no_call_and_remembers_its_writes() {
         client,
         vec![p.clone()],
         vec![pod("n0", "new", Some("True"))],
-        None,
     );
     // The first pass writes the status (conditions are new); the cache still has the old one.
     let verifier = tokio::spawn(async move {
@@ -318,7 +309,6 @@ async fn abort_clears_the_annotation_and_restores_the_stable_template() {
         client,
         vec![p.clone()],
         vec![pod("o1", "old", Some("True"))],
-        None,
     );
     let verifier = tokio::spawn(async move {
         let status = expect(
@@ -413,7 +403,6 @@ async fn deletion_admits_held_pods_then_drops_the_finalizer() {
         client,
         vec![p.clone()],
         vec![pod("n1", "new", Some("False"))],
-        None,
     ));
     let verifier = tokio::spawn(async move {
         let gate = expect(
@@ -441,36 +430,6 @@ async fn deletion_admits_held_pods_then_drops_the_finalizer() {
         no_more_calls(&mut handle).await;
     });
     reconcile(Arc::new(p), ctx).await.unwrap();
-    verifier.await.unwrap();
-}
-
-#[tokio::test]
-async fn the_sidecar_role_is_bound_once_per_namespace() {
-    let (client, mut handle) = mock();
-    let p = policy(settled_on_new());
-    let ctx = context(client, vec![p.clone()], vec![], Some("quiesce-sidecar"));
-    let verifier = tokio::spawn(async move {
-        let rb = expect(
-            &mut handle,
-            Method::PATCH,
-            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/quiesce-sidecar-default?",
-            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "quiesce-sidecar-default", "namespace": "shop"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "quiesce-sidecar"}}),
-        )
-        .await;
-        assert_eq!(rb["subjects"][0]["name"], "default");
-        expect(
-            &mut handle,
-            Method::PATCH,
-            "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status",
-            json!(p_reply()),
-        )
-        .await;
-        no_more_calls(&mut handle).await;
-    });
-    ctx.apply(&p, false).await.unwrap();
-    ctx.apply(&p, false).await.unwrap();
     verifier.await.unwrap();
 }
 
@@ -517,7 +476,7 @@ async fn a_drain_seen_only_by_the_pod_watch_is_counted_once() {
     let (client, mut handle) = mock();
     let p = policy(settled_on_new());
     // The pod reported its drain and was deleted before the reconcile: never in the cache.
-    let ctx = context(client, vec![p.clone()], vec![], None);
+    let ctx = context(client, vec![p.clone()], vec![]);
     let gone = drained(
         pod("o1", "old", Some("True")),
         reasons::DRAINED,
@@ -568,7 +527,7 @@ async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
         reasons::DRAIN_TIMED_OUT,
         &report_message(30_020, true),
     );
-    let ctx = context(client, vec![p.clone()], vec![report.clone()], None);
+    let ctx = context(client, vec![p.clone()], vec![report.clone()]);
     pod_event(
         &report,
         &ctx.policies,
@@ -730,7 +689,6 @@ async fn a_service_with_a_numeric_target_port_is_reported_on_a_proxy_policy() {
             service("web", json!("http")),
             service("web-direct", json!(8080)),
         ],
-        None,
     );
     let verifier = tokio::spawn(async move {
         let status = expect(
@@ -846,7 +804,7 @@ async fn a_crash_looping_sidecar_shows_in_the_policy_status() {
             "state": {"waiting": {"reason": "CrashLoopBackOff"}},
             "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "boom"}}}),
     );
-    let ctx = context(client, vec![p.clone()], vec![crashing], None);
+    let ctx = context(client, vec![p.clone()], vec![crashing]);
     let verifier = tokio::spawn(async move {
         let status = expect(
             &mut handle,
@@ -891,7 +849,7 @@ async fn a_crash_looping_sidecar_shows_in_the_policy_status() {
 async fn a_drain_whose_status_write_failed_is_counted_next_time() {
     let (client, mut handle) = mock();
     let p = policy(settled_on_new());
-    let ctx = context(client, vec![p.clone()], vec![], None);
+    let ctx = context(client, vec![p.clone()], vec![]);
     let gone = drained(
         pod("o1", "old", Some("True")),
         reasons::DRAINED,
@@ -974,7 +932,6 @@ fn two_policy_context(
         ]),
         store(web_pods.into_iter().chain(api_pods).collect()),
         store(vec![]),
-        None,
         Arc::new(|| Timestamp::from_second(NOW).unwrap()),
     )
 }
@@ -1147,7 +1104,7 @@ async fn a_gate_the_app_opened_on_a_held_pod_is_reset_and_reported() {
         pod("n1", "new", None),
         pod("n2", "new", None),
     ]);
-    let mut ctx = context(client, vec![p.clone()], vec![], None);
+    let mut ctx = context(client, vec![p.clone()], vec![]);
     ctx.pods = pods;
     let ctx = Arc::new(ctx);
     // First pass: one new pod admitted (replicas 1), the other held.
