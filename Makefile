@@ -30,6 +30,7 @@ help:
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
 	@echo "make bench-proxy   proxy overhead on loopback: quiesce vs nginx vs HAProxy (no cluster)"
+	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs slimmed"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
 	@echo "make fuzz          the property tests of the parsers, FUZZ_SECONDS (600) per target"
 
@@ -86,6 +87,12 @@ bench-proxy:
 	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu \
 	  --bin quiesce-sidecar --bin demo-app --bin proxybench >&2
 	@$(BENCH_TARGET_DIR)/x86_64-unknown-linux-gnu/release/proxybench $(ARGS)
+
+# The "Operator cache footprint" table of docs/benchmarks.md: heap bytes of the leader's pod and
+# Deployment caches, full objects against the slimmed ones it keeps (no cluster).
+.PHONY: bench-cache
+bench-cache:
+	@$(CARGO) run --release --locked -p quiesce-operator --example cache_footprint
 
 # docs/api.md from the CRD (a unit test of the e2e crate fails when it drifts).
 .PHONY: api-docs

@@ -44,6 +44,7 @@ use crate::plan::{
 
 mod drains;
 mod policies;
+pub mod slim;
 #[cfg(test)]
 mod tests;
 
@@ -200,6 +201,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(slim::slim_deployment)
     .reflect(deploy_writer)
     .touched_objects();
     let rs_stream = watcher(
@@ -214,6 +216,7 @@ pub async fn run(
         watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
     )
     .default_backoff()
+    .modify(slim::slim_pod)
     .reflect(pod_writer)
     .touched_objects();
     let svc_stream = watcher(
