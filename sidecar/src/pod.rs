@@ -4,10 +4,17 @@
 //! API failures never block or fail a drain. Whether the pod is terminating comes from a watch
 //! of the pod kept from start: a drain call is answered from memory (no API round-trip an
 //! outsider could multiply), and a deletion seen before the apiserver became unreachable still
-//! authorizes the kubelet's preStop call. Reports are retried until the API takes them (the
+//! authorizes the kubelet's preStop call. Only while the watch is not current (an error since
+//! its last event, e.g. backing off after an outage) does one GET back its "no". Reports are retried until the API takes them (the
 //! latest state wins) for as long as the sidecar runs.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -36,6 +43,9 @@ pub struct OwnPod {
     pod: PodIdentity,
     metrics: Arc<Metrics>,
     terminating: watch::Receiver<bool>,
+    /// Whether the watch is current: its last event was not an error (see
+    /// [`OwnPod::is_terminating`]).
+    watch_current: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for OwnPod {
@@ -48,24 +58,50 @@ impl OwnPod {
     /// Handle on `pod` through `client`; starts watching the pod.
     pub fn new(client: Client, pod: PodIdentity, metrics: Arc<Metrics>) -> Self {
         let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
-        let terminating = watch_terminating(api.clone(), &pod.name, metrics.clone());
+        let watch_current = Arc::new(AtomicBool::new(false));
+        let terminating = watch_terminating(
+            api.clone(),
+            &pod.name,
+            metrics.clone(),
+            watch_current.clone(),
+        );
         Self {
             api,
             pod,
             metrics,
             terminating,
+            watch_current,
         }
     }
 
     /// Whether the pod is terminating (has a deletionTimestamp), waiting up to `bound` for
     /// the watch to say so: the kubelet calls the preStop hook right after it learned of the
-    /// deletion from the same apiserver, so the watch is at most a moment behind.
+    /// deletion from the same apiserver, so the watch is at most a moment behind. When the
+    /// watch is not current (not listed yet, or failing since its last error — right after an
+    /// apiserver outage it backs off before it reconnects), one GET of the pod decides: a
+    /// current watch's "no" needs no API call, so outsiders cannot multiply them.
     pub async fn is_terminating(&self, bound: Duration) -> bool {
         let mut rx = self.terminating.clone();
-        matches!(
+        if matches!(
             tokio::time::timeout(bound, rx.wait_for(|t| *t)).await,
             Ok(Ok(_))
-        )
+        ) {
+            return true;
+        }
+        if self.watch_current.load(Ordering::Relaxed) {
+            return false;
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, self.api.get(&self.pod.name)).await {
+            Ok(Ok(p)) => p.metadata.deletion_timestamp.is_some(),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => true,
+            _ => {
+                self.metrics
+                    .api_errors
+                    .get_or_create(&vec![("op", "get_pod")])
+                    .inc();
+                false
+            }
+        }
     }
 
     async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), String> {
@@ -110,12 +146,18 @@ pub fn condition_patch(
 
 /// Watches the pod named `name` and publishes whether it is terminating (once true, stays
 /// true: a deletionTimestamp is never removed, and a deleted pod was terminating).
-fn watch_terminating(api: Api<Pod>, name: &str, metrics: Arc<Metrics>) -> watch::Receiver<bool> {
+fn watch_terminating(
+    api: Api<Pod>,
+    name: &str,
+    metrics: Arc<Metrics>,
+    current: Arc<AtomicBool>,
+) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     tokio::spawn(async move {
         let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(ev) = events.next().await {
+            current.store(ev.is_ok(), Ordering::Relaxed);
             match ev {
                 Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
                     if p.metadata.deletion_timestamp.is_some() {
@@ -258,6 +300,86 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::AtomicUsize;
+
+    /// A client of a mock apiserver: the watch's list gets the pod, not being deleted
+    /// (`list_ok`) or a 500; a watch stays pending; a GET of the pod is counted and gets the
+    /// pod being deleted.
+    fn mock_api(list_ok: bool) -> (Client, Arc<AtomicUsize>) {
+        type Body = kube::client::Body;
+        let (service, mut handle) =
+            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let gets = Arc::new(AtomicUsize::new(0));
+        let counted = gets.clone();
+        let pod = |deleting: bool| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "shop", "resourceVersion": "7",
+                    "deletionTimestamp": deleting.then_some("2026-05-01T10:00:00Z")}})
+        };
+        tokio::spawn(async move {
+            let mut watches = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let uri = req.uri().to_string();
+                let reply = |status: u16, body: serde_json::Value| {
+                    http::Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap()
+                };
+                if uri.contains("watch=true") {
+                    watches.push(send);
+                } else if uri.contains("/pods/web-1") {
+                    gets.fetch_add(1, Ordering::SeqCst);
+                    send.send_response(reply(200, pod(true)));
+                } else if list_ok {
+                    let list = json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": "7"}, "items": [pod(false)]});
+                    send.send_response(reply(200, list));
+                } else {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "etcd unavailable", "reason": "InternalError", "code": 500});
+                    send.send_response(reply(500, status));
+                }
+            }
+        });
+        (Client::new(service, "shop"), counted)
+    }
+
+    fn own_pod(client: Client) -> OwnPod {
+        let identity = PodIdentity {
+            name: "web-1".into(),
+            namespace: "shop".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+        };
+        OwnPod::new(client, identity, Arc::new(Metrics::default()))
+    }
+
+    #[tokio::test]
+    async fn a_current_watch_answers_a_running_pods_drain_call_without_an_api_call() {
+        let (client, gets) = mock_api(true);
+        let pod = own_pod(client);
+        // Let the watch list the pod.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !pod.watch_current.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the watch lists the pod");
+        for _ in 0..5 {
+            assert!(!pod.is_terminating(Duration::from_millis(20)).await);
+        }
+        assert_eq!(gets.load(Ordering::SeqCst), 0, "no GET per call");
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_is_not_current_is_backed_by_one_get() {
+        let (client, gets) = mock_api(false);
+        let pod = own_pod(client);
+        assert!(pod.is_terminating(Duration::from_millis(50)).await);
+        assert_eq!(gets.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn condition_patch_shape() {
