@@ -217,8 +217,11 @@ pub struct Bindings {
     pub pods: Store<Pod>,
     /// Woken when one of those caches changed.
     pub changed: Arc<Notify>,
-    /// `true` once those caches are synced (their single waiter is the controller's).
+    /// `true` once the Deployment and pod caches are synced. `Store::wait_until_ready` wakes
+    /// only one of several waiters, and each store has one already (the controller's).
     pub synced: tokio::sync::watch::Receiver<bool>,
+    /// `true` once the policy watch has listed.
+    pub policies_listed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Bindings are checked at least this often, even without a change seen.
@@ -256,9 +259,11 @@ impl Bindings {
         let work = async {
             // Nothing is deleted before every cache is complete: an empty cache would read as
             // "no binding wanted".
-            let mut leader_caches = self.synced.clone();
+            let (mut leader_caches, mut policies) =
+                (self.synced.clone(), self.policies_listed.clone());
             let synced = async {
                 leader_caches.wait_for(|s| *s).await.is_ok()
+                    && policies.wait_for(|l| *l).await.is_ok()
                     && namespaces.wait_until_ready().await.is_ok()
                     && bindings.wait_until_ready().await.is_ok()
             };

@@ -242,10 +242,17 @@ pub async fn run(
         undecodable_rx,
     ));
     let policy_changed = changed.clone();
+    // The policy store's one waiter is the Controller itself: its listing is told apart here.
+    let (policies_listed_tx, policies_listed) = tokio::sync::watch::channel(false);
     let policy_stream = policy_events(client.clone(), Some(undecodable_tx))
         .default_backoff()
         .reflect(policy_writer)
-        .inspect(move |_| policy_changed.notify_one())
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                policies_listed_tx.send_replace(true);
+            }
+            policy_changed.notify_one();
+        })
         .applied_objects();
     let controller = Controller::for_stream(policy_stream, policies.clone())
         .with_config(ControllerConfig::default().concurrency(8));
@@ -260,19 +267,17 @@ pub async fn run(
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     {
         // The single waiter on the stores (see `Context::ready`).
-        let (d, r, p, s, pol) = (
+        let (d, r, p, s) = (
             deployments.clone(),
             replicasets.clone(),
             pods.clone(),
             services.clone(),
-            policies.clone(),
         );
         tokio::spawn(async move {
             if d.wait_until_ready().await.is_ok()
                 && r.wait_until_ready().await.is_ok()
                 && p.wait_until_ready().await.is_ok()
                 && s.wait_until_ready().await.is_ok()
-                && pol.wait_until_ready().await.is_ok()
             {
                 let _ = ready_tx.send(true);
             }
@@ -305,6 +310,7 @@ pub async fn run(
                 pods: ctx.pods.clone(),
                 changed: changed.clone(),
                 synced: ready_rx,
+                policies_listed,
             }
             .run(),
         )
