@@ -296,3 +296,58 @@ pub async fn wait_serving(url: &str, timeout: Duration) -> Result<()> {
     })
     .await
 }
+
+/// Every `quiesce.dev/drained` condition any pod of a namespace shows, by pod: (status,
+/// reason, message), the last one seen. Recorded by a watch of its own from [`DrainWatch::start`]
+/// until dropped, so it sees the reports of pods that are gone by the time the test looks.
+pub struct DrainWatch {
+    seen: std::sync::Arc<std::sync::Mutex<DrainConditions>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Pod name → the last `quiesce.dev/drained` condition seen: (status, reason, message).
+pub type DrainConditions = std::collections::BTreeMap<String, (String, String, String)>;
+
+impl DrainWatch {
+    /// Starts watching the pods of `namespace`.
+    pub fn start(client: &Client, namespace: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen: std::sync::Arc<std::sync::Mutex<DrainConditions>> = Default::default();
+        let record = std::sync::Arc::clone(&seen);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let task = tokio::spawn(async move {
+            let mut events = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(event) = events.next().await {
+                let Ok(pod) = event else { continue };
+                let conditions = pod.status.and_then(|s| s.conditions).unwrap_or_default();
+                let drained = conditions
+                    .into_iter()
+                    .find(|c| c.type_ == quiesce_api::constants::DRAINED_CONDITION);
+                if let (Some(c), Some(name)) = (drained, pod.metadata.name) {
+                    let entry = (
+                        c.status,
+                        c.reason.unwrap_or_default(),
+                        c.message.unwrap_or_default(),
+                    );
+                    record.lock().expect("drain watch").insert(name, entry);
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// What was seen so far.
+    pub fn snapshot(&self) -> DrainConditions {
+        self.seen.lock().expect("drain watch").clone()
+    }
+}
+
+impl Drop for DrainWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

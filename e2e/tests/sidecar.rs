@@ -3,15 +3,11 @@
 //! and each terminated pod reports `quiesce.dev/drained`. The sidecar's privileges stop at its
 //! own pod, and nobody outside the pod can drain it.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespace};
@@ -19,8 +15,6 @@ use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
 
 const APP: &str = "web";
 
-/// The last `quiesce.dev/drained` condition seen per pod: (status, reason, message).
-type DrainedByPod = Arc<Mutex<BTreeMap<String, (String, String, String)>>>;
 const RATE: f64 = 40.0;
 
 fn repo_file(path: &str) -> String {
@@ -184,33 +178,9 @@ async fn with_the_sidecar_a_rolling_update_loses_nothing_and_reports_drains() {
     with_namespace("sidecar", |client, ns| async move {
         install_sidecar_privileges(&client, &ns).await?;
 
-        // Every drained condition any pod of the namespace shows, by pod.
-        let drained: DrainedByPod = Default::default();
-        let seen = drained.clone();
-        let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let watch = tokio::spawn(async move {
-            let mut events = watcher(pods_api, watcher::Config::default())
-                .applied_objects()
-                .boxed();
-            while let Some(Ok(pod)) = events.next().await {
-                let conditions = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.clone())
-                    .unwrap_or_default();
-                if let Some(c) = conditions.iter().find(|c| c.type_ == DRAINED_CONDITION) {
-                    let entry = (
-                        c.status.clone(),
-                        c.reason.clone().unwrap_or_default(),
-                        c.message.clone().unwrap_or_default(),
-                    );
-                    seen.lock().unwrap().insert(pod.name_any(), entry);
-                }
-            }
-        });
-
+        let watch = harness::DrainWatch::start(&client, &ns);
         let (summary, rollout) = roll_under_load(&client, &ns, true).await?;
-        watch.abort();
+        let drained = watch.snapshot();
         println!(
             "WITH sidecar: sent {} failed {} rollout {:.1}s: {}",
             summary.sent,
@@ -218,7 +188,6 @@ async fn with_the_sidecar_a_rolling_update_loses_nothing_and_reports_drains() {
             rollout.as_secs_f64(),
             serde_json::to_string(&summary)?
         );
-        let drained = drained.lock().unwrap().clone();
         for (pod, (status, reason, message)) in &drained {
             println!("  {pod}: {DRAINED_CONDITION}={status} {reason}: {message}");
         }
