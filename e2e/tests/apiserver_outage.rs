@@ -37,7 +37,6 @@ fn pause_apiserver(d: Duration) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "flaky: passed twice locally (0 of 1,771 failed, 3 of 3 reports), failed once in a clean CI run (25 of 1,680 failed just after the apiserver came back); run with --ignored while this is open in issue 10"]
 async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
