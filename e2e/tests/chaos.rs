@@ -25,7 +25,7 @@ use quiesce_e2e::loadgen::{self, LoadConfig, LoadHandle};
 const APP: &str = "web";
 const REPLICAS: i32 = 3;
 /// A pause long enough to act in, and quick drains.
-const SPEC: &str = "    steps: [{admit: 1}, {pause: {durationSeconds: 15}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 500, timeoutSeconds: 10}\n    readiness: {failOpenAfterSeconds: 20}";
+const SPEC: &str = "    steps: [{admit: 1}, {pause: {durationSeconds: 15}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}\n    readiness: {failOpenAfterSeconds: 20}";
 
 async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -18,7 +18,7 @@ async fn pause_promote_and_abort() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
     with_namespace("op-control", |client, ns| async move {
-        let spec = "    steps: [{admit: 1}, {pause: {}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 500, timeoutSeconds: 10}";
+        let spec = "    steps: [{admit: 1}, {pause: {}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}";
         apply_yaml(&client, &ns, &policy(APP, APP, spec)).await?;
         apply_yaml(&client, &ns, &demo_app(APP, 3, "v1", &[])).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
@@ -90,7 +90,7 @@ async fn bad_versions_are_rolled_back_and_a_good_one_goes_through() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
     with_namespace("op-rollback", |client, ns| async move {
-        let spec = "    steps: [{admit: 1}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 500, timeoutSeconds: 10}\n    failure: {progressDeadlineSeconds: 30, maxRestarts: 1, action: Rollback}";
+        let spec = "    steps: [{admit: 1}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}\n    failure: {progressDeadlineSeconds: 30, maxRestarts: 1, action: Rollback}";
         apply_yaml(&client, &ns, &policy(APP, APP, spec)).await?;
         apply_yaml(&client, &ns, &demo_app(APP, 2, "v1", &[])).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;

@@ -18,7 +18,7 @@ async fn the_other_replica_takes_over_mid_rollout() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
     with_namespace("op-leader", |client, ns| async move {
-        let spec = "    steps: [{admit: 1}, {pause: {durationSeconds: 15}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 500, timeoutSeconds: 10}";
+        let spec = "    steps: [{admit: 1}, {pause: {durationSeconds: 15}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}";
         apply_yaml(&client, &ns, &policy(APP, APP, spec)).await?;
         apply_yaml(&client, &ns, &demo_app(APP, REPLICAS, "v1", &[])).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;

@@ -29,7 +29,7 @@ const POLICY_SPEC: &str = r#"    steps:
       - admit: "50%"
       - admit: "100%"
     readiness: {minHealthySeconds: 2}
-    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 500, timeoutSeconds: 10, waitBeforeNextStep: true}
+    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10, waitBeforeNextStep: true}
     failure: {progressDeadlineSeconds: 180, action: Pause}"#;
 
 /// One observation of the rollout.
