@@ -252,6 +252,21 @@ spec:
     )
 }
 
+/// Waits until the operator has reconciled policy `name` (an `Accepted` condition, `False`
+/// too: the Deployment may not exist yet), then 2 s more: the webhook injects only pods of
+/// policies its own cache knows, and a pod created before would start without the sidecar.
+pub async fn wait_policy_known(client: &Client, ns: &str, name: &str) -> Result<()> {
+    harness::eventually("the policy reconciled", Duration::from_secs(60), || async {
+        let s = policy_status(client, ns, name).await?;
+        Ok(s.condition(quiesce_api::constants::conditions::ACCEPTED)
+            .is_some()
+            .then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
 /// The status of a policy (default when it has none yet).
 pub async fn policy_status(
     client: &Client,

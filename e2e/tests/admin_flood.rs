@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
-use quiesce_api::constants::{SIDECAR_ADMIN_PORT, SIDECAR_CONTAINER_NAME, conditions};
+use quiesce_api::constants::{SIDECAR_ADMIN_PORT, SIDECAR_CONTAINER_NAME};
 use quiesce_e2e::chaos;
 use quiesce_e2e::chart::{self, demo_app, policy};
-use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
+use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -127,12 +127,7 @@ async fn a_flood_of_the_admin_port_from_another_peer_costs_nothing() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("admin-flood", |client, ns| async move {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: [{admit: \"100%\"}]")).await?;
-        eventually("policy accepted", Duration::from_secs(60), || async {
-            let status = chart::policy_status(&client, &ns, APP).await?;
-            Ok(chart::condition_reason(&status, conditions::ACCEPTED).map(|_| ()))
-        })
-        .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        chart::wait_policy_known(&client, &ns, APP).await?;
         apply_yaml(&client, &ns, &demo_app(APP, 1, "v1", &[])).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
         let pod = harness::pods(&client, &ns, &format!("app={APP}")).await?.remove(0);

@@ -49,19 +49,6 @@ fn ready(pod: &Pod) -> bool {
     chart::condition(pod, "Ready") == Some("True")
 }
 
-/// Waits until the operator reconciled the policy, then a moment for the other replica's webhook
-/// cache: a pod created before the webhook knows its policy is admitted without the sidecar.
-async fn policy_known(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
-    eventually("the policy reconciled", Duration::from_secs(60), || async {
-        let s = chart::policy_status(client, ns, APP).await?;
-        // Reconciled (Accepted may be False while the Deployment does not exist yet).
-        Ok(s.condition("Accepted").is_some().then_some(()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    Ok(())
-}
-
 /// Every live pod of the app runs `version`, is injected and Ready.
 async fn all_ready_and_injected(
     client: &kube::Client,
@@ -103,7 +90,7 @@ async fn an_app_with_an_exec_readiness_probe_becomes_ready_and_rolls_out() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("fidelity-exec", |client, ns| async move {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        policy_known(&client, &ns).await?;
+        chart::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
             with_readiness_probe(
                 &demo_app(APP, 2, version, &[]),
@@ -146,7 +133,7 @@ async fn an_app_on_port_9901_gets_the_sidecar_on_9902_and_rolls_out() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("fidelity-9901", |client, ns| async move {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        policy_known(&client, &ns).await?;
+        chart::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
             let yaml = demo_app(APP, 2, version, &[("PORT", "9901")]);
             assert!(
@@ -208,7 +195,7 @@ async fn a_host_network_deployment_is_not_injected_and_says_why() {
             )
             .await?;
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        policy_known(&client, &ns).await?;
+        chart::wait_policy_known(&client, &ns, APP).await?;
         // One replica on a port unlikely to be taken on the node.
         let yaml = demo_app(APP, 1, "v1", &[("PORT", "18431")])
             .replace("containerPort: 8080", "containerPort: 18431")

@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use quiesce_api::constants::conditions;
 use quiesce_e2e::chart::{self, demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 use serde_json::json;
@@ -34,12 +33,7 @@ const POLICY_SPEC: &str = "    steps: [{admit: \"100%\"}]";
 /// only pods of policies it knows), then the demo app.
 async fn policy_then_app(client: &Client, ns: &str) -> Result<()> {
     apply_yaml(client, ns, &policy(APP, APP, POLICY_SPEC)).await?;
-    eventually("policy accepted", Duration::from_secs(60), || async {
-        let status = chart::policy_status(client, ns, APP).await?;
-        Ok(chart::condition_reason(&status, conditions::ACCEPTED).map(|_| ()))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    chart::wait_policy_known(client, ns, APP).await?;
     apply_yaml(client, ns, &demo_app(APP, 2, "v1", &[])).await?;
     harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
     Ok(())
