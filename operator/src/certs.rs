@@ -116,8 +116,8 @@ fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
-fn cert_err(e: impl std::fmt::Display) -> Error {
-    Error::Certificate(e.to_string())
+fn cert_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Certificate(Box::new(e))
 }
 
 fn offset(t: Timestamp) -> Result<time::OffsetDateTime> {
@@ -293,8 +293,9 @@ pub async fn ensure(client: &Client, cfg: &CertConfig, store: &CertStore) -> Res
                         fresh
                     }
                     Err(kube::Error::Api(e)) if e.code == 409 => {
-                        from_secret(&secrets.get(&cfg.secret).await?)
-                            .ok_or_else(|| cert_err("secret changed under us and is incomplete"))?
+                        from_secret(&secrets.get(&cfg.secret).await?).ok_or_else(|| {
+                            Error::Certificate("secret changed under us and is incomplete".into())
+                        })?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -311,8 +312,9 @@ pub async fn ensure(client: &Client, cfg: &CertConfig, store: &CertStore) -> Res
                     fresh
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => {
-                    from_secret(&secrets.get(&cfg.secret).await?)
-                        .ok_or_else(|| cert_err("secret created concurrently is incomplete"))?
+                    from_secret(&secrets.get(&cfg.secret).await?).ok_or_else(|| {
+                        Error::Certificate("secret created concurrently is incomplete".into())
+                    })?
                 }
                 Err(e) => return Err(e.into()),
             }

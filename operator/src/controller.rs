@@ -35,7 +35,7 @@ use quiesce_api::{DrainMode, RolloutPolicy, RolloutPolicyStatus};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, RollbackError};
 use crate::metrics::Metrics;
 use crate::plan::{
     self, Action, AppPort, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
@@ -892,7 +892,7 @@ impl Context {
         let deployment = self
             .deployments
             .get(&ObjectRef::new(target).within(&ns))
-            .ok_or_else(|| Error::Rollback(format!("Deployment {target} is gone")))?;
+            .ok_or_else(|| RollbackError::TargetGone(target.clone()))?;
         let rs = self
             .replicasets
             .find(|rs| {
@@ -904,13 +904,14 @@ impl Context {
                         .iter()
                         .any(|o| Some(&o.uid) == deployment.uid().as_ref())
             })
-            .ok_or_else(|| Error::Rollback(format!("no ReplicaSet of revision {revision}")))?;
+            .ok_or_else(|| RollbackError::NoReplicaSet(revision.to_owned()))?;
         let rs = Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
             .get(&rs.name_any())
             .await?;
-        let mut template = rs.spec.and_then(|s| s.template).ok_or_else(|| {
-            Error::Rollback(format!("ReplicaSet of revision {revision} has no template"))
-        })?;
+        let mut template = rs
+            .spec
+            .and_then(|s| s.template)
+            .ok_or_else(|| RollbackError::NoTemplate(revision.to_owned()))?;
         if let Some(labels) = template.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
             labels.remove(POD_TEMPLATE_HASH_LABEL);
         }

@@ -9,12 +9,12 @@ pub enum Error {
     /// Adding or removing the policy finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// The stable revision's ReplicaSet could not be found for a rollback.
+    /// A rollback found nothing to restore.
     #[error("rollback: {0}")]
-    Rollback(String),
-    /// Generating or storing the webhook certificate failed.
+    Rollback(#[from] RollbackError),
+    /// Generating the webhook certificate failed (the error of rcgen, time or jiff).
     #[error("certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// An object could not be serialized.
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -31,6 +31,20 @@ impl Error {
             Error::Serialization(_) => "serialization",
         }
     }
+}
+
+/// Why a rollback found nothing to restore.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The target Deployment is not in the cache.
+    #[error("Deployment {0} is gone")]
+    TargetGone(String),
+    /// No ReplicaSet of the target has the stable revision's hash.
+    #[error("no ReplicaSet of revision {0}")]
+    NoReplicaSet(String),
+    /// The stable revision's ReplicaSet has no pod template.
+    #[error("ReplicaSet of revision {0} has no template")]
+    NoTemplate(String),
 }
 
 /// Result with [`Error`].

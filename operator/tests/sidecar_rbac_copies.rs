@@ -1,6 +1,7 @@
-//! The sidecar's ValidatingAdmissionPolicy exists twice: in the chart and in
-//! `sidecar/deploy/` (installs without Helm, and the sidecar e2e test). The two specs must be
-//! the same policy, selecting the operator's bindings by the label the operator sets.
+//! The sidecar's role and ValidatingAdmissionPolicy exist twice: in the chart and in
+//! `sidecar/deploy/` (installs without Helm, and the sidecar e2e test). The two must grant the
+//! same rules and be the same policy, selecting the operator's bindings by the label the
+//! operator sets.
 
 use std::path::Path;
 
@@ -37,4 +38,26 @@ fn the_chart_and_the_plain_manifest_install_the_same_policy() {
         chart.1
     );
     assert!(read("sidecar/deploy/role.yaml").contains(&format!("{SIDECAR_BINDING}: \"true\"")));
+}
+
+/// The `rules:` block of the document of kind `kind`.
+fn rules(yaml: &str, kind: &str) -> String {
+    let doc = yaml
+        .split("\n---\n")
+        .find(|doc| doc.contains(&format!("kind: {kind}\n")))
+        .unwrap_or_else(|| panic!("a {kind}"));
+    doc[doc.find("\nrules:\n").expect("rules")..]
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_chart_and_the_plain_manifest_grant_the_same_rules() {
+    let chart = rules(
+        &read("charts/quiesce/templates/sidecar-rbac.yaml"),
+        "ClusterRole",
+    );
+    let plain = rules(&read("sidecar/deploy/role.yaml"), "Role");
+    assert_eq!(chart, plain);
+    assert!(chart.contains("pods/status"), "{chart}");
 }
