@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
@@ -73,13 +73,9 @@ impl Scope {
     }
 }
 
-/// The service account a pod template runs as.
-fn template_account(deployment: &Deployment) -> String {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.service_account_name.clone())
+/// The service account a pod (spec) runs as.
+fn account_name(spec: Option<&PodSpec>) -> String {
+    spec.and_then(|s| s.service_account_name.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_owned())
 }
@@ -98,19 +94,15 @@ pub fn wanted<'a>(
         .filter_map(|p| {
             let ns = p.namespace()?;
             let target = deployment(&ns, &p.spec.target_ref.name)?;
-            Some(Account::new(&ns, &template_account(&target)))
+            let template = target.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+            Some(Account::new(&ns, &account_name(template)))
         });
     let from_pods = pods
         .into_iter()
         .filter(|p| p.labels().contains_key(POLICY))
         .filter_map(|p| {
             let ns = p.namespace()?;
-            let sa = p
-                .spec
-                .as_ref()
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".to_owned());
-            Some(Account::new(&ns, &sa))
+            Some(Account::new(&ns, &account_name(p.spec.as_ref())))
         });
     from_policies
         .chain(from_pods)
@@ -165,7 +157,7 @@ pub fn changes(
     wanted: &BTreeSet<Account>,
     existing: &[Arc<RoleBinding>],
 ) -> Vec<Change> {
-    let mut found: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let mut found: BTreeSet<(String, String)> = BTreeSet::new();
     let mut out = Vec::new();
     for rb in existing.iter().filter(|rb| rb.role_ref.name == role) {
         let ns = rb.namespace().unwrap_or_default();
@@ -182,7 +174,7 @@ pub fn changes(
                 if !intact {
                     out.push(Change::Apply(account.clone()));
                 }
-                found.insert((ns, name), true);
+                found.insert((ns, name));
             }
             None => out.push(Change::Delete {
                 namespace: ns,
@@ -192,23 +184,29 @@ pub fn changes(
     }
     for account in wanted {
         let key = (account.namespace.clone(), binding_name(role, account));
-        if !found.contains_key(&key) {
+        if !found.contains(&key) {
             out.push(Change::Apply(account.clone()));
         }
     }
     out
 }
 
-/// What the binding loop reads and writes.
-pub struct Bindings {
-    /// API client.
-    pub client: Client,
+/// What is bound, to whom it belongs, and where (the operator's flags).
+pub struct Settings {
     /// The sidecar ClusterRole.
     pub role: String,
     /// Owner of the bindings (the ClusterRole: uninstalling removes them).
     pub owner: Option<OwnerReference>,
     /// Where the webhook injects.
     pub scope: Scope,
+}
+
+/// What the binding loop reads and writes.
+pub struct Bindings {
+    /// API client.
+    pub client: Client,
+    /// Role, owner, scope.
+    pub settings: Settings,
     /// The leader's caches.
     pub policies: Store<RolloutPolicy>,
     /// The leader's Deployment cache.
@@ -308,10 +306,10 @@ impl Bindings {
                     .get(&reflector::ObjectRef::new(name).within(ns))
             },
             pods.iter().map(|p| p.as_ref()),
-            |ns| self.scope.injects(ns, ns_labels.get(ns)),
+            |ns| self.settings.scope.injects(ns, ns_labels.get(ns)),
         );
         let mut failed = false;
-        for change in changes(&self.role, &wanted, &bindings.state()) {
+        for change in changes(&self.settings.role, &wanted, &bindings.state()) {
             if let Err(err) = self.apply(&change).await {
                 warn!(?change, error = %err, "sidecar RoleBinding not changed; retrying");
                 failed = true;
@@ -323,10 +321,11 @@ impl Bindings {
     async fn apply(&self, change: &Change) -> kube::Result<()> {
         match change {
             Change::Apply(account) => {
-                let rb = binding(&self.role, account, self.owner.as_ref());
+                let role = &self.settings.role;
+                let rb = binding(role, account, self.settings.owner.as_ref());
                 Api::<RoleBinding>::namespaced(self.client.clone(), &account.namespace)
                     .patch(
-                        &binding_name(&self.role, account),
+                        &binding_name(role, account),
                         &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
                         &Patch::Apply(&rb),
                     )

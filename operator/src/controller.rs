@@ -187,7 +187,7 @@ pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     recorder: Recorder,
-    bindings: Option<SidecarBindings>,
+    bindings: Option<crate::bindings::Settings>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     // Woken on every change of the caches the sidecar bindings are computed from.
@@ -302,9 +302,7 @@ pub async fn run(
         tokio::spawn(
             crate::bindings::Bindings {
                 client: ctx.client.clone(),
-                role: settings.role,
-                owner: settings.owner,
-                scope: settings.scope,
+                settings,
                 policies: ctx.policies.clone(),
                 deployments: ctx.deployments.clone(),
                 pods: ctx.pods.clone(),
@@ -348,16 +346,6 @@ pub async fn run(
     if let Some(binder) = binder {
         binder.abort();
     }
-}
-
-/// How the leader keeps the sidecar's RoleBindings (see [`crate::bindings`]).
-pub struct SidecarBindings {
-    /// The sidecar ClusterRole.
-    pub role: String,
-    /// Owner of the bindings (the ClusterRole).
-    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-    /// Where the webhook injects.
-    pub scope: crate::bindings::Scope,
 }
 
 /// Policies in `namespace` that target the Deployment `name`.

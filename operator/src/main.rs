@@ -279,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (mut leading, election) = leader::spawn(client.clone(), lease.clone());
     let bindings = |owner| {
-        (!args.sidecar_cluster_role.is_empty()).then(|| controller::SidecarBindings {
+        (!args.sidecar_cluster_role.is_empty()).then(|| quiesce_operator::bindings::Settings {
             role: args.sidecar_cluster_role.clone(),
             owner,
             scope: quiesce_operator::bindings::Scope {
