@@ -267,6 +267,22 @@ pub async fn wait_policy_known(client: &Client, ns: &str, name: &str) -> Result<
     Ok(())
 }
 
+/// A policy `app` for the demo app `app` (`spec` as for [`policy`]), known to the webhook,
+/// then the demo app with `replicas` pods, rolled out (every pod injected).
+pub async fn demo_app_with_policy(
+    client: &Client,
+    ns: &str,
+    app: &str,
+    spec: &str,
+    replicas: i32,
+) -> Result<()> {
+    harness::apply_yaml(client, ns, &policy(app, app, spec)).await?;
+    wait_policy_known(client, ns, app).await?;
+    harness::apply_yaml(client, ns, &demo_app(app, replicas, "v1", &[])).await?;
+    harness::wait_rollout(client, ns, app, Duration::from_secs(120)).await?;
+    Ok(())
+}
+
 /// The status of a policy (default when it has none yet).
 pub async fn policy_status(
     client: &Client,

@@ -19,8 +19,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
 use quiesce_api::constants::{SIDECAR_ADMIN_PORT, SIDECAR_CONTAINER_NAME};
 use quiesce_e2e::chaos;
-use quiesce_e2e::chart::{self, demo_app, policy};
-use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, with_namespace};
+use quiesce_e2e::chart;
+use quiesce_e2e::harness::{self, cluster_ip, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -126,10 +126,8 @@ async fn a_flood_of_the_admin_port_from_another_peer_costs_nothing() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
     with_namespace("admin-flood", |client, ns| async move {
-        apply_yaml(&client, &ns, &policy(APP, APP, "    steps: [{admit: \"100%\"}]")).await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
-        apply_yaml(&client, &ns, &demo_app(APP, 1, "v1", &[])).await?;
-        harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
+        chart::demo_app_with_policy(&client, &ns, APP, "    steps: [{admit: \"100%\"}]", 1)
+            .await?;
         let pod = harness::pods(&client, &ns, &format!("app={APP}")).await?.remove(0);
         anyhow::ensure!(chart::injected(&pod), "the pod is injected");
         let pod_ip: IpAddr = pod

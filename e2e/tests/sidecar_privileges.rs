@@ -29,16 +29,6 @@ const APP: &str = "web";
 const BINDING: &str = "quiesce-sidecar-default";
 const POLICY_SPEC: &str = "    steps: [{admit: \"100%\"}]";
 
-/// Applies a policy for [`APP`], waits until the operator accepted it (the webhook injects
-/// only pods of policies it knows), then the demo app.
-async fn policy_then_app(client: &Client, ns: &str) -> Result<()> {
-    apply_yaml(client, ns, &policy(APP, APP, POLICY_SPEC)).await?;
-    chart::wait_policy_known(client, ns, APP).await?;
-    apply_yaml(client, ns, &demo_app(APP, 2, "v1", &[])).await?;
-    harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
-    Ok(())
-}
-
 async fn binding(client: &Client, ns: &str) -> Result<Option<RoleBinding>> {
     Ok(Api::<RoleBinding>::namespaced(client.clone(), ns)
         .get_opt(BINDING)
@@ -107,7 +97,7 @@ async fn the_sidecar_account_is_held_to_its_own_pod_and_bound_only_where_needed(
 }
 
 async fn privileges(client: &Client, ns: &str, off: &str) -> Result<()> {
-    policy_then_app(client, ns).await?;
+    chart::demo_app_with_policy(client, ns, APP, POLICY_SPEC, 2).await?;
     let bound = eventually("the sidecar binding", Duration::from_secs(60), || async {
         binding(client, ns).await
     })
