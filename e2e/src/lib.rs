@@ -11,5 +11,6 @@ pub mod harness;
 pub mod hey;
 pub mod loadgen;
 pub mod node;
+pub mod reuse;
 pub mod scenario;
 pub mod ws;

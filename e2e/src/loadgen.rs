@@ -26,13 +26,17 @@ use std::{
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, capture_connection},
+    },
     rt::{TokioExecutor, TokioIo},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::h2chan::{ChannelStats, H2Channel};
+use crate::reuse::{TaggingConnector, Uses};
 
 /// How requests travel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -107,6 +111,13 @@ pub struct LoadConfig {
     pub slow: Option<SlowMix>,
     /// Bound of one request, connect to last body byte.
     pub timeout: Duration,
+    /// Keep-alive pool: send a request again, once, when a connection that had already
+    /// answered a request closed or reset before any byte of this one's response, as RFC 9112
+    /// §9.3.1 allows for idempotent requests and Go's Transport, OkHttp and nginx upstreams do.
+    /// That is the race no server can avoid when it closes an idle kept-alive connection (the
+    /// client sent just as the close left). Counted in [`Summary::retried_reused`]; `false`
+    /// counts such a request as lost, like a client that never retries.
+    pub retry_reused: bool,
 }
 
 impl LoadConfig {
@@ -123,6 +134,7 @@ impl LoadConfig {
             path: "/".to_string(),
             slow: None,
             timeout: Duration::from_secs(10),
+            retry_reused: false,
         }
     }
 
@@ -263,6 +275,10 @@ pub struct Summary {
     /// were sent again, as gRPC and Go's HTTP/2 clients do ([`crate::h2chan`]).
     #[serde(default)]
     pub retried_unprocessed: u64,
+    /// HTTP/1.1 keep-alive with [`LoadConfig::retry_reused`]: requests sent again because a
+    /// reused connection ended before their response began (each counted once in `sent`).
+    #[serde(default)]
+    pub retried_reused: u64,
 }
 
 /// Latency percentiles, milliseconds.
@@ -312,6 +328,9 @@ impl Summary {
         }
         if let Some(s) = r.status {
             *self.status_codes.entry(s).or_default() += 1;
+        }
+        if r.retried {
+            self.retried_reused += 1;
         }
         if r.outcome != Outcome::Ok {
             self.failed_at_ms.push(r.launched.as_millis() as u64);
@@ -396,16 +415,18 @@ struct Record {
     latency: Duration,
     /// Launch time after the run's start.
     launched: Duration,
+    /// Sent again after a reused connection ended before its response ([`crate::reuse`]).
+    retried: bool,
 }
 
-type Pool = Client<HttpConnector, Empty<Bytes>>;
+type Pool = Client<TaggingConnector, Empty<Bytes>>;
 
 /// Connections shared by the requests of one run.
 enum Transport {
     /// A new connection per request.
     Fresh,
-    /// hyper's keep-alive pool.
-    Pool(Box<Pool>),
+    /// hyper's keep-alive pool; whether requests a reused connection dropped are sent again.
+    Pool { pool: Box<Pool>, retry_reused: bool },
     /// One h2c channel per target.
     H2 {
         channels: Mutex<HashMap<String, Arc<H2Channel<Empty<Bytes>>>>>,
@@ -415,22 +436,27 @@ enum Transport {
 }
 
 impl Transport {
-    fn new(protocol: Protocol, h2_connections: usize) -> Self {
-        match protocol {
+    fn new(cfg: &LoadConfig) -> Self {
+        match cfg.effective_protocol() {
             Protocol::Http1 => Self::Fresh,
             Protocol::KeepAlive => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
-                Self::Pool(Box::new(
-                    Client::builder(TokioExecutor::new())
-                        .retry_canceled_requests(false)
-                        .pool_idle_timeout(Duration::from_secs(30))
-                        .build(connector),
-                ))
+                Self::Pool {
+                    // hyper-util's own retry covers only requests not yet written; ours
+                    // ([`pooled_request`]) is the whole RFC 9112 rule, and optional.
+                    pool: Box::new(
+                        Client::builder(TokioExecutor::new())
+                            .retry_canceled_requests(false)
+                            .pool_idle_timeout(Duration::from_secs(30))
+                            .build(TaggingConnector(connector)),
+                    ),
+                    retry_reused: cfg.retry_reused,
+                }
             }
             Protocol::H2c => Self::H2 {
                 channels: Mutex::default(),
-                connections: h2_connections,
+                connections: cfg.h2_connections,
                 stats: Arc::default(),
             },
         }
@@ -475,14 +501,19 @@ async fn one_request(
 ) -> Record {
     let started = Instant::now();
     let uri = format!("{target}{path}");
+    let mut retried = false;
     let fut = async {
         let req = hyper::Request::get(&uri).header(hyper::header::USER_AGENT, "quiesce-loadgen");
         let res = match &*transport {
-            Transport::Pool(pool) => {
-                let req = req
-                    .body(Empty::new())
-                    .map_err(|e| Outcome::Other(e.to_string()))?;
-                pool.request(req).await.map_err(|e| classify(&e))?
+            Transport::Pool { pool, retry_reused } => {
+                let first = pooled_request(pool, &uri).await;
+                match first {
+                    Err((Outcome::Reset, true)) if *retry_reused => {
+                        retried = true;
+                        pooled_request(pool, &uri).await.map_err(|(o, _)| o)?
+                    }
+                    r => r.map_err(|(o, _)| o)?,
+                }
             }
             Transport::H2 { .. } => {
                 let req = req
@@ -534,6 +565,31 @@ async fn one_request(
         version,
         latency: started.elapsed(),
         launched,
+        retried,
+    }
+}
+
+/// One GET through the keep-alive pool. Fails with the outcome and whether the request went
+/// out on a connection that had answered before (the one case a client may send it again).
+async fn pooled_request(
+    pool: &Pool,
+    uri: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>, (Outcome, bool)> {
+    let mut req = hyper::Request::get(uri)
+        .header(hyper::header::USER_AGENT, "quiesce-loadgen")
+        .body(Empty::new())
+        .map_err(|e| (Outcome::Other(e.to_string()), false))?;
+    let captured = capture_connection(&mut req);
+    let res = pool.request(req).await;
+    let uses = Uses::of(&captured);
+    match res {
+        Ok(res) => {
+            if let Some(u) = uses {
+                u.answered();
+            }
+            Ok(res)
+        }
+        Err(e) => Err((classify(&e), uses.is_some_and(|u| u.reused()))),
     }
 }
 
@@ -579,7 +635,7 @@ pub async fn run(cfg: LoadConfig) -> Summary {
 
 async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
     let protocol = cfg.effective_protocol();
-    let transport = Arc::new(Transport::new(protocol, cfg.h2_connections));
+    let transport = Arc::new(Transport::new(&cfg));
     let interval = Duration::from_secs_f64(1.0 / cfg.rate.max(0.001));
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
@@ -624,6 +680,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
                 version: None,
                 latency: Duration::ZERO,
                 launched: start.elapsed(),
+                retried: false,
             }),
         }
         i += 1;
@@ -657,6 +714,7 @@ async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {
         if r.slow {
             summary.slow_sent += 1;
         }
+
         if r.outcome == Outcome::Ok {
             lat.push(r.latency.as_secs_f64() * 1000.0);
         }
@@ -734,6 +792,7 @@ mod tests {
             version: None,
             latency: Duration::ZERO,
             launched: Duration::from_millis(7),
+            retried: false,
         });
         assert_eq!(s.failed(), 1);
         assert_eq!(s.failed_at_ms, vec![7]);

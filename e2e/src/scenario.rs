@@ -548,6 +548,9 @@ pub struct Load {
     pub protocol: Protocol,
     /// Slow requests in the mix.
     pub slow: Option<SlowMix>,
+    /// Keep-alive: send again what a reused connection dropped before its response
+    /// ([`LoadConfig::retry_reused`]).
+    pub retry_reused: bool,
 }
 
 /// How a load's clients connect, in words.
@@ -737,6 +740,7 @@ pub async fn roll(
     let running = loadgen::spawn(LoadConfig {
         protocol: load.protocol,
         slow: load.slow,
+        retry_reused: load.retry_reused,
         ..LoadConfig::new(url, load.rate)
     });
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -39,8 +39,14 @@ fn load(protocol: Protocol) -> Load {
             ms: 500,
             fraction: 0.01,
         }),
+        retry_reused: false,
     }
 }
+
+/// At most this many requests of a proxy-mode rollout may need sending again: one per race of
+/// an idle close with a request (`reuse`), which the idle-close rule makes rare. Closing idle
+/// connections at the drain's start instead lost 0.19 % (about 30 in this test's 16k).
+const MAX_IDLE_CLOSE_RACES: u64 = 3;
 
 /// The chart installed, `variant` deployed at v1 in a fresh namespace (`prefix-<random>`) and
 /// watched.
@@ -107,12 +113,32 @@ fn assert_drains_unforced(r: &Rollout) -> Duration {
 #[tokio::test]
 async fn proxy_mode_ends_kept_alive_connections_of_an_app_that_exits_at_once() {
     let _serial = one_at_a_time().await;
-    let (_, r) = rollout(Variant::QuiesceProxy, load(Protocol::KeepAlive))
+    // A pool that sends again what a reused connection dropped before its response, as Go's
+    // Transport, OkHttp and nginx do: the close of an idle HTTP/1.1 connection can always race
+    // a request (RFC 9112 §9.3.1), so the bar is "lost none, retried rarely".
+    let load = Load {
+        retry_reused: true,
+        ..load(Protocol::KeepAlive)
+    };
+    let (_, r) = rollout(Variant::QuiesceProxy, load)
         .await
         .expect("proxy rollout");
     assert_eq!(r.summary.failed(), 0, "{:?}", r.summary);
     assert!(r.summary.sent as f64 > RATE * 5.0, "{:?}", r.summary);
     let longest = assert_drains_unforced(&r);
+    let idle_closed: u64 = r
+        .drains()
+        .iter()
+        .filter_map(|d| d.report()?.proxy)
+        .map(|p| p.idle_closed)
+        .sum();
+    let retried = r.summary.retried_reused;
+    eprintln!("{retried} requests sent again, {idle_closed} idle connections closed by the proxy");
+    assert!(
+        retried <= idle_closed.min(MAX_IDLE_CLOSE_RACES),
+        "{retried} requests raced a close ({idle_closed} idle closes): {:?}",
+        r.summary
+    );
     // Endpoint propagation + quiet period (1 s) + 1 s, as the issue bounds it; the slow
     // requests (500 ms) fit in the last second.
     let propagation = r

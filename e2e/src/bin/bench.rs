@@ -115,6 +115,7 @@ async fn run_bench(args: Args) -> Result<()> {
                 rate: args.rate,
                 protocol,
                 slow,
+                retry_reused: false,
             };
             let step = |m: &str| say(&format!("{label}, {}: {m}", scenario::clients(protocol)));
             let rollout = scenario::roll(&client, &ns, variant, &tracker, to, load, &step).await?;

@@ -67,6 +67,7 @@ async fn run_demo(args: Args) -> Result<()> {
             ms: 1000,
             fraction: 0.05,
         }),
+        retry_reused: false,
     };
     scenario::delete_leftovers(&client, "demo").await?;
     let plain_ns = format!("{}-plain", args.namespace);

@@ -1,7 +1,7 @@
 //! `loadgen`: open-loop load, one JSON summary on stdout.
 //!
 //! `loadgen --url http://127.0.0.1:8080 --rate 100 --duration-secs 10
-//!  [--protocol http1|keepalive|h2c|grpc] [--h2-connections 2] [--keep-alive]
+//!  [--protocol http1|keepalive|h2c|grpc] [--h2-connections 2] [--keep-alive] [--retry-reused]
 //!  [--slow-ms 2000 --slow-fraction 0.05]`; exits 1 with `--fail-on-error` if a request failed.
 //! `--keep-alive` is the older spelling of `--protocol keepalive`. With `--protocol grpc` the
 //! rate is of unary `Echo` calls (`--grpc-delay-ms` each), `--grpc-streams` server streams run
@@ -49,6 +49,10 @@ struct Args {
     /// Reuse connections (same as `--protocol keepalive`).
     #[arg(long)]
     keep_alive: bool,
+    /// Keep-alive: send a GET again, once, when a reused connection ended before its response
+    /// began (RFC 9112 §9.3.1, as Go's Transport does); counted in `retried_reused`.
+    #[arg(long)]
+    retry_reused: bool,
     /// HTTP/2 connections per target (h2c).
     #[arg(long, default_value_t = 2)]
     h2_connections: usize,
@@ -104,6 +108,7 @@ async fn main() {
             fraction: a.slow_fraction,
         }),
         timeout: Duration::from_millis(a.timeout_ms),
+        retry_reused: a.retry_reused,
     };
     let s = loadgen::run(cfg).await;
     println!(
