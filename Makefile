@@ -33,9 +33,18 @@ help:
 	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs slimmed"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
 	@echo "make fuzz          the property tests of the parsers, FUZZ_SECONDS (600) per target"
+	@echo "make plugin        build kubectl-quiesce and install it into PLUGIN_DIR ($(PLUGIN_DIR))"
 
 fmt:
 	$(CARGO) fmt --all
+
+# `kubectl quiesce ...`: kubectl finds any `kubectl-*` executable on the PATH.
+PLUGIN_DIR ?= $(HOME)/.local/bin
+.PHONY: plugin
+plugin:
+	$(CARGO) build --release --locked -p quiesce-kubectl
+	install -D -m 0755 "$${CARGO_TARGET_DIR:-target}/release/kubectl-quiesce" "$(PLUGIN_DIR)/kubectl-quiesce"
+	@echo "installed $(PLUGIN_DIR)/kubectl-quiesce: run 'kubectl quiesce --help' (with $(PLUGIN_DIR) on the PATH)"
 
 lint:
 	$(CARGO) fmt --all -- --check
