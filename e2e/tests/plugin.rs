@@ -1,6 +1,6 @@
-//! `kubectl quiesce` against the cluster: a person follows a rollout with `get -w`, reads it
-//! with `get`/`list`/`drains`, steers it with `pause`/`resume`/`promote`, and is told plainly
-//! when a command does not apply. The plugin's own code runs ([`quiesce_kubectl::run`], what the
+//! `kubectl quiesce` against the cluster: a person checks what injection will do (`check`),
+//! follows a rollout with `get -w`, reads it with `get`/`list`/`drains`, steers it with
+//! `pause`/`resume`/`promote`, and is told plainly when a command does not apply. The plugin's own code runs ([`quiesce_kubectl::run`], what the
 //! binary's `main` calls), its output is checked line by line.
 
 use std::io::Write;
@@ -63,6 +63,19 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
         let spec = "    steps: [{admit: 1}, {pause: {}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}";
         chart::demo_app_with_policy(&client, &ns, APP, spec, 3).await?;
         let q = |args: &'static [&'static str]| quiesce(&client, &ns, args);
+
+        // The dry run of injection runs the webhook's own code on the template.
+        let check = q(&["check", APP]).await.map_err(anyhow::Error::msg)?;
+        eprintln!("{check}");
+        for part in [
+            "deployment/web, governed by RolloutPolicy web",
+            "adds the readiness gate quiesce.dev/ready",
+            "drains in Observe mode",
+        ] {
+            assert!(check.contains(part), "missing {part:?}:\n{check}");
+        }
+        let e = q(&["check", "nope"]).await.expect_err("no such Deployment");
+        assert!(e.contains("no Deployment nope"), "{e}");
 
         let list = q(&["list"]).await.map_err(anyhow::Error::msg)?;
         eprintln!("{list}");

@@ -6,12 +6,14 @@ use std::{collections::BTreeSet, pin::Pin, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
+use quiesce_api::constants::{INJECT_DISABLED, INJECT_LABEL};
+use quiesce_operator::webhook::SidecarSettings;
 
 use crate::view::{self, PodRow, RolloutView};
 
@@ -176,6 +178,42 @@ pub async fn pod_row(client: &Client, ns: &str, name: &str) -> Result<PodRow> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod = api.get(name).await?;
     Ok(view::pod_row(&pod, None, None))
+}
+
+/// What `check` needs: the Deployment, the namespace's policies and Services, the namespace's
+/// opt-out label.
+pub async fn check(
+    client: &Client,
+    ns: &str,
+    deployment: &str,
+    admin_port: u16,
+) -> Result<crate::check::CheckReport> {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(deployment)
+        .await?
+        .with_context(|| format!("no Deployment {deployment} in namespace {ns}"))?;
+    let lp = ListParams::default();
+    let policies = Api::<RolloutPolicy>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items;
+    let services = Api::<Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items;
+    let opted_out = Api::<Namespace>::all(client.clone())
+        .get_metadata_opt(ns)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|n| n.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_DISABLED));
+    let settings = SidecarSettings {
+        admin_port,
+        ..SidecarSettings::default()
+    };
+    Ok(crate::check::check(
+        &d, &policies, &services, opted_out, &settings,
+    ))
 }
 
 /// Changes of a rollout: the policy and the pods of its namespace.

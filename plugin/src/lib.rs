@@ -4,11 +4,13 @@
 //! - [`view`]: what `get` shows, built purely from the objects;
 //! - [`render`]: text for people (colour only on a terminal);
 //! - [`command`]: which change each steering command makes, or why it does not apply now;
+//! - [`check`]: a dry run of injection for a Deployment (the webhook's own code);
 //! - [`cluster`]: the reads and patches, and the watch behind `get -w`.
 //!
 //! [`run`] is the whole program given a client and an output, so the e2e suite drives exactly
 //! what the binary runs.
 
+pub mod check;
 pub mod cluster;
 pub mod command;
 pub mod render;
@@ -103,6 +105,18 @@ pub enum Cmd {
         /// A RolloutPolicy or a pod.
         name: String,
     },
+    /// A dry run of injection for a Deployment's pods: what changes, and every problem.
+    Check {
+        /// The Deployment.
+        deployment: String,
+        /// The sidecar admin port the operator is configured with (chart value
+        /// `sidecar.adminPort`).
+        #[arg(long, default_value_t = quiesce_api::constants::SIDECAR_ADMIN_PORT)]
+        admin_port: u16,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 /// Runs `cli` against the cluster behind `client`, writing to `out`. `colour`: ANSI colours
@@ -145,6 +159,17 @@ pub async fn run(
             .await;
         }
         Cmd::Drains { name } => return drains(&client, &ns, &name, out, style).await,
+        Cmd::Check {
+            deployment,
+            admin_port,
+            output,
+        } => {
+            let report = cluster::check(&client, &ns, &deployment, admin_port).await?;
+            return match output {
+                Output::Text => Ok(write!(out, "{}", render::check(&report, style))?),
+                _ => write_as(output, &report, out),
+            };
+        }
         Cmd::Pause { policy } => steer(Command::Pause, policy),
         Cmd::Resume { policy } => steer(Command::Resume, policy),
         Cmd::Promote { policy, full } => steer(Command::Promote { full }, policy),

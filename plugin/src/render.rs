@@ -226,6 +226,32 @@ pub fn drains(pods: &[PodRow], style: Style) -> String {
     out
 }
 
+/// The dry run of injection as `kubectl quiesce check` prints it.
+pub fn check(r: &crate::check::CheckReport, style: Style) -> String {
+    let mut out = String::new();
+    let governed = r.policy.as_ref().map_or(String::new(), |p| {
+        format!(", governed by RolloutPolicy {p}")
+    });
+    let _ = writeln!(out, "deployment/{}{governed}", r.deployment);
+    let section = |title: &str, items: &[String], out: &mut String| {
+        if !items.is_empty() {
+            let _ = writeln!(out, "{title}");
+            for i in items {
+                let _ = writeln!(out, "  - {i}");
+            }
+        }
+    };
+    section("Injection into each new pod:", &r.changes, &mut out);
+    section("Notes:", &r.notes, &mut out);
+    if r.problems.is_empty() {
+        let _ = writeln!(out, "{}", style.good("No problems found."));
+    } else {
+        let title = style.bad(&format!("Problems ({}):", r.problems.len()));
+        section(&title, &r.problems, &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
