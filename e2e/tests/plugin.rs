@@ -130,6 +130,23 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
         assert!(rows(&get, "stable").len() >= 2, "old pods listed:\n{get}");
         assert!(get.contains("REASON"), "the policy's Events:\n{get}");
 
+        // `kubectl get rp` tells the same story in one line (the CRD's printer columns).
+        let out = tokio::process::Command::new("kubectl")
+            .args(["get", "rp", APP, "-n", &ns])
+            .output()
+            .await?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{table}");
+        let words = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let mut lines = table.lines();
+        assert_eq!(
+            words(lines.next().unwrap_or_default()),
+            ["NAME", "TARGET", "PHASE", "STEP", "DESIRED", "UPDATED", "READY", "DRAINS", "FORCED", "AGE"],
+            "{table}"
+        );
+        let row = words(lines.next().unwrap_or_default());
+        assert_eq!(row[..5], ["web", "web", "Paused", "1", "3"], "{table}");
+
         let json = q(&["get", APP, "-o", "json"]).await.map_err(anyhow::Error::msg)?;
         let v: serde_json::Value = serde_json::from_str(&json)?;
         assert_eq!(v["step"], "1/3", "{v}");

@@ -28,7 +28,7 @@ use crate::render::Style;
 
 /// kubectl quiesce: see and steer the rollouts quiesce paces.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl quiesce", version, about)]
+#[command(name = "kubectl quiesce", bin_name = "kubectl quiesce", version, about)]
 pub struct Cli {
     /// Namespace (default: the kubeconfig context's).
     #[arg(short, long, global = true)]

@@ -126,8 +126,8 @@ pub fn rollout(policy: &RolloutPolicy, pods: &[Pod], events: &[Event]) -> Rollou
     let steps = &policy.spec.steps;
     let current = status.current_step.and_then(|i| usize::try_from(i).ok());
     let phase = status.phase.unwrap_or_default();
-    // Steps done of all, as `kubectl argo rollouts` counts (and the operator's messages name
-    // steps by this index: "pause step 1").
+    // Steps done of all, as `kubectl argo rollouts` counts; the operator's messages name a
+    // step by the same index ("pause step 1").
     let step = match (steps.len(), current) {
         (0, _) => "-".to_string(),
         (m, _) if phase == Phase::Completed => format!("{m}/{m}"),

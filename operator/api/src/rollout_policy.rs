@@ -136,7 +136,13 @@ pub const ADMIT_PERCENT_PATTERN: &str = "^([1-9][0-9]?|100)%$";
         name = "Step",
         type_ = "integer",
         json_path = ".status.currentStep",
-        description = "Index of the current step"
+        description = "Steps done (the index of the current step; kubectl quiesce get shows done/all)"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "Desired pods of the target"
     ),
     printcolumn(
         name = "Updated",
@@ -149,6 +155,18 @@ pub const ADMIT_PERCENT_PATTERN: &str = "^([1-9][0-9]?|100)%$";
         type_ = "integer",
         json_path = ".status.readyReplicas",
         description = "Ready pods of any revision"
+    ),
+    printcolumn(
+        name = "Drains",
+        type_ = "integer",
+        json_path = ".status.drains.completed",
+        description = "Drains completed"
+    ),
+    printcolumn(
+        name = "Forced",
+        type_ = "integer",
+        json_path = ".status.drains.forced",
+        description = "Drains that hit a bound (endpoint, quiet or in-flight timeout)"
     ),
     printcolumn(
         name = "Age",

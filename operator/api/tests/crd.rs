@@ -55,7 +55,9 @@ fn crd_names_scope_and_subresources() {
         .collect();
     assert_eq!(
         columns,
-        ["Target", "Phase", "Step", "Updated", "Ready", "Age"]
+        [
+            "Target", "Phase", "Step", "Desired", "Updated", "Ready", "Drains", "Forced", "Age"
+        ]
     );
 }
 
