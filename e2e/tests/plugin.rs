@@ -77,11 +77,16 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
         let e = q(&["check", "nope"]).await.expect_err("no such Deployment");
         assert!(e.contains("no Deployment nope"), "{e}");
 
-        let list = q(&["list"]).await.map_err(anyhow::Error::msg)?;
+        // The policy's counts follow the pods' readiness by one reconcile.
+        let list = eventually("the policy's counts", Duration::from_secs(30), || async {
+            let list = q(&["list"]).await.map_err(anyhow::Error::msg)?;
+            Ok(list.contains(" 3/3/3 ").then_some(list))
+        })
+        .await?;
         eprintln!("{list}");
         assert!(list.starts_with("NAMESPACE"), "{list}");
         let row = list.lines().nth(1).unwrap_or_default();
-        assert!(row.contains(&ns) && row.contains(" web ") && row.contains("3/3/3"), "{list}");
+        assert!(row.contains(&ns) && row.contains(" web "), "{list}");
         let e = q(&["promote", APP]).await.expect_err("nothing to promote");
         assert!(e.contains("no rollout in progress"), "{e}");
 
