@@ -966,7 +966,8 @@ fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
     key(a) < key(b)
 }
 
-fn pod_condition<'a>(
+/// The condition `type_` of `pod`, if present.
+pub fn pod_condition<'a>(
     pod: &'a Pod,
     type_: &str,
 ) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {

@@ -132,7 +132,6 @@ pub async fn run(
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let steer = |command: Command, policy: String| (command, policy);
     let (command, policy) = match cli.command {
         Cmd::Get {
             policy,
@@ -170,11 +169,11 @@ pub async fn run(
                 _ => write_as(output, &report, out),
             };
         }
-        Cmd::Pause { policy } => steer(Command::Pause, policy),
-        Cmd::Resume { policy } => steer(Command::Resume, policy),
-        Cmd::Promote { policy, full } => steer(Command::Promote { full }, policy),
-        Cmd::Abort { policy } => steer(Command::Abort, policy),
-        Cmd::Retry { policy } => steer(Command::Retry, policy),
+        Cmd::Pause { policy } => (Command::Pause, policy),
+        Cmd::Resume { policy } => (Command::Resume, policy),
+        Cmd::Promote { policy, full } => (Command::Promote { full }, policy),
+        Cmd::Abort { policy } => (Command::Abort, policy),
+        Cmd::Retry { policy } => (Command::Retry, policy),
     };
     let current = cluster::policy(&client, &ns, &policy).await?;
     let change = match command::change(command, &current) {

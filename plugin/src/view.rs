@@ -1,7 +1,7 @@
 //! What `kubectl quiesce get` shows, built from the objects as they are: pure, so every line a
 //! person reads is unit-tested from fixtures. Serialized as is for `-o json|yaml`.
 
-use k8s_openapi::api::core::v1::{Event, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use quiesce_api::constants::{
@@ -9,6 +9,7 @@ use quiesce_api::constants::{
     conditions,
 };
 use quiesce_api::{DrainReport, Phase, RolloutPolicy};
+use quiesce_operator::controller::pod_condition;
 use serde::Serialize;
 
 /// One rollout: the policy, its step, its pods and its last Events.
@@ -202,15 +203,6 @@ fn int_or_string(v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) 
     }
 }
 
-fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 /// One pod as a row.
 pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow {
     let revision = pod
@@ -229,7 +221,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
     let has_gate = spec
         .and_then(|s| s.readiness_gates.as_ref())
         .is_some_and(|g| g.iter().any(|g| g.condition_type == READY_GATE_CONDITION));
-    let gate = match (has_gate, condition(pod, READY_GATE_CONDITION)) {
+    let gate = match (has_gate, pod_condition(pod, READY_GATE_CONDITION)) {
         (false, _) => "-".to_string(),
         (true, Some(c)) if c.status == "True" => "open".to_string(),
         (true, Some(c)) => format!("held ({})", c.reason.as_deref().unwrap_or("-")),
@@ -241,7 +233,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == SIDECAR_CONTAINER_NAME)
     });
-    let drain = condition(pod, DRAINED_CONDITION).map(|c| {
+    let drain = pod_condition(pod, DRAINED_CONDITION).map(|c| {
         let report = c
             .message
             .as_deref()
@@ -283,7 +275,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
         name: pod.name_any(),
         revision,
         role: role.into(),
-        ready: condition(pod, "Ready").is_some_and(|c| c.status == "True"),
+        ready: pod_condition(pod, "Ready").is_some_and(|c| c.status == "True"),
         gate,
         injected,
         terminating: pod.metadata.deletion_timestamp.is_some(),
