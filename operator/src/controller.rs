@@ -36,7 +36,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result, RollbackError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyGauges};
 use crate::plan::{
     self, Action, AppPort, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
     ServicePortView, ServiceView, SidecarView, TargetPort, TargetState, TargetView,
@@ -491,7 +491,7 @@ impl Context {
         let plan = plan::plan(&observed, now);
         if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
             // Another policy governs the target: leave its pods alone.
-            self.metrics.set_phase(&ns, &name, None);
+            self.metrics.set_policy(&ns, &name, None);
             return Ok(Requeue::await_change());
         }
         // The status goes first: whoever reads the status after the pods never sees more pods
@@ -514,15 +514,12 @@ impl Context {
                 "policy status");
         }
         for d in &observed.new_drains {
-            let result = if d.forced { "forced" } else { "completed" };
-            self.metrics
-                .drains
-                .get_or_create(&vec![
-                    ("namespace", ns.clone()),
-                    ("policy", name.clone()),
-                    ("result", result.to_owned()),
-                ])
-                .inc();
+            // An implausible report counts as a drain without its numbers.
+            let seconds = d
+                .duration_millis
+                .filter(|_| !d.invalid)
+                .map(|ms| ms as f64 / 1000.0);
+            self.metrics.drained(&ns, &name, d.forced, seconds);
         }
         for action in &plan.actions {
             self.execute(policy, &observed, action, now).await?;
@@ -534,11 +531,17 @@ impl Context {
             self.memory()
                 .policies
                 .remove(&policy.uid().unwrap_or_default());
-            self.metrics.set_phase(&ns, &name, None);
+            self.metrics.set_policy(&ns, &name, None);
             self.retrigger_siblings(policy);
             return Ok(Requeue::await_change());
         }
-        self.metrics.set_phase(&ns, &name, plan.status.phase);
+        let without_sidecar = observed
+            .pods
+            .iter()
+            .filter(|p| !p.terminating && !p.injected)
+            .count();
+        let gauges = PolicyGauges::new(&plan.status, policy.spec.steps.len(), without_sidecar);
+        self.metrics.set_policy(&ns, &name, Some(&gauges));
         Ok(match plan.requeue_after {
             Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
             None => Requeue::await_change(),

@@ -7,8 +7,13 @@
 //! | `reconcile_errors_total` | `error` ([`crate::Error::metric_label`]) |
 //! | `reconcile_duration_seconds` (histogram) | |
 //! | `policy_phase` (gauge, 1 for the current phase) | `namespace`, `policy`, `phase` |
+//! | `policy_replicas` (gauge) | `namespace`, `policy`, `state` (`desired`, `updated`, `admitted`, `ready`) |
+//! | `policy_steps`, `policy_steps_completed` (gauges: steps of the policy, steps done) | `namespace`, `policy` |
+//! | `pods_without_sidecar` (gauge: live target pods the webhook did not inject) | `namespace`, `policy` |
+//! | `last_progress_timestamp_seconds` (gauge: when the rollout last made progress) | `namespace`, `policy` |
 //! | `admissions_total` (readiness gates set `True`) | `namespace`, `policy`, `reason` |
 //! | `drains_total` (drains reported by sidecars) | `namespace`, `policy`, `result` |
+//! | `drain_duration_seconds` (histogram of the reported drain durations) | `namespace`, `policy`, `result` |
 //! | `invalid_drain_reports_total` (reports whose numbers were not plausible) | `namespace`, `policy` |
 //! | `gate_resets_total` (gates someone else opened on a held pod, reset to `False`) | `namespace`, `policy` |
 //! | `webhook_requests_total` | `result` (`injected`, `skipped`, `error`) |
@@ -19,11 +24,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
 };
 use prometheus_client::registry::Registry;
-use quiesce_api::Phase;
+use quiesce_api::{Phase, RolloutPolicyStatus};
 
 /// Label set of a metric: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -40,10 +47,22 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 for each policy's current phase, 0 for the others.
     pub policy_phase: Family<Labels, Gauge>,
+    /// Replica counts of each policy's status, by `state`.
+    pub policy_replicas: Family<Labels, Gauge>,
+    /// Length of each policy's `spec.steps`.
+    pub policy_steps: Family<Labels, Gauge>,
+    /// Steps done in each policy's current or last rollout.
+    pub policy_steps_completed: Family<Labels, Gauge>,
+    /// Live pods of each policy's target that run without the sidecar.
+    pub pods_without_sidecar: Family<Labels, Gauge>,
+    /// When each policy's rollout last made progress (unix seconds).
+    pub last_progress: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Pods admitted (readiness gate set True).
     pub admissions: Family<Labels, Counter>,
     /// Drains reported by the sidecars.
     pub drains: Family<Labels, Counter>,
+    /// Durations of the drains reported by the sidecars.
+    pub drain_duration: Family<Labels, Histogram, fn() -> Histogram>,
     /// Drain reports whose numbers were not plausible (counted as drains without them).
     pub invalid_drain_reports: Family<Labels, Counter>,
     /// Gates set `True` by someone else while the operator held the pod, reset to `False`.
@@ -55,6 +74,62 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
     phases: Mutex<std::collections::HashMap<(String, String), Phase>>,
+}
+
+/// The `state` label values of `policy_replicas`, in the order of [`PolicyGauges::replicas`].
+pub const REPLICA_STATES: [&str; 4] = ["desired", "updated", "admitted", "ready"];
+
+/// The `result` label values of `drains_total` and `drain_duration_seconds`.
+const DRAIN_RESULTS: [&str; 2] = ["completed", "forced"];
+
+/// The `result` label values of `webhook_requests_total`.
+const WEBHOOK_RESULTS: [&str; 3] = ["injected", "skipped", "error"];
+
+/// What the per-policy gauges show after one reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyGauges {
+    /// The phase (no phase gauge without one).
+    pub phase: Option<Phase>,
+    /// Replicas by [`REPLICA_STATES`].
+    pub replicas: [i64; 4],
+    /// Length of `spec.steps`.
+    pub steps: i64,
+    /// Steps done (0 before a rollout).
+    pub steps_completed: i64,
+    /// Live target pods without the sidecar.
+    pub pods_without_sidecar: i64,
+    /// When the rollout last made progress, in unix seconds.
+    pub last_progress: Option<f64>,
+}
+
+impl PolicyGauges {
+    /// The gauges of a policy with `status`, `steps` steps and `pods_without_sidecar`.
+    pub fn new(status: &RolloutPolicyStatus, steps: usize, pods_without_sidecar: usize) -> Self {
+        let count = |n: Option<i32>| i64::from(n.unwrap_or(0));
+        PolicyGauges {
+            phase: status.phase,
+            replicas: [
+                count(status.desired_replicas),
+                count(status.updated_replicas),
+                count(status.admitted_replicas),
+                count(status.ready_replicas),
+            ],
+            steps: steps as i64,
+            steps_completed: status.steps_completed(steps).unwrap_or(0) as i64,
+            pods_without_sidecar: pods_without_sidecar as i64,
+            last_progress: status
+                .last_progress_time
+                .as_ref()
+                .map(|t| t.0.as_millisecond() as f64 / 1000.0),
+        }
+    }
+}
+
+/// Drain durations from 100 ms (a pod without connections) to the longest drain budgets.
+fn drain_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    ])
 }
 
 const PHASES: [Phase; 6] = [
@@ -77,8 +152,14 @@ impl Default for Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             policy_phase: Family::default(),
+            policy_replicas: Family::default(),
+            policy_steps: Family::default(),
+            policy_steps_completed: Family::default(),
+            pods_without_sidecar: Family::default(),
+            last_progress: Family::default(),
             admissions: Family::default(),
             drains: Family::default(),
+            drain_duration: Family::new_with_constructor(drain_histogram),
             invalid_drain_reports: Family::default(),
             gate_resets: Family::default(),
             webhook_requests: Family::default(),
@@ -109,7 +190,37 @@ impl Default for Metrics {
             "Pods whose quiesce.dev/ready gate the operator set True",
             m.admissions.clone(),
         );
+        registry.register(
+            "policy_replicas",
+            "Replicas of each RolloutPolicy's target by state (desired, updated, admitted, ready)",
+            m.policy_replicas.clone(),
+        );
+        registry.register(
+            "policy_steps",
+            "Steps in each RolloutPolicy's spec.steps",
+            m.policy_steps.clone(),
+        );
+        registry.register(
+            "policy_steps_completed",
+            "Steps done in each RolloutPolicy's current or last rollout",
+            m.policy_steps_completed.clone(),
+        );
+        registry.register(
+            "pods_without_sidecar",
+            "Live pods of each RolloutPolicy's target that run without the quiesce sidecar",
+            m.pods_without_sidecar.clone(),
+        );
+        registry.register(
+            "last_progress_timestamp_seconds",
+            "When each RolloutPolicy's rollout last made progress (a pod admitted or a step done)",
+            m.last_progress.clone(),
+        );
         registry.register("drains", "Drains reported by sidecars", m.drains.clone());
+        registry.register(
+            "drain_duration_seconds",
+            "Durations of the drains reported by sidecars",
+            m.drain_duration.clone(),
+        );
         registry.register(
             "invalid_drain_reports",
             "Drain reports whose numbers were not plausible, counted as drains without them",
@@ -135,6 +246,12 @@ impl Default for Metrics {
             "1 while this replica is the leader",
             m.leader.clone(),
         );
+        // Every result from 0, so that `increase()` sees the first error.
+        for result in WEBHOOK_RESULTS {
+            let _ = m
+                .webhook_requests
+                .get_or_create(&vec![("result", result.to_owned())]);
+        }
         Metrics { registry, ..m }
     }
 }
@@ -168,8 +285,81 @@ impl Metrics {
         }
     }
 
+    /// Sets the gauges of a policy (`None`: the policy is gone, its series are removed).
+    pub fn set_policy(&self, namespace: &str, policy: &str, gauges: Option<&PolicyGauges>) {
+        let labels = |extra: Option<(&'static str, &str)>| {
+            let mut l = vec![
+                ("namespace", namespace.to_owned()),
+                ("policy", policy.to_owned()),
+            ];
+            l.extend(extra.map(|(k, v)| (k, v.to_owned())));
+            l
+        };
+        self.set_phase(namespace, policy, gauges.and_then(|g| g.phase));
+        // Both drain results exist from the first reconcile at 0, so that `increase()` sees
+        // the first forced drain of a policy (a series born at 1 shows no increase).
+        for result in DRAIN_RESULTS {
+            let l = labels(Some(("result", result)));
+            if gauges.is_some() {
+                let _ = self.drains.get_or_create(&l);
+                let _ = self.drain_duration.get_or_create(&l);
+            } else {
+                self.drains.remove(&l);
+                self.drain_duration.remove(&l);
+            }
+        }
+        let Some(g) = gauges else {
+            for state in REPLICA_STATES {
+                self.policy_replicas.remove(&labels(Some(("state", state))));
+            }
+            for family in [
+                &self.policy_steps,
+                &self.policy_steps_completed,
+                &self.pods_without_sidecar,
+            ] {
+                family.remove(&labels(None));
+            }
+            self.last_progress.remove(&labels(None));
+            return;
+        };
+        for (state, n) in REPLICA_STATES.into_iter().zip(g.replicas) {
+            self.policy_replicas
+                .get_or_create(&labels(Some(("state", state))))
+                .set(n);
+        }
+        self.policy_steps.get_or_create(&labels(None)).set(g.steps);
+        self.policy_steps_completed
+            .get_or_create(&labels(None))
+            .set(g.steps_completed);
+        self.pods_without_sidecar
+            .get_or_create(&labels(None))
+            .set(g.pods_without_sidecar);
+        match g.last_progress {
+            Some(t) => {
+                self.last_progress.get_or_create(&labels(None)).set(t);
+            }
+            None => {
+                self.last_progress.remove(&labels(None));
+            }
+        }
+    }
+
+    /// Counts one drain a sidecar reported, with its duration when it reported one.
+    pub fn drained(&self, namespace: &str, policy: &str, forced: bool, seconds: Option<f64>) {
+        let result = DRAIN_RESULTS[usize::from(forced)];
+        let labels = vec![
+            ("namespace", namespace.to_owned()),
+            ("policy", policy.to_owned()),
+            ("result", result.to_owned()),
+        ];
+        self.drains.get_or_create(&labels).inc();
+        if let Some(s) = seconds {
+            self.drain_duration.get_or_create(&labels).observe(s);
+        }
+    }
+
     /// Sets the phase gauge of a policy (`None`: the policy is gone).
-    pub fn set_phase(&self, namespace: &str, policy: &str, phase: Option<Phase>) {
+    fn set_phase(&self, namespace: &str, policy: &str, phase: Option<Phase>) {
         let key = (namespace.to_owned(), policy.to_owned());
         let mut phases = self.phases.lock().expect("metrics lock");
         for p in PHASES {
@@ -225,8 +415,21 @@ mod tests {
         let m = Metrics::default();
         m.reconciled(Some("kube"));
         drop(m.reconcile_timer());
-        m.set_phase("ns", "web", Some(Phase::Progressing));
-        m.set_phase("ns", "web", Some(Phase::Completed));
+        let status = RolloutPolicyStatus {
+            phase: Some(Phase::Progressing),
+            current_step: Some(1),
+            desired_replicas: Some(4),
+            updated_replicas: Some(2),
+            ..Default::default()
+        };
+        m.set_policy("ns", "web", Some(&PolicyGauges::new(&status, 3, 1)));
+        let completed = RolloutPolicyStatus {
+            phase: Some(Phase::Completed),
+            ..status
+        };
+        m.set_policy("ns", "web", Some(&PolicyGauges::new(&completed, 3, 0)));
+        m.drained("ns", "web", true, Some(2.5));
+        m.drained("ns", "web", false, None);
         m.webhook("injected", 0.002);
         let text = m.encode();
         for name in [
@@ -234,11 +437,36 @@ mod tests {
             "quiesce_operator_reconcile_errors_total{error=\"kube\"} 1",
             "quiesce_operator_reconcile_duration_seconds_count 1",
             "quiesce_operator_policy_phase{namespace=\"ns\",policy=\"web\",phase=\"Completed\"} 1",
+            "quiesce_operator_policy_replicas{namespace=\"ns\",policy=\"web\",state=\"updated\"} 2",
+            "quiesce_operator_policy_steps{namespace=\"ns\",policy=\"web\"} 3",
+            "quiesce_operator_policy_steps_completed{namespace=\"ns\",policy=\"web\"} 3",
+            "quiesce_operator_pods_without_sidecar{namespace=\"ns\",policy=\"web\"} 0",
+            "quiesce_operator_drains_total{namespace=\"ns\",policy=\"web\",result=\"completed\"} 1",
+            "quiesce_operator_drains_total{namespace=\"ns\",policy=\"web\",result=\"forced\"} 1",
+            "quiesce_operator_drain_duration_seconds_bucket{le=\"5.0\",namespace=\"ns\",policy=\"web\",result=\"forced\"} 1",
             "quiesce_operator_webhook_requests_total{result=\"injected\"} 1",
+            "quiesce_operator_webhook_requests_total{result=\"error\"} 0",
             "quiesce_operator_webhook_duration_seconds_count 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
         assert!(!text.contains("phase=\"Progressing\""), "old phase removed");
+        assert!(
+            text.contains("quiesce_operator_drain_duration_seconds_count{namespace=\"ns\",policy=\"web\",result=\"completed\"} 0"),
+            "a drain without a duration is not observed:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_policy_leaves_no_series() {
+        let m = Metrics::default();
+        let status = RolloutPolicyStatus {
+            phase: Some(Phase::Progressing),
+            ..Default::default()
+        };
+        m.set_policy("ns", "web", Some(&PolicyGauges::new(&status, 2, 1)));
+        m.set_policy("ns", "web", None);
+        let text = m.encode();
+        assert!(!text.contains("policy=\"web\""), "series left:\n{text}");
     }
 }

@@ -8,7 +8,7 @@ use quiesce_api::constants::{
     DRAINED_CONDITION, POD_TEMPLATE_HASH_LABEL, READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME,
     conditions,
 };
-use quiesce_api::{DrainReport, Phase, RolloutPolicy};
+use quiesce_api::{DrainReport, RolloutPolicy};
 use quiesce_operator::controller::pod_condition;
 use serde::Serialize;
 
@@ -129,11 +129,9 @@ pub fn rollout(policy: &RolloutPolicy, pods: &[Pod], events: &[Event]) -> Rollou
     let phase = status.phase.unwrap_or_default();
     // Steps done of all, as `kubectl argo rollouts` counts; the operator's messages name a
     // step by the same index ("pause step 1").
-    let step = match (steps.len(), current) {
-        (0, _) => "-".to_string(),
-        (m, _) if phase == Phase::Completed => format!("{m}/{m}"),
-        (m, Some(i)) => format!("{}/{m}", i.min(m)),
-        (_, None) => "-".to_string(),
+    let step = match status.steps_completed(steps.len()) {
+        Some(done) => format!("{done}/{}", steps.len()),
+        None => "-".to_string(),
     };
     let step_action = current
         .and_then(|i| steps.get(i))

@@ -15,6 +15,7 @@
 //! variable [`SIDECAR_FAIL_OPEN_ENV`] set by the webhook; without it the sidecar never fails
 //! open. [`decide`] is pure; [`run`] is its loop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,6 +28,8 @@ use quiesce_api::constants::{
     READY_GATE_CONDITION, SIDECAR_FAIL_OPEN_ENV, SIDECAR_FIELD_MANAGER, reasons::FAIL_OPEN,
 };
 use serde_json::json;
+
+use crate::metrics::Metrics;
 
 use crate::config::PodIdentity;
 
@@ -130,7 +133,7 @@ pub fn observe(pod: &Pod) -> Observation {
 }
 
 /// Watches the own pod's gate and admits it when the operator does not decide in time.
-pub async fn run(client: Client, pod: PodIdentity, after: Duration) {
+pub async fn run(client: Client, pod: PodIdentity, after: Duration, metrics: Arc<Metrics>) {
     let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
     tracing::info!(after_seconds = after.as_secs(), "fail-open admission armed");
     loop {
@@ -154,6 +157,7 @@ pub async fn run(client: Client, pod: PodIdentity, after: Duration) {
                         .await
                     {
                         Ok(_) => {
+                            metrics.fail_open.inc();
                             tracing::warn!(%message, "pod admitted by fail-open");
                             return;
                         }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub api_errors: Family<Labels, Counter>,
     /// Pod-condition reports given up after their retries.
     pub report_failures: Counter,
+    /// Readiness gates the sidecar opened itself because no operator decided in time.
+    pub fail_open: Counter,
     /// Connections accepted by the admin server (explains `PassiveOpens` growth).
     pub admin_connections: Counter,
     /// Established connections on app ports at the last observation.
@@ -69,6 +71,7 @@ impl Default for Metrics {
             probes: Family::default(),
             api_errors: Family::default(),
             report_failures: Counter::default(),
+            fail_open: Counter::default(),
             admin_connections: Counter::default(),
             app_connections: Gauge::default(),
             app_busy_connections: Gauge::default(),
@@ -115,6 +118,11 @@ impl Default for Metrics {
             "report_failures",
             "Drain reports not written within --report-timeout (retried until the API takes them)",
             m.report_failures.clone(),
+        );
+        registry.register(
+            "fail_open",
+            "Readiness gates the sidecar opened itself (reason FailOpen) because no operator decided in time",
+            m.fail_open.clone(),
         );
         registry.register(
             "admin_connections",

@@ -50,7 +50,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Ok(client) => {
                 let own = OwnPod::new(client.clone(), pod.clone(), metrics.clone());
                 if let Some(after) = crate::fail_open::from_env() {
-                    tokio::spawn(crate::fail_open::run(client.clone(), pod.clone(), after));
+                    tokio::spawn(crate::fail_open::run(
+                        client.clone(),
+                        pod.clone(),
+                        after,
+                        metrics.clone(),
+                    ));
                 }
                 let kube = KubeDrain {
                     client,

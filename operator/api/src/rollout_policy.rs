@@ -632,6 +632,21 @@ pub struct RolloutPolicyStatus {
 }
 
 impl RolloutPolicyStatus {
+    /// Steps done of `steps` (the length of `spec.steps`), as `kubectl argo rollouts` counts:
+    /// the index of the step in effect, all of them once Completed; `None` without steps or
+    /// before a rollout.
+    pub fn steps_completed(&self, steps: usize) -> Option<usize> {
+        match (
+            steps,
+            self.current_step.and_then(|i| usize::try_from(i).ok()),
+        ) {
+            (0, _) => None,
+            (m, _) if self.phase == Some(Phase::Completed) => Some(m),
+            (m, Some(i)) => Some(i.min(m)),
+            (_, None) => None,
+        }
+    }
+
     /// The condition of type `type_`, if present.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
