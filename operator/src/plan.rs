@@ -235,6 +235,9 @@ pub const GATE_RESET: &str = "GateReset";
 /// Event reason: drain reports whose numbers could not be trusted.
 pub const INVALID_DRAIN_REPORT: &str = "InvalidDrainReport";
 
+/// Event reason: drains that hit `drain.timeoutSeconds` with connections still open.
+pub const DRAINS_FORCED: &str = "DrainsForced";
+
 /// One thing the shell does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -264,7 +267,7 @@ pub enum Action {
         reason: &'static str,
         /// Message.
         note: String,
-        /// What was done (`AdvanceToStep2`, `StartRolloutabc123`): Events with the same reason
+        /// What was done (`AdvanceToStep2abc123`, `StartRolloutabc123`): Events with the same reason
         /// and action are folded into one series by the recorder, so distinct steps and
         /// revisions get distinct actions.
         action: String,
@@ -493,6 +496,29 @@ impl<'a> Planner<'a> {
                 stats.last_duration_millis = Some(ms);
                 stats.max_duration_millis = Some(stats.max_duration_millis.unwrap_or(0).max(ms));
             }
+        }
+        // In the policy's Events, between the steps they happened in: a forced drain cut
+        // connections, which is what a person reading the rollout's timeline looks for.
+        let forced: Vec<&DrainReport> = self.o.new_drains.iter().filter(|d| d.forced).collect();
+        if !forced.is_empty() {
+            let longest = forced
+                .iter()
+                .filter(|d| !d.invalid)
+                .filter_map(|d| d.duration_millis)
+                .max()
+                .map(|ms| format!(" after {:.1}s", ms as f64 / 1000.0))
+                .unwrap_or_default();
+            let note = format!(
+                "{} drain(s) forced{longest} at drain.timeoutSeconds {}: connections were still open and were cut (kubectl quiesce drains {} shows where the time went)",
+                forced.len(),
+                self.spec.drain.timeout_seconds,
+                self.o.policy.name
+            );
+            // One Event per batch: the running total makes each its own series.
+            let total = self.status.drains.as_ref().map_or(0, |d| d.forced);
+            self.actions.push(
+                Action::warning(DRAINS_FORCED, note).with_action(format!("ForceDrain{total}")),
+            );
         }
     }
 
@@ -1039,7 +1065,8 @@ impl<'a> Planner<'a> {
         self.status.current_step = Some(i32::try_from(next).unwrap_or(i32::MAX));
         self.status.current_step_start_time = Some(Time(self.now));
         self.status.last_progress_time = Some(Time(self.now));
-        let note = format!("step {step} done ({why}); now at step {next}");
+        let revision = self.status.update_revision.clone().unwrap_or_default();
+        let note = format!("revision {revision}: step {step} done ({why}); now at step {next}");
         self.set(
             conditions::PROGRESSING,
             true,
@@ -1047,7 +1074,8 @@ impl<'a> Planner<'a> {
             note.clone(),
         );
         self.actions.push(
-            Action::event(reasons::STEP_ADVANCED, note).with_action(format!("AdvanceToStep{next}")),
+            Action::event(reasons::STEP_ADVANCED, note)
+                .with_action(format!("AdvanceToStep{next}{revision}")),
         );
     }
 

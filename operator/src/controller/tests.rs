@@ -545,6 +545,15 @@ async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
         .await;
         assert_eq!(status["status"]["drains"]["forced"], 1);
         assert_eq!(status["status"]["drains"]["completed"], 0);
+        let e = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/shop/events",
+            event_reply(),
+        )
+        .await;
+        assert_eq!(e["reason"], crate::plan::DRAINS_FORCED);
+        assert_eq!(e["type"], "Warning");
         no_more_calls(&mut handle).await;
     });
     ctx.apply(&p, false).await.unwrap();

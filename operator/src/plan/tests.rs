@@ -290,6 +290,24 @@ fn steps_advance_once_admissions_are_observed_and_wait_for_displaced_old_pods() 
     let p = w.step(12);
     assert_eq!(p.status.current_step, Some(1));
     assert!(events(&p).contains(&reasons::STEP_ADVANCED));
+    // The recorder folds Events by reason and action: the revision in both keeps the steps of
+    // one rollout apart from the same steps of the next in `kubectl describe rp`.
+    let advanced = p.actions.iter().find_map(|a| match a {
+        Action::Event {
+            reason,
+            note,
+            action,
+            ..
+        } if *reason == reasons::STEP_ADVANCED => Some((note.as_str(), action.as_str())),
+        _ => None,
+    });
+    assert_eq!(
+        advanced,
+        Some((
+            "revision new: step 0 done (1 of 2 new pods admitted); now at step 1",
+            "AdvanceToStep1new"
+        ))
+    );
     assert_eq!(held(&p), vec![("n2", reasons::WAITING_FOR_DRAIN)]);
     assert!(
         p.status
@@ -779,9 +797,34 @@ fn drains_are_added_up() {
         },
     ];
     let p = w.step(1);
+    let forced_events: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, note, .. } if *reason == DRAINS_FORCED => Some(note.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forced_events.len(), 1, "one Warning for the forced drain");
+    assert!(
+        forced_events[0].starts_with("1 drain(s) forced after 30.0s"),
+        "{forced_events:?}"
+    );
     let d = p.status.drains.unwrap();
     assert_eq!((d.completed, d.forced), (1, 1));
     assert_eq!(d.max_duration_millis, Some(30000));
+}
+
+#[test]
+fn completed_drains_alone_raise_no_warning() {
+    let mut w = World::new(spec(vec![]), target(1, "old"), vec![]);
+    w.o.new_drains = vec![DrainReport {
+        forced: false,
+        duration_millis: Some(900),
+        invalid: false,
+    }];
+    let p = w.step(1);
+    assert!(!events(&p).contains(&DRAINS_FORCED));
 }
 
 #[test]
