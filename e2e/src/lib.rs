@@ -11,6 +11,7 @@ pub mod harness;
 pub mod hey;
 pub mod loadgen;
 pub mod node;
+pub mod prometheus;
 pub mod reuse;
 pub mod scenario;
 pub mod ws;
