@@ -36,18 +36,19 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn helm_bin() -> PathBuf {
-    let local = repo_root().join(".tools/bin/helm");
+/// A project tool: `.tools/bin/<name>` (what `e2e/cluster/tools.sh` installs), else the PATH's.
+pub fn tool(name: &str) -> PathBuf {
+    let local = repo_root().join(".tools/bin").join(name);
     if local.exists() {
         local
     } else {
-        PathBuf::from("helm")
+        PathBuf::from(name)
     }
 }
 
 /// Runs helm with `args`, failing with its output.
 pub async fn helm(args: &[&str]) -> Result<String> {
-    let out = Command::new(helm_bin())
+    let out = Command::new(tool("helm"))
         .args(args)
         .output()
         .await
@@ -235,6 +236,55 @@ spec:
   ports: [{{port: 80, targetPort: http}}]
 "#
     )
+}
+
+/// The RoleBinding that lets the `default` service account's sidecars run, for pods that carry
+/// the sidecar without the webhook ([`hand_injected_pod_spec`]).
+pub const SIDECAR_BINDING_FOR_DEFAULT: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: quiesce-sidecar-default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quiesce-sidecar}
+subjects: [{kind: ServiceAccount, name: default}]
+"#;
+
+/// A pod spec (JSON, which YAML embeds as it is) with the demo app and the sidecar added by
+/// hand behind the readiness gate, as an injected pod whose operator is gone: no policy governs
+/// it, so its sidecar opens the gate itself after `fail_open_after` seconds.
+pub fn hand_injected_pod_spec(fail_open_after: u32) -> serde_json::Value {
+    let restricted = serde_json::json!({"allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true,
+        "seccompProfile": {"type": "RuntimeDefault"}});
+    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
+    serde_json::json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}},
+        "readinessGates": [{"conditionType": quiesce_api::constants::READY_GATE_CONDITION}],
+        "initContainers": [{
+            "name": quiesce_api::constants::SIDECAR_CONTAINER_NAME,
+            "image": harness::image("sidecar"),
+            "imagePullPolicy": "Never",
+            "restartPolicy": "Always",
+            "ports": [{"name": "quiesce-admin", "containerPort": quiesce_api::constants::SIDECAR_ADMIN_PORT}],
+            "env": [
+                {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+                {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                {"name": "POD_IP", "valueFrom": field("status.podIP")},
+                {"name": "QUIESCE_APP_PORTS", "value": "8080"},
+                {"name": "QUIESCE_PROBE_PATH", "value": "/healthz"},
+                {"name": quiesce_api::constants::SIDECAR_FAIL_OPEN_ENV, "value": fail_open_after.to_string()},
+            ],
+            "securityContext": restricted,
+        }],
+        "containers": [{
+            "name": "app",
+            "image": harness::image("demo-app"),
+            "imagePullPolicy": "Never",
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+            "securityContext": restricted,
+        }],
+    })
 }
 
 /// A RolloutPolicy `name` for Deployment `target`; `spec` is YAML of the other spec fields,

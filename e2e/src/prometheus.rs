@@ -400,19 +400,9 @@ pub struct Prometheus {
     dir: PathBuf,
 }
 
-/// The Prometheus binary (`.tools/bin/prometheus`, else the PATH's).
-fn binary(name: &str) -> PathBuf {
-    let local = chart::repo_root().join(".tools/bin").join(name);
-    if local.exists() {
-        local
-    } else {
-        PathBuf::from(name)
-    }
-}
-
 /// `promtool` (for the static checks).
 pub fn promtool() -> PathBuf {
-    binary("promtool")
+    chart::tool("promtool")
 }
 
 /// Unix seconds now.
@@ -446,7 +436,7 @@ impl Prometheus {
         std::fs::write(&config_file, serde_yaml::to_string(&config)?)?;
         let port = free_port()?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new(binary("prometheus"))
+        let child = Command::new(chart::tool("prometheus"))
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",

@@ -132,20 +132,12 @@ async fn every_dashboard_query_parses() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A Deployment no policy targets, its pod carrying the sidecar by hand behind the readiness
-/// gate (as an injected pod whose operator is gone), and the label the failing webhook selects.
+/// A Deployment no policy targets, its pod carrying the sidecar by hand (as an injected pod
+/// whose operator is gone) and the label the failing webhook selects.
 fn lonely_deployment(fail_open_after: u32) -> String {
-    let app = harness::image("demo-app");
-    let sidecar = harness::image("sidecar");
-    let restricted = "{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}";
+    let spec = chart::hand_injected_pod_spec(fail_open_after);
     format!(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: quiesce-sidecar-default}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quiesce-sidecar}}
-subjects: [{{kind: ServiceAccount, name: default}}]
----
+        r#"{binding}---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: {LONELY}}}
@@ -154,31 +146,9 @@ spec:
   selector: {{matchLabels: {{app: {LONELY}}}}}
   template:
     metadata: {{labels: {{app: {LONELY}, e2e-failopen: "true"}}}}
-    spec:
-      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
-      readinessGates: [{{conditionType: quiesce.dev/ready}}]
-      initContainers:
-        - name: quiesce-sidecar
-          image: {sidecar}
-          imagePullPolicy: Never
-          restartPolicy: Always
-          ports: [{{name: quiesce-admin, containerPort: 9901}}]
-          env:
-            - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-            - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
-            - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
-            - {{name: QUIESCE_APP_PORTS, value: "8080"}}
-            - {{name: QUIESCE_PROBE_PATH, value: /healthz}}
-            - {{name: QUIESCE_FAIL_OPEN_AFTER_SECONDS, value: "{fail_open_after}"}}
-          securityContext: {restricted}
-      containers:
-        - name: app
-          image: {app}
-          imagePullPolicy: Never
-          ports: [{{containerPort: 8080}}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
-          securityContext: {restricted}
-"#
+    spec: {spec}
+"#,
+        binding = chart::SIDECAR_BINDING_FOR_DEFAULT
     )
 }
 

@@ -13,44 +13,10 @@ use quiesce_e2e::chart::{self, demo_app, gate_open, policy, revision};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 
 fn lonely_pod(fail_open_after: u32) -> String {
-    let app = harness::image("demo-app");
-    let sidecar = harness::image("sidecar");
-    let restricted = "{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}";
+    let spec = chart::hand_injected_pod_spec(fail_open_after);
     format!(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: quiesce-sidecar-default}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quiesce-sidecar}}
-subjects: [{{kind: ServiceAccount, name: default}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: lonely, labels: {{app: lonely}}}}
-spec:
-  securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
-  readinessGates: [{{conditionType: {READY_GATE_CONDITION}}}]
-  initContainers:
-    - name: quiesce-sidecar
-      image: {sidecar}
-      imagePullPolicy: Never
-      restartPolicy: Always
-      env:
-        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-        - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
-        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
-        - {{name: QUIESCE_APP_PORTS, value: "8080"}}
-        - {{name: QUIESCE_PROBE_PATH, value: /healthz}}
-        - {{name: QUIESCE_FAIL_OPEN_AFTER_SECONDS, value: "{fail_open_after}"}}
-      securityContext: {restricted}
-  containers:
-    - name: app
-      image: {app}
-      imagePullPolicy: Never
-      ports: [{{containerPort: 8080}}]
-      readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
-      securityContext: {restricted}
-"#
+        "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: lonely, labels: {{app: lonely}}}}\nspec: {spec}\n",
+        chart::SIDECAR_BINDING_FOR_DEFAULT
     )
 }
 

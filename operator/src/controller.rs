@@ -535,11 +535,7 @@ impl Context {
             self.retrigger_siblings(policy);
             return Ok(Requeue::await_change());
         }
-        let without_sidecar = observed
-            .pods
-            .iter()
-            .filter(|p| !p.terminating && !p.injected)
-            .count();
+        let without_sidecar = crate::plan::pods_without_sidecar(&observed.pods).len();
         let gauges = PolicyGauges::new(&plan.status, policy.spec.steps.len(), without_sidecar);
         self.metrics.set_policy(&ns, &name, Some(&gauges));
         Ok(match plan.requeue_after {

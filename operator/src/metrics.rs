@@ -296,32 +296,29 @@ impl Metrics {
             l
         };
         self.set_phase(namespace, policy, gauges.and_then(|g| g.phase));
-        // Both drain results exist from the first reconcile at 0, so that `increase()` sees
-        // the first forced drain of a policy (a series born at 1 shows no increase).
-        for result in DRAIN_RESULTS {
-            let l = labels(Some(("result", result)));
-            if gauges.is_some() {
-                let _ = self.drains.get_or_create(&l);
-                let _ = self.drain_duration.get_or_create(&l);
-            } else {
-                self.drains.remove(&l);
-                self.drain_duration.remove(&l);
-            }
-        }
         let Some(g) = gauges else {
+            for result in DRAIN_RESULTS {
+                self.drains.remove(&labels(Some(("result", result))));
+                self.drain_duration
+                    .remove(&labels(Some(("result", result))));
+            }
             for state in REPLICA_STATES {
                 self.policy_replicas.remove(&labels(Some(("state", state))));
             }
-            for family in [
-                &self.policy_steps,
-                &self.policy_steps_completed,
-                &self.pods_without_sidecar,
-            ] {
-                family.remove(&labels(None));
-            }
+            self.policy_steps.remove(&labels(None));
+            self.policy_steps_completed.remove(&labels(None));
+            self.pods_without_sidecar.remove(&labels(None));
             self.last_progress.remove(&labels(None));
             return;
         };
+        // Both drain results exist from the first reconcile at 0, so that `increase()` sees
+        // the first forced drain of a policy (a series born at 1 shows no increase).
+        for result in DRAIN_RESULTS {
+            let _ = self.drains.get_or_create(&labels(Some(("result", result))));
+            let _ = self
+                .drain_duration
+                .get_or_create(&labels(Some(("result", result))));
+        }
         for (state, n) in REPLICA_STATES.into_iter().zip(g.replicas) {
             self.policy_replicas
                 .get_or_create(&labels(Some(("state", state))))

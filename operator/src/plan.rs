@@ -301,6 +301,14 @@ impl Action {
     }
 }
 
+/// The live pods of `pods` that run without the quiesce sidecar (not drained when they stop).
+pub fn pods_without_sidecar(pods: &[PodView]) -> Vec<&str> {
+    pods.iter()
+        .filter(|p| !p.terminating && !p.injected)
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
 /// Computes the next status and actions of one policy at `now`.
 pub fn plan(o: &Observed, now: Timestamp) -> Plan {
     let foreign = foreign_opened(o, now);
@@ -524,11 +532,7 @@ impl<'a> Planner<'a> {
 
     fn check_injection(&mut self) {
         let live: Vec<&PodView> = self.o.pods.iter().filter(|p| !p.terminating).collect();
-        let missing: Vec<&str> = live
-            .iter()
-            .filter(|p| !p.injected)
-            .map(|p| p.name.as_str())
-            .collect();
+        let missing = pods_without_sidecar(&self.o.pods);
         if missing.is_empty() {
             self.set(
                 conditions::INJECTED,

@@ -185,6 +185,17 @@ async fn expect(handle: &mut Handle, method: Method, path: &str, reply: Value) -
     body
 }
 
+/// The next call publishes an Event of namespace `shop`: its body.
+async fn expect_event(handle: &mut Handle) -> Value {
+    expect(
+        handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/shop/events",
+        event_reply(),
+    )
+    .await
+}
+
 fn event_reply() -> Value {
     json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e", "namespace": "shop"},
         "eventTime": "2027-01-15T08:00:00.000000Z"})
@@ -240,13 +251,7 @@ async fn a_new_revision_is_an_event_a_gate_and_one_status_apply() {
         assert_eq!(status["status"]["phase"], "Progressing");
         assert_eq!(status["status"]["updateRevision"], "new");
         assert_eq!(status["status"]["admittedReplicas"], 1);
-        let e = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        let e = expect_event(&mut handle).await;
         assert_eq!(e["reason"], reasons::ROLLOUT_STARTED);
         let gate = expect(
             &mut handle,
@@ -362,22 +367,10 @@ async fn abort_clears_the_annotation_and_restores_the_stable_template() {
             json!({"app": "web"}),
             "hash label dropped"
         );
-        let e = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        let e = expect_event(&mut handle).await;
         assert_eq!(e["reason"], reasons::ABORTED);
         assert_eq!(e["type"], "Warning");
-        expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        expect_event(&mut handle).await;
         no_more_calls(&mut handle).await;
     });
     ctx.apply(&p, false).await.unwrap();
@@ -545,13 +538,7 @@ async fn a_drain_seen_by_the_cache_and_the_pod_watch_is_counted_once() {
         .await;
         assert_eq!(status["status"]["drains"]["forced"], 1);
         assert_eq!(status["status"]["drains"]["completed"], 0);
-        let e = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        let e = expect_event(&mut handle).await;
         assert_eq!(e["reason"], crate::plan::DRAINS_FORCED);
         assert_eq!(e["type"], "Warning");
         no_more_calls(&mut handle).await;
@@ -719,13 +706,7 @@ async fn a_service_with_a_numeric_target_port_is_reported_on_a_proxy_policy() {
             message.contains("set targetPort: http instead of 8080 in Service web-direct"),
             "{message}"
         );
-        let e = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        let e = expect_event(&mut handle).await;
         assert_eq!(e["reason"], reasons::NUMERIC_TARGET_PORT);
         assert_eq!(e["type"], "Warning");
         no_more_calls(&mut handle).await;
@@ -840,13 +821,7 @@ async fn a_crash_looping_sidecar_shows_in_the_policy_status() {
         );
         let message = status["status"]["message"].as_str().unwrap();
         assert!(message.contains("SidecarHealthy=False"), "{message}");
-        let e = expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        let e = expect_event(&mut handle).await;
         assert_eq!(e["reason"], reasons::SIDECAR_CRASH_LOOPING);
         no_more_calls(&mut handle).await;
     });
@@ -965,13 +940,7 @@ async fn one_policys_pass_keeps_another_policys_pending_gate_writes() {
             json!(policy(RolloutPolicyStatus::default())),
         )
         .await;
-        expect(
-            &mut handle,
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/shop/events",
-            event_reply(),
-        )
-        .await;
+        expect_event(&mut handle).await;
         let gate = expect(
             &mut handle,
             Method::PATCH,
@@ -1311,13 +1280,7 @@ async fn an_undecodable_policy_gets_a_warning_and_accepted_false() {
     tx.unbounded_send(bad).unwrap();
     drop(tx);
     let reporter = tokio::spawn(policies::report_undecodable(client, recorder, rx));
-    let event = expect(
-        &mut handle,
-        Method::POST,
-        "/apis/events.k8s.io/v1/namespaces/shop/events",
-        event_reply(),
-    )
-    .await;
+    let event = expect_event(&mut handle).await;
     assert_eq!(
         (event["type"].as_str(), event["reason"].as_str()),
         (Some("Warning"), Some(policies::UNDECODABLE))
