@@ -1,5 +1,5 @@
-//! Bytes the leader's caches hold, full objects against slimmed ones (`controller::slim`), for
-//! pods and Deployments decoded from the fixtures (real objects of the development cluster: an
+//! Bytes the leader's caches hold, full objects against the cached types the watches decode
+//! into (`controller::cached`), for pods and Deployments decoded from the fixtures (real objects of the development cluster: an
 //! injected demo pod, a Deployment applied with `kubectl apply`). Every object is decoded on
 //! its own, as a watch does, and held behind an `Arc`, as a reflector store does; the bytes are
 //! counted by `stats_alloc` (live heap bytes after minus before).
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use quiesce_operator::controller::slim::{slim_deployment, slim_pod};
+use quiesce_operator::controller::{CachedDeployment, CachedPod};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -30,22 +30,11 @@ fn held<T>(n: usize, make: impl Fn(usize) -> T) -> usize {
         .saturating_sub(change.bytes_deallocated)
 }
 
-fn pod(i: usize, slim: bool) -> Pod {
-    let mut p: Pod = serde_json::from_str(POD).expect("fixture pod");
-    p.metadata.name = Some(format!("web-{i}"));
-    if slim {
-        slim_pod(&mut p);
-    }
-    p
-}
-
-fn deployment(i: usize, slim: bool) -> Deployment {
-    let mut d: Deployment = serde_json::from_str(DEPLOYMENT).expect("fixture deployment");
-    d.metadata.name = Some(format!("web-{i}"));
-    if slim {
-        slim_deployment(&mut d);
-    }
-    d
+/// Decodes `json` as `T` and names it `web-{i}`, as a watch decodes each object.
+fn decoded<T: serde::de::DeserializeOwned + kube::Resource>(json: &str, i: usize) -> T {
+    let mut o: T = serde_json::from_str(json).expect("fixture");
+    o.meta_mut().name = Some(format!("web-{i}"));
+    o
 }
 
 fn mib(bytes: usize) -> String {
@@ -53,27 +42,30 @@ fn mib(bytes: usize) -> String {
 }
 
 fn main() {
-    println!("| cache | objects | full objects | slimmed | slimmed / full |");
+    println!("| cache | objects | full objects | cached | cached / full |");
     println!("|---|---:|---:|---:|---:|");
     for n in [1_000, 10_000] {
-        let (full, slim) = (held(n, |i| pod(i, false)), held(n, |i| pod(i, true)));
+        let (full, cached) = (
+            held(n, |i| decoded::<Pod>(POD, i)),
+            held(n, |i| decoded::<CachedPod>(POD, i)),
+        );
         println!(
             "| pods | {n} | {} | {} | {:.2} |",
             mib(full),
-            mib(slim),
-            slim as f64 / full as f64
+            mib(cached),
+            cached as f64 / full as f64
         );
     }
     for n in [1_000, 10_000] {
-        let (full, slim) = (
-            held(n, |i| deployment(i, false)),
-            held(n, |i| deployment(i, true)),
+        let (full, cached) = (
+            held(n, |i| decoded::<Deployment>(DEPLOYMENT, i)),
+            held(n, |i| decoded::<CachedDeployment>(DEPLOYMENT, i)),
         );
         println!(
             "| Deployments | {n} | {} | {} | {:.2} |",
             mib(full),
-            mib(slim),
-            slim as f64 / full as f64
+            mib(cached),
+            cached as f64 / full as f64
         );
     }
 }

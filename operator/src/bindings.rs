@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
@@ -30,6 +29,8 @@ use quiesce_api::constants::labels::{MANAGED_BY, MANAGED_BY_VALUE, POLICY};
 use quiesce_api::constants::{INJECT_DISABLED, INJECT_LABEL, OPERATOR_FIELD_MANAGER};
 use tokio::sync::Notify;
 use tracing::{info, warn};
+
+use crate::controller::cached::{CachedDeployment, CachedPod, CachedPodSpec};
 
 /// Label on every sidecar RoleBinding: the admission policy's parameter selector.
 pub const SIDECAR_BINDING: &str = "quiesce.dev/sidecar-binding";
@@ -74,7 +75,7 @@ impl Scope {
 }
 
 /// The service account a pod (spec) runs as.
-fn account_name(spec: Option<&PodSpec>) -> String {
+fn account_name(spec: Option<&CachedPodSpec>) -> String {
     spec.and_then(|s| s.service_account_name.clone())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_owned())
@@ -84,8 +85,8 @@ fn account_name(spec: Option<&PodSpec>) -> String {
 /// exists) and pods that carry the sidecar, in namespaces where `injects` holds.
 pub fn wanted<'a>(
     policies: impl IntoIterator<Item = &'a RolloutPolicy>,
-    deployment: impl Fn(&str, &str) -> Option<Arc<Deployment>>,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    deployment: impl Fn(&str, &str) -> Option<Arc<CachedDeployment>>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     injects: impl Fn(&str) -> bool,
 ) -> BTreeSet<Account> {
     let from_policies = policies
@@ -210,9 +211,9 @@ pub struct Bindings {
     /// The leader's caches.
     pub policies: Store<RolloutPolicy>,
     /// The leader's Deployment cache.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     /// The leader's pod cache.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Woken when one of those caches changed.
     pub changed: Arc<Notify>,
     /// `true` once the Deployment and pod caches are synced. `Store::wait_until_ready` wakes

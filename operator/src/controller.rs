@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::{Future, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
@@ -42,12 +42,13 @@ use crate::plan::{
     ServicePortView, ServiceView, SidecarView, TargetPort, TargetState, TargetView,
 };
 
+pub mod cached;
 mod drains;
 mod policies;
-pub mod slim;
 #[cfg(test)]
 mod tests;
 
+pub use cached::{CachedDeployment, CachedPod};
 use drains::CountedDrains;
 pub use drains::{DrainInbox, Taken, drain_report};
 pub use policies::{Undecodable, decode_event, policy_events};
@@ -69,11 +70,11 @@ pub struct Context {
     /// Cache of RolloutPolicies.
     pub policies: Store<RolloutPolicy>,
     /// Cache of Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     /// Cache of ReplicaSet metadata.
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
     /// Cache of Deployment pods (label `pod-template-hash`).
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// Cache of Services (metadata and spec): which ports the drain proxy can take over.
     pub services: Store<Service>,
     /// Current time.
@@ -134,9 +135,9 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         policies: Store<RolloutPolicy>,
-        deployments: Store<Deployment>,
+        deployments: Store<CachedDeployment>,
         replicasets: Store<PartialObjectMeta<ReplicaSet>>,
-        pods: Store<Pod>,
+        pods: Store<CachedPod>,
         services: Store<Service>,
         clock: Clock,
     ) -> Self {
@@ -192,16 +193,15 @@ pub async fn run(
 ) {
     // Woken on every change of the caches the sidecar bindings are computed from.
     let changed = Arc::new(tokio::sync::Notify::new());
-    let (deployments, deploy_writer) = reflector::store::<Deployment>();
+    let (deployments, deploy_writer) = reflector::store::<CachedDeployment>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let (pods, pod_writer) = reflector::store::<CachedPod>();
     let (services, svc_writer) = reflector::store::<Service>();
     let deploy_stream = watcher(
-        Api::<Deployment>::all(client.clone()),
+        Api::<CachedDeployment>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
-    .modify(slim::slim_deployment)
     .reflect(deploy_writer)
     .touched_objects();
     let rs_stream = watcher(
@@ -212,11 +212,10 @@ pub async fn run(
     .reflect(rs_writer)
     .touched_objects();
     let pod_stream = watcher(
-        Api::<Pod>::all(client.clone()),
+        Api::<CachedPod>::all(client.clone()),
         watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
     )
     .default_backoff()
-    .modify(slim::slim_pod)
     .reflect(pod_writer)
     .touched_objects();
     let svc_stream = watcher(
@@ -317,7 +316,7 @@ pub async fn run(
     let (deploy_changed, pod_changed) = (changed.clone(), changed);
     controller
         .reconcile_on(retriggered)
-        .watches_stream(deploy_stream, move |d: Deployment| {
+        .watches_stream(deploy_stream, move |d: CachedDeployment| {
             deploy_changed.notify_one();
             policies_for(&p1, &d.namespace().unwrap_or_default(), &d.name_any())
         })
@@ -328,7 +327,7 @@ pub async fn run(
                 None => Vec::new(),
             },
         )
-        .watches_stream(pod_stream, move |pod: Pod| {
+        .watches_stream(pod_stream, move |pod: CachedPod| {
             pod_changed.notify_one();
             pod_event(&pod, &p3, &rs_for_pods, &inbox, clock())
         })
@@ -366,7 +365,7 @@ pub fn policies_for(
 /// deleted). A finished drain report on the pod is recorded in `inbox` on the way, so it is
 /// counted even if the pod is gone before the reconcile looks.
 pub fn pod_event(
-    pod: &Pod,
+    pod: &CachedPod,
     policies: &Store<RolloutPolicy>,
     replicasets: &Store<PartialObjectMeta<ReplicaSet>>,
     inbox: &DrainInbox,
@@ -434,16 +433,15 @@ pub fn deployment_of(meta: &kube::api::ObjectMeta) -> Option<String> {
 }
 
 /// The Deployment a pod belongs to: its ReplicaSet owner's owner (from the cache), or by the
-/// Deployment controller's naming rule `<deployment>-<pod-template-hash>`.
+/// Deployment controller's naming rule `<deployment>-<pod-template-hash>`. Reads only the
+/// pod's metadata (the webhook's pod is a full one, the cache's a [`CachedPod`]).
 pub fn pod_deployment(
-    pod: &Pod,
+    pod: &impl Resource,
     replicasets: &Store<PartialObjectMeta<ReplicaSet>>,
 ) -> Option<String> {
     let rs = pod
-        .metadata
-        .owner_references
+        .owner_references()
         .iter()
-        .flatten()
         .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
     let ns = pod.namespace().unwrap_or_default();
     if let Some(meta) = replicasets.get(&ObjectRef::new(&rs.name).within(&ns)) {
@@ -699,7 +697,7 @@ impl Context {
         (observed, counted)
     }
 
-    fn target_view(&self, d: &Deployment) -> (TargetView, Vec<Arc<Pod>>) {
+    fn target_view(&self, d: &CachedDeployment) -> (TargetView, Vec<Arc<CachedPod>>) {
         let ns = d.namespace().unwrap_or_default();
         let uid = d.uid();
         let rs: Vec<Arc<PartialObjectMeta<ReplicaSet>>> = self.replicasets.state_filter(|rs| {
@@ -966,19 +964,19 @@ fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
 }
 
 /// The condition `type_` of `pod`, if present.
-pub fn pod_condition<'a>(
-    pod: &'a Pod,
-    type_: &str,
-) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
+pub fn pod_condition<'a>(pod: &'a CachedPod, type_: &str) -> Option<&'a PodCondition> {
+    condition(pod.status.as_ref()?.conditions.as_deref(), type_)
 }
 
-fn gate_transition_time(pod: &Pod) -> Option<Timestamp> {
+/// The condition `type_` among a pod's `conditions`, if present.
+pub fn condition<'a>(
+    conditions: Option<&'a [PodCondition]>,
+    type_: &str,
+) -> Option<&'a PodCondition> {
+    conditions?.iter().find(|c| c.type_ == type_)
+}
+
+fn gate_transition_time(pod: &CachedPod) -> Option<Timestamp> {
     pod_condition(pod, READY_GATE_CONDITION)?
         .last_transition_time
         .as_ref()
@@ -987,7 +985,7 @@ fn gate_transition_time(pod: &Pod) -> Option<Timestamp> {
 
 /// The quiesce sidecar's status on a pod: the native sidecar's entry in
 /// `initContainerStatuses` (or in `containerStatuses`, for a sidecar injected as a container).
-pub fn sidecar_view(pod: &Pod) -> Option<SidecarView> {
+pub fn sidecar_view(pod: &CachedPod) -> Option<SidecarView> {
     let status = pod.status.as_ref()?;
     let c = status
         .init_container_statuses
@@ -1027,7 +1025,7 @@ fn last_line(message: &str) -> Option<&str> {
 }
 
 /// The plan's view of a pod.
-pub fn pod_view(pod: &Pod) -> PodView {
+pub fn pod_view(pod: &CachedPod) -> PodView {
     let containers_ready_since = pod_condition(pod, "ContainersReady")
         .filter(|c| c.status == "True")
         .map(|c| {

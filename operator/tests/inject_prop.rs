@@ -25,7 +25,7 @@ use quiesce_api::constants::{
     DRAINED_CONDITION, INJECT_LABEL, READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, reasons,
 };
 use quiesce_api::{AppShutdown, DrainMode, DrainReport, RolloutPolicy, RolloutPolicySpec};
-use quiesce_operator::controller::drain_report;
+use quiesce_operator::controller::{CachedPod, drain_report};
 use quiesce_operator::metrics::Metrics;
 use quiesce_operator::webhook::{
     Decision, MUTATE_PATH, SidecarSettings, WebhookState, inject, router,
@@ -915,7 +915,7 @@ proptest! {
             }),
             ..Default::default()
         };
-        let r = drain_report(&pod);
+        let r = drain_report(&CachedPod::of(&pod));
         prop_assert_eq!(r.is_some(), status == "True");
         if let Some(r) = r {
             if let Some(ms) = r.duration_millis {

@@ -9,7 +9,7 @@ use quiesce_api::constants::{
     conditions,
 };
 use quiesce_api::{DrainReport, RolloutPolicy};
-use quiesce_operator::controller::pod_condition;
+use quiesce_operator::controller::condition;
 use serde::Serialize;
 
 /// One rollout: the policy, its step, its pods and its last Events.
@@ -203,6 +203,7 @@ fn int_or_string(v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) 
 
 /// One pod as a row.
 pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_deref());
     let revision = pod
         .labels()
         .get(POD_TEMPLATE_HASH_LABEL)
@@ -219,7 +220,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
     let has_gate = spec
         .and_then(|s| s.readiness_gates.as_ref())
         .is_some_and(|g| g.iter().any(|g| g.condition_type == READY_GATE_CONDITION));
-    let gate = match (has_gate, pod_condition(pod, READY_GATE_CONDITION)) {
+    let gate = match (has_gate, condition(conditions, READY_GATE_CONDITION)) {
         (false, _) => "-".to_string(),
         (true, Some(c)) if c.status == "True" => "open".to_string(),
         (true, Some(c)) => format!("held ({})", c.reason.as_deref().unwrap_or("-")),
@@ -231,7 +232,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == SIDECAR_CONTAINER_NAME)
     });
-    let drain = pod_condition(pod, DRAINED_CONDITION).map(|c| {
+    let drain = condition(conditions, DRAINED_CONDITION).map(|c| {
         let report = c
             .message
             .as_deref()
@@ -273,7 +274,7 @@ pub fn pod_row(pod: &Pod, update: Option<&str>, stable: Option<&str>) -> PodRow 
         name: pod.name_any(),
         revision,
         role: role.into(),
-        ready: pod_condition(pod, "Ready").is_some_and(|c| c.status == "True"),
+        ready: condition(conditions, "Ready").is_some_and(|c| c.status == "True"),
         gate,
         injected,
         terminating: pod.metadata.deletion_timestamp.is_some(),

@@ -1,5 +1,4 @@
 use super::*;
-use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use quiesce_api::RolloutPolicySpec;
 
@@ -11,8 +10,8 @@ fn policy(ns: &str, target: &str) -> RolloutPolicy {
     p
 }
 
-fn deployment(ns: &str, name: &str, sa: Option<&str>) -> Arc<Deployment> {
-    let mut d: Deployment = serde_json::from_value(serde_json::json!({
+fn deployment(ns: &str, name: &str, sa: Option<&str>) -> Arc<CachedDeployment> {
+    let mut d: CachedDeployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": {}, "template": {"spec": {"containers": []}}},
     }))
@@ -30,13 +29,13 @@ fn deployment(ns: &str, name: &str, sa: Option<&str>) -> Arc<Deployment> {
     Arc::new(d)
 }
 
-fn injected_pod(ns: &str, sa: &str) -> Pod {
-    let mut p = Pod {
-        spec: Some(PodSpec {
+fn injected_pod(ns: &str, sa: &str) -> CachedPod {
+    let mut p = CachedPod {
+        spec: Some(CachedPodSpec {
             service_account_name: Some(sa.into()),
-            ..PodSpec::default()
+            ..CachedPodSpec::default()
         }),
-        ..Pod::default()
+        ..CachedPod::default()
     };
     p.metadata.namespace = Some(ns.into());
     p.labels_mut().insert(POLICY.into(), "web".into());
@@ -59,8 +58,8 @@ fn scope() -> Scope {
 
 fn wanted_of(
     policies: &[RolloutPolicy],
-    deployments: &[Arc<Deployment>],
-    pods: &[Pod],
+    deployments: &[Arc<CachedDeployment>],
+    pods: &[CachedPod],
 ) -> BTreeSet<Account> {
     let labels: BTreeMap<String, BTreeMap<String, String>> = [
         ("shop", None),

@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use quiesce_api::constants::{DRAINED_CONDITION, reasons};
 
+use super::CachedPod;
 use crate::plan::DrainReport;
 
 /// How long a report waits in the inbox, and how long a counted UID is kept after its pod was
@@ -46,7 +46,7 @@ const GRACE_SLACK_MILLIS: u64 = 5_000;
 /// without a duration. The app container shares the pod's token and can write the condition:
 /// a JSON message that does not parse, or whose numbers are not plausible for the pod (see
 /// [`longest_drain_millis`]), is an invalid report — the drain counts, none of its numbers do.
-pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
+pub fn drain_report(pod: &CachedPod) -> Option<DrainReport> {
     let c = pod
         .status
         .as_ref()?
@@ -70,7 +70,7 @@ pub fn drain_report(pod: &Pod) -> Option<DrainReport> {
 /// The longest drain the pod could have had: its grace period (the larger of the spec's and
 /// the deletion's; the kubelet kills the pod after it) plus [`GRACE_SLACK_MILLIS`], at most
 /// [`MAX_DURATION_MILLIS`].
-pub fn longest_drain_millis(pod: &Pod) -> u64 {
+pub fn longest_drain_millis(pod: &CachedPod) -> u64 {
     let spec = pod
         .spec
         .as_ref()
@@ -129,7 +129,7 @@ struct Inner {
 impl DrainInbox {
     /// Records the pod's drain report, if it has a finished one, for the Deployment
     /// `deployment` in the pod's namespace. Returns whether it had one.
-    pub fn record(&self, pod: &Pod, deployment: &str, now: Timestamp) -> bool {
+    pub fn record(&self, pod: &CachedPod, deployment: &str, now: Timestamp) -> bool {
         let (Some(report), Some(uid)) = (drain_report(pod), pod.uid()) else {
             return false;
         };

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
 use kube::Client;
 use kube::api::PartialObjectMeta;
 use kube::client::Body;
@@ -50,7 +50,7 @@ fn policy(status: RolloutPolicyStatus) -> RolloutPolicy {
     p
 }
 
-fn deployment() -> Deployment {
+fn deployment() -> CachedDeployment {
     deployment_of("web")
 }
 
@@ -70,7 +70,7 @@ fn rs_uid(app: &str, hash: &str) -> String {
     }
 }
 
-fn deployment_of(app: &str) -> Deployment {
+fn deployment_of(app: &str) -> CachedDeployment {
     serde_json::from_value(json!({
         "metadata": {"name": app, "namespace": "shop", "uid": deploy_uid(app)},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": app}},
@@ -97,11 +97,11 @@ fn rs_of(app: &str, hash: &str, revision: &str) -> PartialObjectMeta<ReplicaSet>
     .unwrap()
 }
 
-fn pod(name: &str, hash: &str, gate: Option<&str>) -> Pod {
+fn pod(name: &str, hash: &str, gate: Option<&str>) -> CachedPod {
     pod_of("web", name, hash, gate)
 }
 
-fn pod_of(app: &str, name: &str, hash: &str, gate: Option<&str>) -> Pod {
+fn pod_of(app: &str, name: &str, hash: &str, gate: Option<&str>) -> CachedPod {
     let mut conditions = vec![json!({"type": "ContainersReady", "status": "True",
         "lastTransitionTime": "2027-01-15T07:00:00Z"})];
     if let Some(status) = gate {
@@ -121,14 +121,14 @@ fn pod_of(app: &str, name: &str, hash: &str, gate: Option<&str>) -> Pod {
     .unwrap()
 }
 
-fn context(client: Client, policies: Vec<RolloutPolicy>, pods: Vec<Pod>) -> Context {
+fn context(client: Client, policies: Vec<RolloutPolicy>, pods: Vec<CachedPod>) -> Context {
     context_with_services(client, policies, pods, vec![])
 }
 
 fn context_with_services(
     client: Client,
     policies: Vec<RolloutPolicy>,
-    pods: Vec<Pod>,
+    pods: Vec<CachedPod>,
     services: Vec<Service>,
 ) -> Context {
     Context::new(
@@ -445,7 +445,7 @@ fn drain_reports_are_parsed_from_the_sidecar_condition() {
     assert_eq!(r.duration_millis, Some(30000));
 }
 
-fn drained(mut p: Pod, reason: &str, message: &str) -> Pod {
+fn drained(mut p: CachedPod, reason: &str, message: &str) -> CachedPod {
     p.status
         .as_mut()
         .unwrap()
@@ -741,7 +741,7 @@ fn a_service_change_requeues_the_proxy_policies_of_its_namespace() {
     );
 }
 
-fn with_sidecar_status(mut p: Pod, status: Value) -> Pod {
+fn with_sidecar_status(mut p: CachedPod, status: Value) -> CachedPod {
     p.status.as_mut().unwrap().init_container_statuses =
         Some(vec![serde_json::from_value(status).unwrap()]);
     p
@@ -893,8 +893,8 @@ fn api_policy(status: RolloutPolicyStatus) -> RolloutPolicy {
 fn two_policy_context(
     client: Client,
     policies: Vec<RolloutPolicy>,
-    web_pods: Vec<Pod>,
-    api_pods: Vec<Pod>,
+    web_pods: Vec<CachedPod>,
+    api_pods: Vec<CachedPod>,
 ) -> Context {
     Context::new(
         client.clone(),
