@@ -209,6 +209,7 @@ pub async fn run(
         watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
     )
     .default_backoff()
+    .modify(|rs| rs.metadata.managed_fields = None)
     .reflect(rs_writer)
     .touched_objects();
     let pod_stream = watcher(

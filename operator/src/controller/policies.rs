@@ -66,7 +66,11 @@ pub fn decode_event(
     bad: &mut Vec<Undecodable>,
 ) -> Option<watcher::Event<RolloutPolicy>> {
     let mut typed = |object: DynamicObject| match decode(&object) {
-        Ok(policy) => (true, policy),
+        Ok(mut policy) => {
+            // Never read, and most of a cached policy's bytes.
+            policy.metadata.managed_fields = None;
+            (true, policy)
+        }
         Err(error) => {
             let stand_in = placeholder(&object);
             bad.push(Undecodable { object, error });
