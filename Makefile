@@ -30,7 +30,8 @@ help:
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
 	@echo "make bench-proxy   proxy overhead on loopback: quiesce vs nginx vs HAProxy (no cluster)"
-	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs slimmed"
+	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs cached"
+	@echo "make bench-scale   the operator with thousands of pods and policies (kwok nodes)"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
 	@echo "make fuzz          the property tests of the parsers, FUZZ_SECONDS (600) per target"
 	@echo "make plugin        build kubectl-quiesce and install it into PLUGIN_DIR ($(PLUGIN_DIR))"
@@ -77,12 +78,17 @@ test: lint unit crd-validate
 
 # The cluster rule (KUBECONFIG, kind or the local cluster), images and `helm install` are in
 # e2e/demo.sh; ARGS go to the binary (`make bench ARGS="--rate 100"`).
-.PHONY: demo bench bench-proxy
+.PHONY: demo bench bench-proxy bench-scale
 demo:
 	@e2e/demo.sh demo $(ARGS)
 
 bench:
 	@e2e/demo.sh bench $(ARGS)
+
+# The "Operator at scale" table of docs/benchmarks.md: kwok's simulated nodes and pods on the
+# development cluster, thousands of Deployments and policies (`ARGS="--deployments 10,30"`).
+bench-scale:
+	@e2e/demo.sh bench-scale $(ARGS)
 
 # The "Proxy overhead" tables of docs/benchmarks.md: on loopback, no cluster. Installs hey
 # (tools.sh), nginx and HAProxy (Debian packages), builds the release binaries exactly as

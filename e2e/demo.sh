@@ -4,6 +4,7 @@
 #
 #   e2e/demo.sh demo [ARGS...]     rolling update under load without and with quiesce
 #   e2e/demo.sh bench [ARGS...]    the benchmark table (markdown on stdout)
+#   e2e/demo.sh bench-scale [ARGS...]  the operator at scale on kwok's simulated nodes and pods
 #
 # Which cluster (the first rule that matches):
 #   1. QUIESCE_CLUSTER_PROVIDER=local|kind is set: that provider's cluster (e2e/cluster/cluster.sh),
@@ -20,7 +21,7 @@ root=$(cd "$here/.." && pwd)
 cluster="$here/cluster/cluster.sh"
 cmd=${1:-demo}
 shift || true
-case "$cmd" in demo | bench) ;; *) echo "usage: $0 demo|bench [ARGS...]" >&2; exit 2 ;; esac
+case "$cmd" in demo | bench | bench-scale) ;; *) echo "usage: $0 demo|bench|bench-scale [ARGS...]" >&2; exit 2 ;; esac
 
 log() { printf '[%s %s] %s\n' "$cmd" "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -83,9 +84,34 @@ in_cluster kubectl -n "$NAMESPACE" rollout status deployment --timeout 180s >/de
 log "quiesce is installed"
 
 # Built here (the local cluster's namespace has no route to crates.io), run there.
-log "building the $cmd binary"
-(cd "$root" && cargo build -q --locked -p quiesce-e2e --bin "$cmd")
+binary=$cmd
+[ "$cmd" = bench-scale ] && binary=scalebench
+log "building the $binary binary"
+(cd "$root" && cargo build -q --locked -p quiesce-e2e --bin "$binary")
 bin=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/$cmd
-log "running $cmd"
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/$binary
+
+if [ "$cmd" = bench-scale ]; then
+  # kwok plays the nodes (annotation kwok.x-k8s.io/node=fake) and their pods' lifecycle, with
+  # kwok's own node stages and its pod stages except pod-ready, which here leaves quiesce's
+  # readiness gate alone (e2e/bench/kwok/pod-ready.yaml). Node address: the real node's (an
+  # address of the cluster's network, which nothing dials for these nodes); pod addresses from a
+  # range no route leads to (no Service selects the benchmark's pods).
+  "$here/cluster/tools.sh" kwok >/dev/null
+  source "$here/cluster/versions.env"
+  stages="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage"
+  node_ip=$(in_cluster kubectl get nodes -l '!type' \
+    -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
+  log "starting kwok (node address $node_ip)"
+  in_cluster sh -c 'exec "$0" --kubeconfig "$KUBECONFIG" "$@"' "$root/.tools/bin/kwok" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --node-ip "$node_ip" --cidr 10.248.0.0/16 --node-lease-duration-seconds 40 \
+    -c "$stages/node/fast/node-initialize.yaml" \
+    -c "$stages/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    -c "$here/bench/kwok/pod-ready.yaml" -c "$stages/pod/fast/pod-delete.yaml" \
+    >"${TMPDIR:-/tmp}/quiesce-kwok.log" 2>&1 &
+  # The wrappers in between (cluster.sh, nsenter) do not pass signals on: stop kwok itself.
+  trap 'pkill -f "^$root/.tools/bin/kwok --kubeconfig" || true' EXIT
+fi
+log "running $binary"
 in_cluster env QUIESCE_IMAGE_REGISTRY="$REGISTRY" QUIESCE_IMAGE_TAG="$TAG" "$bin" "$@"

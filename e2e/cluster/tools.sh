@@ -6,7 +6,9 @@
 #   built from its Go module at the version pinned in versions.env;
 # - with the argument `prometheus`: prometheus and promtool, built from their Go module at the
 #   version pinned in versions.env (Debian's package lacks Kubernetes service discovery), for
-#   e2e/tests/monitoring.rs.
+#   e2e/tests/monitoring.rs;
+# - with the argument `kwok`: kwok, built from its Go module (cached like prometheus), for the
+#   scale benchmark (`make bench-scale`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 source "$root/e2e/cluster/versions.env"
@@ -64,7 +66,18 @@ install_prometheus() {
   ln -sf "$cache/promtool" "$bin/promtool"
 }
 
+install_kwok() {
+  local cache="${QUIESCE_CACHE:-$HOME/.cache/quiesce}/kwok/$KWOK_VERSION"
+  if [ ! -x "$cache/kwok" ]; then
+    echo "kwok: building $KWOK_VERSION from its Go module (a few minutes, cached in $cache)"
+    GOBIN="$cache" GOTOOLCHAIN=local go install "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  fi
+  ln -sf "$cache/kwok" "$bin/kwok"
+}
+
 install_kubectl_helm
 install_hey
 # Only for the e2e suite (`tools.sh prometheus`): the demo and the cluster do not need it.
 if [ "${1:-}" = prometheus ]; then install_prometheus; fi
+# Only for the scale benchmark (`tools.sh kwok`).
+if [ "${1:-}" = kwok ]; then install_kwok; fi

@@ -13,5 +13,6 @@ pub mod loadgen;
 pub mod node;
 pub mod prometheus;
 pub mod reuse;
+pub mod scale;
 pub mod scenario;
 pub mod ws;
