@@ -14,7 +14,7 @@
 //! other client of this cluster uses while the benchmark runs).
 //! Progress goes to stderr, the markdown table to stdout.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -242,7 +242,7 @@ async fn measure_step(
     progress(&format!(
         "step {step}: {from} → {to} Deployments ({want} pods)"
     ));
-    let before = operator_metrics(client).await?;
+    let before = chart::leader_metrics(client).await?;
     let start = Instant::now();
     create_deployments(client, ns, from..to, args.replicas).await?;
     progress(&format!(
@@ -252,7 +252,7 @@ async fn measure_step(
     ));
     let not_injected = wait_gates_open(pods, want, start, timeout).await?;
     let settle = start.elapsed();
-    let after = operator_metrics(client).await?;
+    let after = chart::leader_metrics(client).await?;
     // Let the last reconciles and the allocator settle before reading memory.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (leader_rss_kib, follower_rss_kib) = operator_rss(client).await?;
@@ -262,14 +262,11 @@ async fn measure_step(
         "quiesce_operator_reconcile_duration_seconds",
     );
     let webhook = quantiles(&before, &after, "quiesce_operator_webhook_duration_seconds");
-    let gate = {
-        let mut l = pods.lock().expect("pods lock").gate_latencies(start);
-        (quantile(0.5, &mut l), quantile(0.99, &mut l))
-    };
+    let gate = p50_p99(pods.lock().expect("pods lock").gate_latencies(start));
 
     // Roll a share of all Deployments at once.
     let rolled = ((to as f64 * args.rollout_share).ceil() as usize).clamp(1, to);
-    let before = operator_metrics(client).await?;
+    let before = chart::leader_metrics(client).await?;
     let requests_before = service_account_requests(client).await?;
     let start = Instant::now();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -296,17 +293,14 @@ async fn measure_step(
     wait_rollouts_complete(client, ns, rolled, start, timeout).await?;
     let rollout = start.elapsed();
     let requests_after = service_account_requests(client).await?;
-    let after = operator_metrics(client).await?;
+    let after = chart::leader_metrics(client).await?;
     let rollout_reconcile_p99 = quantiles(
         &before,
         &after,
         "quiesce_operator_reconcile_duration_seconds",
     )
     .1;
-    let rollout_gate = {
-        let mut l = pods.lock().expect("pods lock").gate_latencies(start);
-        (quantile(0.5, &mut l), quantile(0.99, &mut l))
-    };
+    let rollout_gate = p50_p99(pods.lock().expect("pods lock").gate_latencies(start));
     let requests_per_rollout = match (requests_before, requests_after) {
         (Some(b), Some(a)) => Some((a - b) / rolled as f64),
         _ => None,
@@ -428,8 +422,12 @@ async fn wait_rollouts_complete(
     }
 }
 
-async fn operator_metrics(client: &Client) -> Result<String> {
-    chart::leader_metrics(client).await
+/// p50 and p99 of measured latencies.
+fn p50_p99(mut latencies: Vec<Duration>) -> (Option<Duration>, Option<Duration>) {
+    (
+        quantile(0.5, &mut latencies),
+        quantile(0.99, &mut latencies),
+    )
 }
 
 /// p50 and p99 of histogram `name` between two scrapes, in seconds.
@@ -535,10 +533,9 @@ fn print_table(args: &Args, rows: &[Row]) {
                 .map_or("-".into(), |n| format!("{n:.1}")),
         );
     }
-    let by_step: BTreeMap<usize, usize> = rows.iter().map(|r| (r.deployments, r.pods)).collect();
     eprintln!(
         "scalebench: {} steps ({:?}), {} replicas each, {} kwok nodes",
-        by_step.len(),
+        rows.len(),
         args.deployments,
         args.replicas,
         args.nodes

@@ -316,11 +316,9 @@ mod tests {
         assert_eq!(cm.creation_timestamp, fm.creation_timestamp);
         assert!(cm.managed_fields.is_none() && cm.annotations.is_none());
         let (fs, cs) = (full.spec.as_ref().unwrap(), cached.spec.as_ref().unwrap());
-        let names = |cs: Vec<&str>| cs.join(",");
-        assert_eq!(
-            names(cs.containers.iter().map(|c| c.name.as_str()).collect()),
-            names(fs.containers.iter().map(|c| c.name.as_str()).collect())
-        );
+        let names: Vec<&str> = cs.containers.iter().map(|c| c.name.as_str()).collect();
+        let full_names: Vec<&str> = fs.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, full_names);
         assert_eq!(
             cs.init_containers.iter().flatten().count(),
             fs.init_containers.iter().flatten().count()
@@ -348,25 +346,21 @@ mod tests {
             2,
             "the fixture's gate and ContainersReady"
         );
-        let restarts = |n: Vec<(String, i32)>| n;
-        assert_eq!(
-            restarts(
-                cst.init_container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(cst.container_statuses.iter().flatten())
-                    .map(|c| (c.name.clone(), c.restart_count))
-                    .collect()
-            ),
-            restarts(
-                fst.init_container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(fst.container_statuses.iter().flatten())
-                    .map(|c| (c.name.clone(), c.restart_count))
-                    .collect()
-            )
-        );
+        let restarts: Vec<(&str, i32)> = cst
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(cst.container_statuses.iter().flatten())
+            .map(|c| (c.name.as_str(), c.restart_count))
+            .collect();
+        let full_restarts: Vec<(&str, i32)> = fst
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(fst.container_statuses.iter().flatten())
+            .map(|c| (c.name.as_str(), c.restart_count))
+            .collect();
+        assert_eq!(restarts, full_restarts);
         let (before, after) = (
             serde_json::to_vec(&full).unwrap().len(),
             serde_json::to_vec(&cached).unwrap().len(),
