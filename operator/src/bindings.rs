@@ -30,6 +30,7 @@ use quiesce_api::constants::{INJECT_DISABLED, INJECT_LABEL, OPERATOR_FIELD_MANAG
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::controller::PodCache;
 use crate::controller::cached::{CachedDeployment, CachedPod, CachedPodSpec};
 
 /// Label on every sidecar RoleBinding: the admission policy's parameter selector.
@@ -212,8 +213,8 @@ pub struct Bindings {
     pub policies: Store<RolloutPolicy>,
     /// The leader's Deployment cache.
     pub deployments: Store<CachedDeployment>,
-    /// The leader's pod cache.
-    pub pods: Store<CachedPod>,
+    /// The leader's pod cache (bindings read its injected pods).
+    pub pods: PodCache,
     /// Woken when one of those caches changed.
     pub changed: Arc<Notify>,
     /// `true` once the Deployment and pod caches are synced. `Store::wait_until_ready` wakes
@@ -299,7 +300,7 @@ impl Bindings {
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect();
         let policies = self.policies.state();
-        let pods = self.pods.state();
+        let pods = self.pods.injected_pods();
         let wanted = wanted(
             policies.iter().map(|p| p.as_ref()),
             |ns, name| {

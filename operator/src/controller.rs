@@ -1,6 +1,6 @@
 //! The I/O shell around [`crate::plan`]: watches RolloutPolicies, their target Deployments,
-//! the Deployments' ReplicaSets (metadata only) and pods (label-filtered on
-//! `pod-template-hash`), turns the caches into an [`Observed`], and applies the [`Plan`]:
+//! the Deployments' ReplicaSets (metadata only) and the pods quiesce manages (see
+//! [`PodCache`]), turns the caches into an [`Observed`], and applies the [`Plan`]:
 //! pod-status patches for the readiness gate (server-side apply, fixed field manager, UID
 //! precondition), the rollback patch, annotation removal, Events, and one status apply per
 //! change. It requeues only when the plan has a timer due.
@@ -44,6 +44,7 @@ use crate::plan::{
 
 pub mod cached;
 mod drains;
+pub mod pod_cache;
 mod policies;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ mod tests;
 pub use cached::{CachedDeployment, CachedPod};
 use drains::CountedDrains;
 pub use drains::{DrainInbox, Taken, drain_report};
+pub use pod_cache::PodCache;
 pub use policies::{Undecodable, decode_event, policy_events};
 
 /// Annotation of a ReplicaSet: the Deployment revision it belongs to.
@@ -73,8 +75,8 @@ pub struct Context {
     pub deployments: Store<CachedDeployment>,
     /// Cache of ReplicaSet metadata.
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
-    /// Cache of Deployment pods (label `pod-template-hash`).
-    pub pods: Store<CachedPod>,
+    /// Cache of the pods quiesce manages (see [`PodCache`]).
+    pub pods: PodCache,
     /// Cache of Services (metadata and spec): which ports the drain proxy can take over.
     pub services: Store<Service>,
     /// Current time.
@@ -137,7 +139,7 @@ impl Context {
         policies: Store<RolloutPolicy>,
         deployments: Store<CachedDeployment>,
         replicasets: Store<PartialObjectMeta<ReplicaSet>>,
-        pods: Store<CachedPod>,
+        pods: PodCache,
         services: Store<Service>,
         clock: Clock,
     ) -> Self {
@@ -195,7 +197,6 @@ pub async fn run(
     let changed = Arc::new(tokio::sync::Notify::new());
     let (deployments, deploy_writer) = reflector::store::<CachedDeployment>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
-    let (pods, pod_writer) = reflector::store::<CachedPod>();
     let (services, svc_writer) = reflector::store::<Service>();
     let deploy_stream = watcher(
         Api::<CachedDeployment>::all(client.clone()),
@@ -212,13 +213,7 @@ pub async fn run(
     .modify(|rs| rs.metadata.managed_fields = None)
     .reflect(rs_writer)
     .touched_objects();
-    let pod_stream = watcher(
-        Api::<CachedPod>::all(client.clone()),
-        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-    )
-    .default_backoff()
-    .reflect(pod_writer)
-    .touched_objects();
+    let (pods, pod_stream) = PodCache::watch(client.clone());
     let svc_stream = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -242,6 +237,8 @@ pub async fn run(
         undecodable_rx,
     ));
     let policy_changed = changed.clone();
+    let (pod_cache, policy_store, watch_metrics) =
+        (pods.clone(), policies.clone(), metrics.clone());
     // The policy store's one waiter is the Controller itself: its listing is told apart here.
     let (policies_listed_tx, policies_listed) = tokio::sync::watch::channel(false);
     let policy_stream = policy_events(client.clone(), Some(undecodable_tx))
@@ -251,6 +248,15 @@ pub async fn run(
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 policies_listed_tx.send_replace(true);
             }
+            // Pods are watched in the namespaces that hold a policy (deleting ones included:
+            // their last pass still admits held pods).
+            let namespaces = policy_store
+                .state()
+                .iter()
+                .filter_map(|p| p.namespace())
+                .collect();
+            let watched = pod_cache.watch_namespaces(&namespaces);
+            watch_metrics.pod_watch_namespaces.set(watched as i64);
             policy_changed.notify_one();
         })
         .applied_objects();
@@ -270,7 +276,7 @@ pub async fn run(
         let (d, r, p, s) = (
             deployments.clone(),
             replicasets.clone(),
-            pods.clone(),
+            pods.injected().clone(),
             services.clone(),
         );
         tokio::spawn(async move {
@@ -467,6 +473,11 @@ pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<
     }
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    if !ctx.pods.listed(&ns).await {
+        let err = Error::PodsNotListed(ns);
+        ctx.metrics.reconciled(Some(err.metric_label()));
+        return Err(err);
+    }
     let result = finalizer(&api, POLICY_FINALIZER, policy, |event| async {
         match event {
             Finalizer::Apply(p) => ctx.apply(&p, false).await,
@@ -673,7 +684,7 @@ impl Context {
         }
         memory.drains.forget_gone(now, |ns, name, uid| {
             self.pods
-                .get(&ObjectRef::new(name).within(ns))
+                .get(ns, name)
                 .is_some_and(|p| p.uid().as_deref() == Some(uid))
         });
         let mine = memory.policy(&uid);
@@ -720,11 +731,10 @@ impl Context {
             })
             .and_then(|rs| hash(rs));
         let rs_names: HashSet<String> = rs.iter().map(|rs| rs.name_any()).collect();
-        let pods = self.pods.state_filter(|p| {
-            p.namespace().as_deref() == Some(ns.as_str())
-                && p.owner_references()
-                    .iter()
-                    .any(|o| o.kind == "ReplicaSet" && rs_names.contains(&o.name))
+        let pods = self.pods.in_namespace(&ns, |p| {
+            p.owner_references()
+                .iter()
+                .any(|o| o.kind == "ReplicaSet" && rs_names.contains(&o.name))
         });
         let spec = d.spec.as_ref();
         let template = spec.map(|s| &s.template);
@@ -772,7 +782,7 @@ impl Context {
                 reason,
                 message,
             } => {
-                let Some(current) = self.pods.get(&ObjectRef::new(pod).within(&ns)) else {
+                let Some(current) = self.pods.get(&ns, pod) else {
                     return Ok(());
                 };
                 let previous = o

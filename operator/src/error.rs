@@ -15,6 +15,9 @@ pub enum Error {
     /// Generating the webhook certificate failed (the error of rcgen, time or jiff).
     #[error("certificate: {0}")]
     Certificate(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The pods of the policy's namespace were not listed in time (the watch goes on).
+    #[error("pods of namespace {0} not listed yet")]
+    PodsNotListed(String),
     /// An object could not be serialized.
     #[error("serialization: {0}")]
     Serialization(#[from] serde_json::Error),
@@ -29,6 +32,7 @@ impl Error {
             Error::Rollback(_) => "rollback",
             Error::Certificate(_) => "certificate",
             Error::Serialization(_) => "serialization",
+            Error::PodsNotListed(_) => "pods_not_listed",
         }
     }
 }

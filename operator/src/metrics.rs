@@ -73,6 +73,8 @@ pub struct Metrics {
     pub webhook_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Namespaces whose not-injected Deployment pods the leader watches (those with a policy).
+    pub pod_watch_namespaces: Gauge,
     phases: Mutex<std::collections::HashMap<(String, String), Phase>>,
 }
 
@@ -167,6 +169,7 @@ impl Default for Metrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
             leader: Gauge::default(),
+            pod_watch_namespaces: Gauge::default(),
             phases: Mutex::default(),
         };
         registry.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -245,6 +248,11 @@ impl Default for Metrics {
             "leader",
             "1 while this replica is the leader",
             m.leader.clone(),
+        );
+        registry.register(
+            "pod_watch_namespaces",
+            "Namespaces whose Deployment pods the leader watches (those with a RolloutPolicy)",
+            m.pod_watch_namespaces.clone(),
         );
         // Every result from 0, so that `increase()` sees the first error.
         for result in WEBHOOK_RESULTS {

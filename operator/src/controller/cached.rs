@@ -1,9 +1,10 @@
 //! What the leader's caches hold of each pod and Deployment: only the fields the controller
 //! reads, decoded straight from the API's JSON.
 //!
-//! The leader caches every Deployment of the cluster and every Deployment pod (label
-//! `pod-template-hash`), because a policy's target and its pods of every revision — including
-//! pods created before the policy existed, which carry no quiesce label — are what it paces.
+//! The leader caches every Deployment of the cluster and the Deployment pods quiesce manages
+//! ([`super::PodCache`]: those it injected, and every pod of namespaces with a policy), because
+//! a policy's target and its pods of every revision — including pods created before the policy
+//! existed, which carry no quiesce label — are what it paces.
 //! As k8s-openapi structs even slimmed objects are large (a `Container` is kilobytes of
 //! `Option`s), so the watches decode into the types below instead: serde skips every other
 //! field without allocating it, and a cached pod holds a few hundred bytes instead of the tens

@@ -144,7 +144,7 @@ fn context_with_services(
         store(policies),
         store(vec![deployment()]),
         store(vec![rs("old", "1"), rs("new", "2")]),
-        store(pods),
+        PodCache::fixed(store(pods)),
         store(services),
         Arc::new(|| Timestamp::from_second(NOW).unwrap()),
     )
@@ -914,7 +914,7 @@ fn two_policy_context(
             rs_of("api", "old", "1"),
             rs_of("api", "new", "2"),
         ]),
-        store(web_pods.into_iter().chain(api_pods).collect()),
+        PodCache::fixed(store(web_pods.into_iter().chain(api_pods).collect())),
         store(vec![]),
         Arc::new(|| Timestamp::from_second(NOW).unwrap()),
     )
@@ -1083,7 +1083,7 @@ async fn a_gate_the_app_opened_on_a_held_pod_is_reset_and_reported() {
         pod("n2", "new", None),
     ]);
     let mut ctx = context(client, vec![p.clone()], vec![]);
-    ctx.pods = pods;
+    ctx.pods = PodCache::fixed(pods);
     let ctx = Arc::new(ctx);
     // First pass: one new pod admitted (replicas 1), the other held.
     let (c, policy_) = (ctx.clone(), p.clone());
