@@ -56,6 +56,10 @@ struct Args {
     /// Minutes to wait for every gate to open (or every rollout to complete).
     #[arg(long, default_value_t = 30)]
     timeout_minutes: u64,
+    /// Deployments without a policy (in namespace `<namespace>-unmanaged`, `--replicas` pods
+    /// each) created before the steps: what pods quiesce does not manage cost the operator.
+    #[arg(long, default_value_t = 0)]
+    unmanaged: usize,
     /// Keep the namespace and the nodes afterwards.
     #[arg(long)]
     keep: bool,
@@ -182,6 +186,13 @@ async fn run(args: &Args) -> Result<()> {
         )
         .await?;
 
+    let unmanaged_ns = format!("{ns}-unmanaged");
+    let unmanaged = if args.unmanaged > 0 {
+        Some(measure_unmanaged(args, &client, &unmanaged_ns).await?)
+    } else {
+        None
+    };
+
     let pods = Arc::new(Mutex::new(Pods::default()));
     let watch = tokio::spawn(watch_pods(client.clone(), ns.to_owned(), pods.clone()));
     let mut rows = Vec::new();
@@ -191,10 +202,18 @@ async fn run(args: &Args) -> Result<()> {
         created = target;
     }
     watch.abort();
+    if let Some(u) = &unmanaged {
+        print_unmanaged(u);
+    }
     print_table(args, &rows);
     if !args.keep {
         progress("deleting the namespace and the kwok nodes");
         namespaces.delete(ns, &DeleteParams::default()).await?;
+        if unmanaged.is_some() {
+            namespaces
+                .delete(&unmanaged_ns, &DeleteParams::default())
+                .await?;
+        }
         for i in 0..args.nodes {
             let _ = nodes
                 .delete(&format!("kwok-{i}"), &DeleteParams::default())
@@ -222,6 +241,97 @@ async fn watch_pods(client: Client, ns: String, pods: Arc<Mutex<Pods>>) {
             _ => {}
         }
     }
+}
+
+/// The operator's RSS before and after pods it does not manage appeared.
+struct Unmanaged {
+    pods: usize,
+    before: (Option<u64>, Option<u64>),
+    after: (Option<u64>, Option<u64>),
+}
+
+/// Creates `--unmanaged` Deployments without a policy in `ns` (created if missing), waits until
+/// their pods are ready, and reads the operator's RSS before and after.
+async fn measure_unmanaged(args: &Args, client: &Client, ns: &str) -> Result<Unmanaged> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    namespaces
+        .patch(
+            ns,
+            &PatchParams::apply("quiesce-scalebench").force(),
+            &Patch::Apply(&namespace),
+        )
+        .await?;
+    let want = args.unmanaged * args.replicas as usize;
+    progress(&format!(
+        "{} Deployments without a policy ({want} pods) in {ns}",
+        args.unmanaged
+    ));
+    let before = operator_rss(client).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    stream::iter(0..args.unmanaged)
+        .map(|i| {
+            let deployments = deployments.clone();
+            async move {
+                let d: Deployment = serde_json::from_value(kwok_deployment(
+                    &deployment_name(i),
+                    args.replicas,
+                    "unmanaged",
+                ))?;
+                deployments.create(&PostParams::default(), &d).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let start = Instant::now();
+    let timeout = Duration::from_secs(args.timeout_minutes * 60);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    loop {
+        let list = pods.list(&ListParams::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|p| chart::condition(p, "Ready") == Some("True"))
+            .count();
+        if ready >= want {
+            break;
+        }
+        if start.elapsed() > timeout {
+            bail!("after {timeout:?}: {ready} of {want} pods without a policy ready");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    progress(&format!(
+        "{want} pods without a policy ready in {:.0}s",
+        start.elapsed().as_secs_f64()
+    ));
+    // Let the watches deliver and the allocator settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = operator_rss(client).await?;
+    Ok(Unmanaged {
+        pods: want,
+        before,
+        after,
+    })
+}
+
+fn print_unmanaged(u: &Unmanaged) {
+    println!(
+        "| pods without a policy | operator RSS leader / follower before (MiB) | after (MiB) |"
+    );
+    println!("|---:|---:|---:|");
+    println!(
+        "| {} | {} / {} | {} / {} |",
+        u.pods,
+        mib(u.before.0),
+        mib(u.before.1),
+        mib(u.after.0),
+        mib(u.after.1)
+    );
+    println!();
 }
 
 fn deployment_name(i: usize) -> String {
