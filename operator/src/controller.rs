@@ -204,7 +204,11 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(deploy_writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect({
+        let metrics = metrics.clone();
+        move |_| metrics.watch_event("deployments")
+    });
     let rs_stream = watcher(
         Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
         watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
@@ -212,8 +216,16 @@ pub async fn run(
     .default_backoff()
     .modify(|rs| rs.metadata.managed_fields = None)
     .reflect(rs_writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect({
+        let metrics = metrics.clone();
+        move |_| metrics.watch_event("replicasets")
+    });
     let (pods, pod_stream) = PodCache::watch(client.clone());
+    let pod_stream = pod_stream.inspect({
+        let metrics = metrics.clone();
+        move |_| metrics.watch_event("pods")
+    });
     let svc_stream = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -226,7 +238,11 @@ pub async fn run(
         svc.status = None;
     })
     .reflect(svc_writer)
-    .touched_objects();
+    .touched_objects()
+    .inspect({
+        let metrics = metrics.clone();
+        move |_| metrics.watch_event("services")
+    });
 
     // Policies are decoded one by one: one that does not decode is reported, not a stall.
     let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
@@ -255,6 +271,7 @@ pub async fn run(
                 .iter()
                 .filter_map(|p| p.namespace())
                 .collect();
+            watch_metrics.watch_event("policies");
             let watched = pod_cache.watch_namespaces(&namespaces);
             watch_metrics.pod_watch_namespaces.set(watched as i64);
             policy_changed.notify_one();

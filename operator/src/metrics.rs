@@ -75,6 +75,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Namespaces whose not-injected Deployment pods the leader watches (those with a policy).
     pub pod_watch_namespaces: Gauge,
+    /// Objects delivered by each of the leader's watches, by `watch`: a watch that goes quiet
+    /// while the cluster changes shows here.
+    pub watch_events: Family<Labels, Counter>,
     phases: Mutex<std::collections::HashMap<(String, String), Phase>>,
 }
 
@@ -170,6 +173,7 @@ impl Default for Metrics {
             ]),
             leader: Gauge::default(),
             pod_watch_namespaces: Gauge::default(),
+            watch_events: Family::default(),
             phases: Mutex::default(),
         };
         registry.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -253,6 +257,11 @@ impl Default for Metrics {
             "pod_watch_namespaces",
             "Namespaces whose Deployment pods the leader watches (those with a RolloutPolicy)",
             m.pod_watch_namespaces.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Objects delivered by each of the leader's watches (policies, deployments, replicasets, pods, services)",
+            m.watch_events.clone(),
         );
         // Every result from 0, so that `increase()` sees the first error.
         for result in WEBHOOK_RESULTS {
@@ -387,6 +396,13 @@ impl Metrics {
                 phases.remove(&key);
             }
         }
+    }
+
+    /// Counts one object delivered by the leader's watch `watch`.
+    pub fn watch_event(&self, watch: &'static str) {
+        self.watch_events
+            .get_or_create(&vec![("watch", watch.to_owned())])
+            .inc();
     }
 
     /// Counts one webhook request and its latency.
