@@ -161,8 +161,8 @@ fn progress(msg: &str) {
 
 async fn run(args: &Args) -> Result<()> {
     let client = harness::client().await?;
-    let total_pods = (args.deployments.last().copied().unwrap_or(0) + args.unmanaged)
-        * args.replicas as usize;
+    let total_pods =
+        (args.deployments.last().copied().unwrap_or(0) + args.unmanaged) * args.replicas as usize;
     let per_node = total_pods.div_ceil(args.nodes.max(1)) * 2 + 110;
     let nodes: Api<Node> = Api::all(client.clone());
     for i in 0..args.nodes {
