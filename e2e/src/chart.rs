@@ -343,6 +343,23 @@ pub async fn policy_status(
     Ok(api.get(name).await?.status.unwrap_or_default())
 }
 
+/// Waits until policy `name` reports pods without the sidecar (`Injected=False`,
+/// `PodsNotInjected`); returns that condition.
+pub async fn wait_pods_not_injected(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    use quiesce_api::constants::{conditions, reasons};
+    eventually("Injected=False", Duration::from_secs(60), || async {
+        let s = policy_status(client, ns, name).await?;
+        Ok(s.condition(conditions::INJECTED)
+            .filter(|c| c.status == "False" && c.reason == reasons::PODS_NOT_INJECTED)
+            .cloned())
+    })
+    .await
+}
+
 /// Waits until the policy's phase is `phase`.
 pub async fn wait_phase(
     client: &Client,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
-use quiesce_api::constants::{conditions, reasons};
 use quiesce_e2e::chart::{self, demo_app, injected, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 
@@ -59,13 +58,7 @@ async fn pods_are_watched_only_in_namespaces_that_hold_a_policy() {
         // The first policy of the namespace: its pods are listed, the two that predate it
         // (not injected, so only the namespace watch sees them) included.
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        let s = eventually("Injected=False", Duration::from_secs(60), || async {
-            let s = chart::policy_status(&client, &ns, APP).await?;
-            Ok(s.condition(conditions::INJECTED)
-                .filter(|c| c.status == "False" && c.reason == reasons::PODS_NOT_INJECTED)
-                .cloned())
-        })
-        .await?;
+        let s = chart::wait_pods_not_injected(&client, &ns, APP).await?;
         assert!(
             s.message
                 .starts_with("2 of 2 pods run without the quiesce sidecar"),

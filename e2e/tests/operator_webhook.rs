@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, Patch, PatchParams};
-use quiesce_api::constants::{conditions, reasons};
+use quiesce_api::constants::conditions;
 use quiesce_e2e::chart::{self, demo_app, injected, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 use serde_json::json;
@@ -41,13 +41,7 @@ async fn pods_are_created_without_the_webhook_and_reported() {
                 pods.iter().all(|p| !injected(p)),
                 "pods created without the sidecar"
             );
-            let s = eventually("Injected=False", Duration::from_secs(60), || async {
-                let s = chart::policy_status(&client, &ns, APP).await?;
-                Ok(s.condition(conditions::INJECTED)
-                    .filter(|c| c.status == "False" && c.reason == reasons::PODS_NOT_INJECTED)
-                    .cloned())
-            })
-            .await?;
+            let s = chart::wait_pods_not_injected(&client, &ns, APP).await?;
             println!("reported: {}", s.message);
             assert!(
                 s.message

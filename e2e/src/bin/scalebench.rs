@@ -177,15 +177,7 @@ async fn run(args: &Args) -> Result<()> {
     }
     let ns = args.namespace.as_str();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
-    namespaces
-        .patch(
-            ns,
-            &PatchParams::apply("quiesce-scalebench").force(),
-            &Patch::Apply(&namespace),
-        )
-        .await?;
+    ensure_namespace(&client, ns).await?;
 
     let unmanaged_ns = format!("{ns}-unmanaged");
     let unmanaged = if args.unmanaged > 0 {
@@ -244,6 +236,20 @@ async fn watch_pods(client: Client, ns: String, pods: Arc<Mutex<Pods>>) {
     }
 }
 
+/// Creates namespace `ns` unless it exists.
+async fn ensure_namespace(client: &Client, ns: &str) -> Result<()> {
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::apply("quiesce-scalebench").force(),
+            &Patch::Apply(&namespace),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The operator's RSS before and after pods it does not manage appeared.
 struct Unmanaged {
     pods: usize,
@@ -254,16 +260,7 @@ struct Unmanaged {
 /// Creates `--unmanaged` Deployments without a policy in `ns` (created if missing), waits until
 /// their pods are ready, and reads the operator's RSS before and after.
 async fn measure_unmanaged(args: &Args, client: &Client, ns: &str) -> Result<Unmanaged> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
-    namespaces
-        .patch(
-            ns,
-            &PatchParams::apply("quiesce-scalebench").force(),
-            &Patch::Apply(&namespace),
-        )
-        .await?;
+    ensure_namespace(client, ns).await?;
     let want = args.unmanaged * args.replicas as usize;
     progress(&format!(
         "{} Deployments without a policy ({want} pods) in {ns}",

@@ -141,14 +141,13 @@ impl PodCache {
     /// Waits until the pods of `namespace` are listed, starting its watch if none runs.
     /// `false` after [`LIST_TIMEOUT`] or when the watch was stopped meanwhile.
     pub async fn listed(&self, namespace: &str) -> bool {
-        let listed = {
+        let mut listed = {
             let mut watched = self.namespaces.lock().expect("pod cache lock");
             match self.start(&mut watched, namespace) {
                 Some(w) => w.listed.clone(),
                 None => return true,
             }
         };
-        let mut listed = listed;
         matches!(
             tokio::time::timeout(LIST_TIMEOUT, listed.wait_for(|l| *l)).await,
             Ok(Ok(_))
