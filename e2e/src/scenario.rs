@@ -383,6 +383,12 @@ pub struct PodTrack {
     pub gone: Option<Instant>,
     /// First seen not ready (or absent) in the EndpointSlices after having been ready there.
     pub endpoint_removed: Option<Instant>,
+    /// First seen as a ready endpoint in an EndpointSlice.
+    pub endpoint_ready: Option<Instant>,
+    /// First seen with the app container running.
+    pub app_started: Option<Instant>,
+    /// The app's container ID (`containerd://...`).
+    pub app_container_id: Option<String>,
     /// First seen with the sidecar container running.
     pub sidecar_started: Option<Instant>,
     /// First seen with the sidecar container ready.
@@ -457,6 +463,10 @@ impl Tracker {
                     .collect();
                 let before = ready_in.insert(slice.name_any(), ready.clone());
                 let mut pods = t.pods.lock().expect("tracker lock");
+                for pod in &ready {
+                    let track = pods.entry(pod.clone()).or_default();
+                    track.endpoint_ready.get_or_insert(now);
+                }
                 for left in before.unwrap_or_default().difference(&ready) {
                     let track = pods.entry(left.clone()).or_default();
                     track.endpoint_removed.get_or_insert(now);
@@ -496,6 +506,24 @@ impl Tracker {
         }
         if pod.metadata.deletion_timestamp.is_some() {
             track.deleting.get_or_insert(now);
+        }
+        let app = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == "app"));
+        if let Some(app) = app {
+            if app
+                .state
+                .as_ref()
+                .and_then(|s| s.running.as_ref())
+                .is_some()
+            {
+                track.app_started.get_or_insert(now);
+            }
+            if app.container_id.is_some() {
+                track.app_container_id = app.container_id.clone();
+            }
         }
         if let Some(s) = sidecar_status(pod) {
             if s.state

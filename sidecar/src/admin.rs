@@ -116,6 +116,9 @@ pub struct Limits {
     /// Drain calls waiting for the pod watch to report the deletion: a few at once (the
     /// kubelet makes one); the rest are refused at once instead of holding connections.
     waiting_drain_calls: Semaphore,
+    /// `/readyz` calls held until the app turns healthy: a few at once; the rest are answered
+    /// at once.
+    held_readiness_calls: Semaphore,
     /// The connection counts `/status` shows, reused for [`STATUS_MAX_AGE`]: a socket-table
     /// dump per request would let a caller spend the sidecar's CPU.
     status_connections: Mutex<Option<(tokio::time::Instant, serde_json::Value)>>,
@@ -123,6 +126,10 @@ pub struct Limits {
 
 /// How many drain calls may wait for the pod's deletion at once.
 const WAITING_DRAIN_CALLS: usize = 4;
+/// How many `/readyz?waitMillis=` calls may be held at once (the kubelet makes one at a time).
+const HELD_READINESS_CALLS: usize = 4;
+/// The longest `/readyz` hold granted, whatever the caller asks.
+const MAX_READINESS_HOLD: Duration = Duration::from_secs(5);
 /// How long `/status` reuses its connection counts.
 const STATUS_MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -130,6 +137,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             waiting_drain_calls: Semaphore::new(WAITING_DRAIN_CALLS),
+            held_readiness_calls: Semaphore::new(HELD_READINESS_CALLS),
             status_connections: Mutex::new(None),
         }
     }
@@ -146,14 +154,48 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> Response {
-    if s.drainer.started() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if !s.health.borrow().healthy {
-        (StatusCode::SERVICE_UNAVAILABLE, "app unhealthy\n").into_response()
-    } else {
-        (StatusCode::OK, "ok\n").into_response()
+/// `/readyz`, and `/readyz?waitMillis=N`: while the pod is not ready, hold the answer up to N ms
+/// (at most [`MAX_READINESS_HOLD`]) and give it the moment the app turns healthy. The kubelet
+/// probes a new container once at start and then once a period; a probe that failed because the
+/// app was not up yet would leave the pod unready for up to a period after it is. Held, the probe
+/// that is in flight when the app turns healthy answers then: readiness follows the app's health
+/// as an event, not on the probe's clock. The webhook sets N below the probe's timeout.
+async fn readyz(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
+    let mut verdict = readiness(&s);
+    if verdict.is_err()
+        && !s.drainer.started()
+        && let Some(hold) = readiness_hold(uri.query())
+        && let Ok(_permit) = s.limits.held_readiness_calls.try_acquire()
+    {
+        let mut health = s.health.clone();
+        // Ends early only on health; a drain that starts meanwhile keeps the answer 503.
+        let _ = tokio::time::timeout(hold, health.wait_for(|h| h.healthy)).await;
+        verdict = readiness(&s);
     }
+    match verdict {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
+}
+
+fn readiness(s: &AdminState) -> Result<(), &'static str> {
+    if s.drainer.started() {
+        Err("draining\n")
+    } else if !s.health.borrow().healthy {
+        Err("app unhealthy\n")
+    } else {
+        Ok(())
+    }
+}
+
+/// The hold a `/readyz` query asks for (`waitMillis=N`), capped; none if absent or malformed.
+pub fn readiness_hold(query: Option<&str>) -> Option<Duration> {
+    let millis = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("waitMillis="))?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_millis(millis).min(MAX_READINESS_HOLD))
 }
 
 async fn drain(
@@ -269,6 +311,10 @@ mod tests {
     use crate::drainer::AdminListener;
 
     fn state(healthy: bool) -> AdminState {
+        state_with_health(healthy).0
+    }
+
+    fn state_with_health(healthy: bool) -> (AdminState, watch::Sender<Health>) {
         let metrics = Arc::new(Metrics::default());
         let cfg = DrainConfig {
             app_shutdown: crate::config::AppShutdown::Immediate,
@@ -291,11 +337,11 @@ mod tests {
                 accepted: Arc::new(AtomicU64::new(0)),
             },
         );
-        let (_tx, health) = watch::channel(Health {
+        let (tx, health) = watch::channel(Health {
             healthy,
             ..Default::default()
         });
-        AdminState {
+        let state = AdminState {
             mode: RunMode::Standalone,
             ports: vec![1],
             drainer,
@@ -304,7 +350,8 @@ mod tests {
             metrics,
             proxy: None,
             limits: Default::default(),
-        }
+        };
+        (state, tx)
     }
 
     async fn get(app: Router, peer: &str, path: &str) -> (StatusCode, String) {
@@ -374,5 +421,86 @@ mod tests {
             get(router(state(false)), "127.0.0.1:1", "/livez").await.0,
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn readiness_hold_is_read_from_the_query_and_capped() {
+        assert_eq!(
+            readiness_hold(Some("waitMillis=800")),
+            Some(Duration::from_millis(800))
+        );
+        assert_eq!(
+            readiness_hold(Some("a=1&waitMillis=20")),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            readiness_hold(Some("waitMillis=99999999")),
+            Some(MAX_READINESS_HOLD)
+        );
+        assert_eq!(readiness_hold(Some("waitMillis=soon")), None);
+        assert_eq!(readiness_hold(Some("wait=1")), None);
+        assert_eq!(readiness_hold(None), None);
+    }
+
+    #[tokio::test]
+    async fn held_readiness_answers_when_the_app_turns_healthy() {
+        let (s, health) = state_with_health(false);
+        let probe = tokio::spawn(get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!probe.is_finished(), "held while the app is unhealthy");
+        health.send_modify(|h| h.healthy = true);
+        let (code, body) = tokio::time::timeout(Duration::from_secs(4), probe)
+            .await
+            .expect("answered on the health change, not at the hold's end")
+            .unwrap();
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+
+    #[tokio::test]
+    async fn held_readiness_ends_unready_after_the_hold() {
+        let (s, _health) = state_with_health(false);
+        let (code, body) = get(router(s), "10.0.0.7:1", "/readyz?waitMillis=20").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "app unhealthy\n");
+    }
+
+    #[tokio::test]
+    async fn a_draining_pod_is_not_held() {
+        let (s, _health) = state_with_health(true);
+        let (code, _) = get(router(s.clone()), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
+        assert_eq!(code, StatusCode::OK);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(4),
+            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+        )
+        .await
+        .expect("answered at once");
+        assert_eq!(
+            answer,
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_few_readiness_calls_are_held_at_once() {
+        let (s, _health) = state_with_health(false);
+        let held: Vec<_> = (0..HELD_READINESS_CALLS)
+            .map(|_| {
+                tokio::spawn(get(
+                    router(s.clone()),
+                    "10.0.0.7:1",
+                    "/readyz?waitMillis=5000",
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(4),
+            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+        )
+        .await
+        .expect("one call too many is answered at once");
+        assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
+        held.iter().for_each(|h| h.abort());
     }
 }

@@ -53,7 +53,18 @@ struct SidecarCost {
     idle_mcpu: Vec<f64>,
     load_rss_kib: Vec<u64>,
     load_mcpu: Vec<f64>,
-    start_to_ready: Vec<Duration>,
+    app_idle_rss_kib: Vec<u64>,
+    app_load_rss_kib: Vec<u64>,
+}
+
+/// How fast one variant's new pods took traffic: from a container first seen running to the
+/// pod first seen as a ready endpoint in the EndpointSlices (what kube-proxy routes by).
+struct NewPods {
+    variant: Variant,
+    /// From the pod's first container (quiesce: the sidecar, which starts before the app).
+    from_first_container: Vec<Duration>,
+    /// From the app container.
+    from_app: Vec<Duration>,
 }
 
 #[tokio::main]
@@ -76,6 +87,7 @@ async fn run_bench(args: Args) -> Result<()> {
     scenario::delete_leftovers(&client, "bench").await?;
     let mut rows = Vec::new();
     let mut cost = SidecarCost::default();
+    let mut new_pods = Vec::new();
     let all = [
         Variant::Plain,
         Variant::PreStopSleep(5),
@@ -135,15 +147,6 @@ async fn run_bench(args: Args) -> Result<()> {
             if args.timeline {
                 eprint!("{}", rollout.timeline());
             }
-            if variant.is_quiesce() {
-                cost.start_to_ready
-                    .extend(rollout.new.iter().filter_map(|(_, t)| {
-                        Some(
-                            t.sidecar_ready?
-                                .saturating_duration_since(t.sidecar_started?),
-                        )
-                    }));
-            }
             rows.push(Row {
                 variant,
                 protocol,
@@ -151,14 +154,39 @@ async fn run_bench(args: Args) -> Result<()> {
                 floor,
             });
         }
+        new_pods.push(new_pod_readiness(variant, &rows));
         tracker.stop();
         scenario::delete_namespace(&client, &ns).await;
     }
-    println!("{}", table(&rows, &cost, args.rate, started.elapsed()));
+    println!(
+        "{}",
+        table(&rows, &cost, &new_pods, args.rate, started.elapsed())
+    );
     Ok(())
 }
 
-/// Samples every sidecar of the namespace over one window, with or without load.
+/// The new pods of `variant`'s rollouts, container running → ready endpoint.
+fn new_pod_readiness(variant: Variant, rows: &[Row]) -> NewPods {
+    let tracks: Vec<_> = rows
+        .iter()
+        .filter(|r| r.variant == variant)
+        .flat_map(|r| r.rollout.new.iter().map(|(_, t)| t))
+        .collect();
+    let since = |start: fn(&scenario::PodTrack) -> Option<Instant>| -> Vec<Duration> {
+        tracks
+            .iter()
+            .filter_map(|t| Some(t.endpoint_ready?.saturating_duration_since(start(t)?)))
+            .collect()
+    };
+    NewPods {
+        variant,
+        from_first_container: since(|t| t.sidecar_started.or(t.app_started)),
+        from_app: since(|t| t.app_started),
+    }
+}
+
+/// Samples every sidecar of the namespace (and its app beside it) over one window, with or
+/// without load.
 async fn measure_sidecars(
     client: &kube::Client,
     ns: &str,
@@ -167,11 +195,18 @@ async fn measure_sidecars(
     window_secs: u64,
     cost: &mut SidecarCost,
 ) -> Result<()> {
-    let pids: Vec<u32> = tracker
+    let live: Vec<_> = tracker
         .snapshot()
-        .values()
+        .into_values()
         .filter(|t| t.gone.is_none())
+        .collect();
+    let pids: Vec<u32> = live
+        .iter()
         .filter_map(|t| node::find_pid(t.sidecar_container_id.as_deref()?, "quiesce-sidecar"))
+        .collect();
+    let app_pids: Vec<u32> = live
+        .iter()
+        .filter_map(|t| node::find_pid(t.app_container_id.as_deref()?, "demo-app"))
         .collect();
     if pids.is_empty() {
         eprintln!("  no sidecar process visible on this host: RSS and CPU not measured");
@@ -199,15 +234,28 @@ async fn measure_sidecars(
             "no request answered during the measurement: {s:?}"
         );
     }
-    let (rss, mcpu) = if rate.is_some() {
-        (&mut cost.load_rss_kib, &mut cost.load_mcpu)
+    let (rss, mcpu, app_rss) = if rate.is_some() {
+        (
+            &mut cost.load_rss_kib,
+            &mut cost.load_mcpu,
+            &mut cost.app_load_rss_kib,
+        )
     } else {
-        (&mut cost.idle_rss_kib, &mut cost.idle_mcpu)
+        (
+            &mut cost.idle_rss_kib,
+            &mut cost.idle_mcpu,
+            &mut cost.app_idle_rss_kib,
+        )
     };
     for (a, b) in first.iter().zip(&last) {
         rss.push(b.rss_kib);
         mcpu.push(node::millicores(a, b));
     }
+    app_rss.extend(
+        app_pids
+            .iter()
+            .filter_map(|p| Some(node::sample(*p)?.rss_kib)),
+    );
     Ok(())
 }
 
@@ -225,7 +273,22 @@ fn range<T: PartialOrd + Copy>(v: &[T], f: impl Fn(T) -> String) -> String {
     }
 }
 
-fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String {
+fn median_max(v: &[Duration], f: impl Fn(Duration) -> String) -> String {
+    let mut v = v.to_vec();
+    v.sort();
+    match (v.get(v.len() / 2), v.last()) {
+        (Some(m), Some(max)) => format!("{}, {}", f(*m), f(*max)),
+        _ => "n/a".into(),
+    }
+}
+
+fn table(
+    rows: &[Row],
+    cost: &SidecarCost,
+    new_pods: &[NewPods],
+    rate: f64,
+    total: Duration,
+) -> String {
     let mut out = format!(
         "Rolling update of {} replicas (maxSurge 1, maxUnavailable 0) of an app that exits at once \
          on SIGTERM (\"graceful app\" rows: it finishes in-flight requests and closes its \
@@ -279,25 +342,34 @@ fn table(rows: &[Row], cost: &SidecarCost, rate: f64, total: Duration) -> String
     );
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     let mc = |m: f64| format!("{m:.2} mCPU");
-    out += "\n| quiesce sidecar | RSS | CPU |\n|---|---:|---:|\n";
+    out += "\n| quiesce sidecar | RSS | CPU | the app beside it: RSS |\n|---|---:|---:|---:|\n";
     out += &format!(
-        "| idle | {} | {} |\n",
+        "| idle | {} | {} | {} |\n",
         range(&cost.idle_rss_kib, mib),
-        range(&cost.idle_mcpu, mc)
+        range(&cost.idle_mcpu, mc),
+        range(&cost.app_idle_rss_kib, mib)
     );
     out += &format!(
-        "| {rate} req/s through the pod's Service | {} | {} |\n",
+        "| {rate} req/s through the pod's Service | {} | {} | {} |\n",
         range(&cost.load_rss_kib, mib),
-        range(&cost.load_mcpu, mc)
+        range(&cost.load_mcpu, mc),
+        range(&cost.app_load_rss_kib, mib)
     );
-    out += &format!(
-        "\nSidecar start-to-ready (container running → ready, as watched): {} over {} pods.\n",
-        range(&cost.start_to_ready, |d: Duration| format!(
-            "{:.1} s",
-            d.as_secs_f64()
-        )),
-        cost.start_to_ready.len()
-    );
+    out += "\nNew pods, from a container first seen running to the pod first seen as a ready \
+            endpoint in the EndpointSlices (median, max over the rollouts' new pods):\n\n";
+    out +=
+        "| variant | pods | first container → ready endpoint | app container → ready endpoint |\n";
+    out += "|---|---:|---:|---:|\n";
+    let ms = |d: Duration| format!("{} ms", d.as_millis());
+    for n in new_pods {
+        out += &format!(
+            "| {} | {} | {} | {} |\n",
+            n.variant.label(),
+            n.from_app.len(),
+            median_max(&n.from_first_container, ms),
+            median_max(&n.from_app, ms)
+        );
+    }
     out += &format!("\nBench wall time: {}.\n", secs(total));
     out
 }

@@ -153,8 +153,14 @@ fn proxy_mode_takes_over_the_named_port_and_says_so() {
         app.ports.as_ref().unwrap()[0].name.as_deref(),
         Some("qz-8080")
     );
-    // The app's readiness probe moved to the sidecar (the kubelet probes the sidecar).
+    // The app's readiness probe moved to the sidecar (the kubelet probes the sidecar), which
+    // holds a probe of a pod not yet ready for less than the probe's timeout.
     assert!(app.readiness_probe.is_none());
+    let readiness = sidecar.readiness_probe.as_ref().unwrap();
+    let path = readiness.http_get.as_ref().unwrap().path.clone().unwrap();
+    let hold = path.strip_prefix("/readyz?waitMillis=").expect(&path);
+    let timeout_ms = 1000 * u64::from(readiness.timeout_seconds.unwrap().unsigned_abs());
+    assert!(hold.parse::<u64>().unwrap() + 300 <= timeout_ms, "{path}");
     assert_eq!(
         p.annotations()
             .get(annotations::DRAIN_MODE)
