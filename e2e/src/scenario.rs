@@ -22,6 +22,7 @@ use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_CONTAINER_NAME, reasons};
 
 use crate::harness::{self, apply_yaml};
+use crate::hey::{self, HeyConfig, HeyReport};
 use crate::loadgen::{self, LoadConfig, Protocol, SlowMix, Summary};
 
 /// Name of the Deployment, its Service and its RolloutPolicy.
@@ -579,6 +580,9 @@ pub struct Load {
     /// Keep-alive: send again what a reused connection dropped before its response
     /// ([`LoadConfig::retry_reused`]).
     pub retry_reused: bool,
+    /// Also run hey, a third-party generator, at this rate beside our own load, with the same
+    /// kind of connections (HTTP/1.1 only: hey has no h2c).
+    pub hey_rate: Option<f64>,
 }
 
 /// How a load's clients connect, in words.
@@ -614,6 +618,11 @@ pub struct Rollout {
     pub load_started: Instant,
     /// When the template was changed.
     pub started: Instant,
+    /// hey's outcome, when it ran beside our load.
+    pub hey: Option<HeyReport>,
+    /// Share of the machine's CPU time busy while the load ran (all processes, the load
+    /// generators included), when `/proc/stat` is readable.
+    pub cpu_busy: Option<f64>,
 }
 
 impl Rollout {
@@ -634,10 +643,14 @@ impl Rollout {
         let mut out = String::new();
         for (name, t) in &self.new {
             out += &format!(
-                "  new {name}: created {} containers ready {} ready {}\n",
+                "  new {name}: created {} sidecar running {} app running {} containers ready {} \
+                 ready {} ready endpoint {}\n",
                 at(t.first_seen),
+                at(t.sidecar_started),
+                at(t.app_started),
                 at(t.containers_ready),
-                at(t.ready)
+                at(t.ready),
+                at(t.endpoint_ready)
             );
         }
         for (name, t) in &self.old {
@@ -765,6 +778,17 @@ pub async fn roll(
     let url = format!("http://{}:80", harness::cluster_ip(client, ns, APP).await?);
     wait_until_answering(&url).await?;
     let load_started = Instant::now();
+    let cpu_before = cpu_times();
+    let hey = match (load.hey_rate, load.protocol) {
+        (Some(rate), Protocol::Http1 | Protocol::KeepAlive) => Some(hey::spawn(&HeyConfig {
+            keep_alive: load.protocol == Protocol::KeepAlive,
+            // hey's workers each wait for their answer: ten requests a second each.
+            workers: (rate / 10.0).ceil().max(1.0) as u32,
+            // Stopped with SIGINT when our load ends.
+            ..HeyConfig::new(url.clone(), rate, Duration::from_secs(1800))
+        })?),
+        _ => None,
+    };
     let running = loadgen::spawn(LoadConfig {
         protocol: load.protocol,
         slow: load.slow,
@@ -797,6 +821,17 @@ pub async fn roll(
     let kp_after = kube_proxy_programming().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let summary = running.finish().await;
+    let hey = match hey {
+        Some(h) => {
+            h.interrupt().await?;
+            Some(h.finish().await?)
+        }
+        None => None,
+    };
+    let cpu_busy = match (cpu_before, cpu_times()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
     let snap = tracker.snapshot();
     let mut old: Vec<(String, PodTrack)> = snap
         .iter()
@@ -824,7 +859,25 @@ pub async fn roll(
         kube_proxy_programming,
         load_started,
         started,
+        hey,
+        cpu_busy,
     })
+}
+
+/// The machine's (busy, total) CPU time in clock ticks, from `/proc/stat`.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    let total: u64 = ticks.iter().take(8).sum();
+    Some((total - idle, total))
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ fn load(protocol: Protocol) -> Load {
             fraction: 0.01,
         }),
         retry_reused: false,
+        hey_rate: None,
     }
 }
 

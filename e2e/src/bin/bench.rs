@@ -20,9 +20,13 @@ use quiesce_e2e::scenario::{self, APP, Load, MIN_HEALTHY_SECONDS, Rollout, Track
 #[derive(Debug, Parser)]
 #[command(about = "Rolling updates under load: plain, preStop sleep, quiesce (markdown table)")]
 struct Args {
-    /// Requests per second (open loop).
-    #[arg(long, default_value_t = 50.0)]
+    /// Requests per second of our own load generator (open loop).
+    #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// Requests per second of hey, the third-party generator run beside ours on the same
+    /// rollouts (HTTP/1.1 rows; 0: not run).
+    #[arg(long, default_value_t = 500.0)]
+    hey_rate: f64,
     /// Seconds of each resource measurement window.
     #[arg(long, default_value_t = 10)]
     window_secs: u64,
@@ -128,6 +132,7 @@ async fn run_bench(args: Args) -> Result<()> {
                 protocol,
                 slow,
                 retry_reused: false,
+                hey_rate: (args.hey_rate > 0.0).then_some(args.hey_rate),
             };
             let step = |m: &str| say(&format!("{label}, {}: {m}", scenario::clients(protocol)));
             let rollout = scenario::roll(&client, &ns, variant, &tracker, to, load, &step).await?;
@@ -138,9 +143,14 @@ async fn run_bench(args: Args) -> Result<()> {
             };
             let floor = rollout.floor(min_healthy, load.longest_request());
             step(&format!(
-                "{} of {} failed, {:.1}s (floor {:.1}s)",
+                "{} of {} failed{}, {:.1}s (floor {:.1}s)",
                 rollout.summary.failed(),
                 rollout.summary.sent,
+                rollout
+                    .hey
+                    .as_ref()
+                    .map(|h| format!(" (hey: {} of {})", h.failed, h.sent))
+                    .unwrap_or_default(),
                 rollout.wall.as_secs_f64(),
                 floor.as_secs_f64()
             ));
@@ -160,7 +170,7 @@ async fn run_bench(args: Args) -> Result<()> {
     }
     println!(
         "{}",
-        table(&rows, &cost, &new_pods, args.rate, started.elapsed())
+        table(&rows, &cost, &new_pods, &args, started.elapsed())
     );
     Ok(())
 }
@@ -286,18 +296,22 @@ fn table(
     rows: &[Row],
     cost: &SidecarCost,
     new_pods: &[NewPods],
-    rate: f64,
+    args: &Args,
     total: Duration,
 ) -> String {
+    let rate = args.rate;
     let mut out = format!(
         "Rolling update of {} replicas (maxSurge 1, maxUnavailable 0) of an app that exits at once \
          on SIGTERM (\"graceful app\" rows: it finishes in-flight requests and closes its \
          keep-alive connections first), under {rate} req/s open-loop load with 5% of requests \
-         taking 1 s.\n\n",
-        scenario::REPLICAS
+         taking 1 s, and beside it hey at {} req/s ({} workers, each waiting for its answer; \
+         HTTP/1.1 rows only: hey has no h2c).\n\n",
+        scenario::REPLICAS,
+        args.hey_rate,
+        (args.hey_rate / 10.0).ceil()
     );
-    out += "| variant | clients | failed / sent | reset | refused | timeout | other | rollout | floor | rollout / floor | drains (forced) |\n";
-    out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+    out += "| variant | clients | failed / sent | reset | refused | timeout | other | hey failed / sent | rollout | floor | rollout / floor | drains (forced) |\n";
+    out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
     for r in rows {
         let s = &r.rollout.summary;
         let drains = if r.variant.is_quiesce() {
@@ -339,6 +353,12 @@ fn table(
     out += &format!(
         "\nMeasured endpoint propagation ({source}): {}.\n",
         range(&prop, |d: Duration| format!("{:.2} s", d.as_secs_f64()))
+    );
+    let busy: Vec<f64> = rows.iter().filter_map(|r| r.rollout.cpu_busy).collect();
+    out += &format!(
+        "Machine CPU busy while the load ran (2 cores, every process: cluster, load generators, \
+         bench): {}.\n",
+        range(&busy, |b: f64| format!("{:.0} %", b * 100.0))
     );
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     let mc = |m: f64| format!("{m:.2} mCPU");

@@ -68,6 +68,7 @@ async fn run_demo(args: Args) -> Result<()> {
             fraction: 0.05,
         }),
         retry_reused: false,
+        hey_rate: None,
     };
     scenario::delete_leftovers(&client, "demo").await?;
     let plain_ns = format!("{}-plain", args.namespace);
