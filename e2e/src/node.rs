@@ -35,6 +35,9 @@ pub struct Sample {
     pub at: Instant,
     /// `VmRSS`, KiB.
     pub rss_kib: u64,
+    /// `RssAnon`, KiB: the process's own memory (heap, stacks). The rest of `VmRSS` is mostly
+    /// pages of its binary, which every process of the same image on the node shares.
+    pub anon_kib: u64,
     /// user + system CPU time.
     pub cpu: Duration,
 }
@@ -66,18 +69,22 @@ fn cgroup_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(usec))
 }
 
-/// Reads `VmRSS` from `/proc/<pid>/status` and the CPU time of the process's cgroup (or, when
+/// Reads `VmRSS` and `RssAnon` from `/proc/<pid>/status` and the CPU time of the process's cgroup (or, when
 /// that is not readable, of the process from `/proc/<pid>/stat`, 10 ms resolution).
 pub fn sample(pid: u32) -> Option<Sample> {
     let dir = Path::new("/proc").join(pid.to_string());
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let rss_kib = kib("VmRSS:")?;
+    let anon_kib = kib("RssAnon:")?;
     let cpu = match cgroup_cpu(pid) {
         Some(cpu) => cpu,
         None => cpu_time(&std::fs::read_to_string(dir.join("stat")).ok()?)?,
@@ -85,6 +92,7 @@ pub fn sample(pid: u32) -> Option<Sample> {
     Some(Sample {
         at: Instant::now(),
         rss_kib,
+        anon_kib,
         cpu,
     })
 }
@@ -122,5 +130,6 @@ mod tests {
     fn this_process_can_be_sampled() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
+        assert!(s.anon_kib > 0 && s.anon_kib <= s.rss_kib, "{s:?}");
     }
 }

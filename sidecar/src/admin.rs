@@ -171,6 +171,11 @@ async fn readyz(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
         // Ends early only on health; a drain that starts meanwhile keeps the answer 503.
         let _ = tokio::time::timeout(hold, health.wait_for(|h| h.healthy)).await;
         verdict = readiness(&s);
+        let outcome = if verdict.is_ok() { "ready" } else { "unready" };
+        s.metrics
+            .readiness_holds
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
     }
     match verdict {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
@@ -445,6 +450,7 @@ mod tests {
     #[tokio::test]
     async fn held_readiness_answers_when_the_app_turns_healthy() {
         let (s, health) = state_with_health(false);
+        let s2 = s.clone();
         let probe = tokio::spawn(get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!probe.is_finished(), "held while the app is unhealthy");
@@ -454,6 +460,11 @@ mod tests {
             .expect("answered on the health change, not at the hold's end")
             .unwrap();
         assert_eq!(code, StatusCode::OK, "{body}");
+        let (_, m) = get(router(s2), "127.0.0.1:1", "/metrics").await;
+        assert!(
+            m.contains("quiesce_sidecar_readiness_holds_total{outcome=\"ready\"} 1"),
+            "{m}"
+        );
     }
 
     #[tokio::test]

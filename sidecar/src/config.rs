@@ -230,6 +230,12 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = QUIESCE_LOG_FORMAT, value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Threads that run the sidecar's work. One (the default) keeps it small: health checks,
+    /// the admin port and a drain need little, and one thread carried about 1,000 proxied
+    /// req/s at a tenth of a core (docs/benchmarks.md). More only for a busy Proxy-mode pod.
+    #[arg(long, env = QUIESCE_WORKER_THREADS, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
 }
 
 /// The pod the sidecar runs in (kubernetes mode).
@@ -325,6 +331,8 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Runtime threads (1: a current-thread runtime).
+    pub worker_threads: u16,
 }
 
 /// Every problem found in the configuration, reported together.
@@ -497,6 +505,7 @@ impl Args {
             pod,
             proxy,
             log_format: self.log_format,
+            worker_threads: self.worker_threads,
         })
     }
 }
@@ -649,6 +658,7 @@ mod tests {
         assert_eq!(c.probe.status, (200, 399));
         assert_eq!(c.drain.quiet_period, Duration::from_secs(1));
         assert_eq!(c.drain.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.worker_threads, 1, "one runtime thread unless asked");
         assert!(c.pod.is_none());
     }
 
@@ -1064,6 +1074,8 @@ mod tests {
         let v = ["quiesce-sidecar", "--quiet-period", "1 fortnight"];
         assert!(Args::try_parse_from(v).is_err());
         let v = ["quiesce-sidecar", "--app-ports", "http"];
+        assert!(Args::try_parse_from(v).is_err());
+        let v = ["quiesce-sidecar", "--worker-threads", "0"];
         assert!(Args::try_parse_from(v).is_err());
     }
 

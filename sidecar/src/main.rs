@@ -3,8 +3,7 @@
 use clap::Parser;
 use quiesce_sidecar::config::{Args, LogFormat};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cfg = match Args::parse().validate() {
         Ok(c) => c,
         Err(e) => {
@@ -22,5 +21,18 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Plain => fmt.init(),
     }
-    quiesce_sidecar::run::run(cfg).await
+    runtime(cfg.worker_threads)?.block_on(quiesce_sidecar::run::run(cfg))
+}
+
+/// One thread by default: every pod pays for the sidecar's threads (each a stack and an
+/// allocator arena), and one carries its work (`--worker-threads`).
+fn runtime(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(worker_threads));
+        b
+    };
+    builder.enable_all().build()
 }

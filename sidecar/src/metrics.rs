@@ -34,6 +34,9 @@ pub struct Metrics {
     pub fail_open: Counter,
     /// Connections accepted by the admin server (explains `PassiveOpens` growth).
     pub admin_connections: Counter,
+    /// Readiness probes held while the pod was not ready, by how they ended (`ready`: answered
+    /// when the app turned healthy; `unready`: the hold ran out).
+    pub readiness_holds: Family<Labels, Counter>,
     /// Established connections on app ports at the last observation.
     pub app_connections: Gauge,
     /// Busy connections on app ports at the last observation.
@@ -73,6 +76,7 @@ impl Default for Metrics {
             report_failures: Counter::default(),
             fail_open: Counter::default(),
             admin_connections: Counter::default(),
+            readiness_holds: Family::default(),
             app_connections: Gauge::default(),
             app_busy_connections: Gauge::default(),
             proxy_requests: Family::default(),
@@ -128,6 +132,11 @@ impl Default for Metrics {
             "admin_connections",
             "Connections accepted by the admin server",
             m.admin_connections.clone(),
+        );
+        registry.register(
+            "readiness_holds",
+            "Readiness probes held while the pod was not ready, by outcome (ready: answered when the app turned healthy)",
+            m.readiness_holds.clone(),
         );
         registry.register(
             "app_connections",

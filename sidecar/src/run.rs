@@ -46,7 +46,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
 
     let (kube, auth) = match (&cfg.mode, &cfg.pod) {
-        (RunMode::Kubernetes, Some(pod)) => match kube::Client::try_default().await {
+        (RunMode::Kubernetes, Some(pod)) => match in_cluster_client() {
             Ok(client) => {
                 let own = OwnPod::new(client.clone(), pod.clone(), metrics.clone());
                 if let Some(after) = crate::fail_open::from_env() {
@@ -230,4 +230,10 @@ async fn probe_loop(
             probes: count,
         });
     }
+}
+
+/// In-cluster configuration only: a sidecar runs in a pod, and the kubeconfig loader
+/// (`Client::try_default`) would link YAML, JSONPath and regex code it never runs.
+fn in_cluster_client() -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(kube::Config::incluster()?)?)
 }

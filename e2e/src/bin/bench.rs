@@ -54,8 +54,10 @@ struct Row {
 #[derive(Default)]
 struct SidecarCost {
     idle_rss_kib: Vec<u64>,
+    idle_anon_kib: Vec<u64>,
     idle_mcpu: Vec<f64>,
     load_rss_kib: Vec<u64>,
+    load_anon_kib: Vec<u64>,
     load_mcpu: Vec<f64>,
     app_idle_rss_kib: Vec<u64>,
     app_load_rss_kib: Vec<u64>,
@@ -244,21 +246,24 @@ async fn measure_sidecars(
             "no request answered during the measurement: {s:?}"
         );
     }
-    let (rss, mcpu, app_rss) = if rate.is_some() {
+    let (rss, anon, mcpu, app_rss) = if rate.is_some() {
         (
             &mut cost.load_rss_kib,
+            &mut cost.load_anon_kib,
             &mut cost.load_mcpu,
             &mut cost.app_load_rss_kib,
         )
     } else {
         (
             &mut cost.idle_rss_kib,
+            &mut cost.idle_anon_kib,
             &mut cost.idle_mcpu,
             &mut cost.app_idle_rss_kib,
         )
     };
     for (a, b) in first.iter().zip(&last) {
         rss.push(b.rss_kib);
+        anon.push(b.anon_kib);
         mcpu.push(node::millicores(a, b));
     }
     app_rss.extend(
@@ -362,16 +367,18 @@ fn table(
     );
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     let mc = |m: f64| format!("{m:.2} mCPU");
-    out += "\n| quiesce sidecar | RSS | CPU | the app beside it: RSS |\n|---|---:|---:|---:|\n";
+    out += "\n| quiesce sidecar | RSS | of which its own (`RssAnon`) | CPU | the app beside it: RSS |\n|---|---:|---:|---:|---:|\n";
     out += &format!(
-        "| idle | {} | {} | {} |\n",
+        "| idle | {} | {} | {} | {} |\n",
         range(&cost.idle_rss_kib, mib),
+        range(&cost.idle_anon_kib, mib),
         range(&cost.idle_mcpu, mc),
         range(&cost.app_idle_rss_kib, mib)
     );
     out += &format!(
-        "| {rate} req/s through the pod's Service | {} | {} | {} |\n",
+        "| {rate} req/s through the pod's Service | {} | {} | {} | {} |\n",
         range(&cost.load_rss_kib, mib),
+        range(&cost.load_anon_kib, mib),
         range(&cost.load_mcpu, mc),
         range(&cost.app_load_rss_kib, mib)
     );

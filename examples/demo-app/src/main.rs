@@ -75,6 +75,10 @@ struct Args {
     /// Make `/healthz` answer 503 (a "bad version").
     #[arg(long, env = "FAIL_HEALTH")]
     fail_health: bool,
+    /// Make `/healthz` answer 503 until this many milliseconds after start (an app that warms
+    /// up before it is ready).
+    #[arg(long, env = "HEALTHY_AFTER_MS")]
+    healthy_after_ms: Option<u64>,
     /// Exit with status 1 after this many seconds (a crashing "bad version").
     #[arg(long, env = "CRASH_AFTER_SECS")]
     crash_after_secs: Option<u64>,
@@ -85,6 +89,8 @@ struct AppState {
     version: String,
     pod_name: String,
     fail_health: bool,
+    /// `/healthz` answers 503 before this instant.
+    healthy_from: Option<tokio::time::Instant>,
     /// Turns true when a graceful shutdown starts (WebSockets then close).
     shutdown: watch::Receiver<bool>,
     /// Open WebSockets: a graceful exit waits for their closing handshakes too, since hyper
@@ -138,7 +144,10 @@ async fn prestop(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> im
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.fail_health {
+    let warming = state
+        .healthy_from
+        .is_some_and(|t| tokio::time::Instant::now() < t);
+    if state.fail_health || warming {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
     } else {
         (StatusCode::OK, "ok\n")
@@ -153,6 +162,9 @@ async fn main() -> std::io::Result<()> {
         version: args.app_version.clone(),
         pod_name: args.pod_name.clone(),
         fail_health: args.fail_health,
+        healthy_from: args
+            .healthy_after_ms
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms)),
         shutdown: shutdown_rx,
         websockets: AtomicUsize::new(0),
     });

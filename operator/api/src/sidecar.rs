@@ -75,6 +75,8 @@ pub mod env {
     pub const QUIESCE_PROXY_IDLE_CLOSE: &str = "QUIESCE_PROXY_IDLE_CLOSE";
     /// Log format: `json` or `plain`.
     pub const QUIESCE_LOG_FORMAT: &str = "QUIESCE_LOG_FORMAT";
+    /// Runtime threads serving the sidecar's work (1: one thread, the default).
+    pub const QUIESCE_WORKER_THREADS: &str = "QUIESCE_WORKER_THREADS";
     /// Seconds after which the sidecar admits its own undecided pod (fail open).
     pub const QUIESCE_FAIL_OPEN_AFTER_SECONDS: &str = crate::constants::SIDECAR_FAIL_OPEN_ENV;
     /// Pod name (downward API `metadata.name`).
