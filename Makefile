@@ -30,6 +30,7 @@ help:
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"
 	@echo "make bench-proxy   proxy overhead on loopback: quiesce vs nginx vs HAProxy (no cluster)"
+	@echo "make bench-footprint  image sizes and the sidecar's RSS on loopback (no cluster)"
 	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs cached"
 	@echo "make bench-scale   the operator with thousands of pods and policies (kwok nodes)"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
@@ -102,6 +103,13 @@ bench-proxy:
 	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu \
 	  --bin quiesce-sidecar --bin demo-app --bin proxybench >&2
 	@$(BENCH_TARGET_DIR)/x86_64-unknown-linux-gnu/release/proxybench $(ARGS)
+
+# The "Image sizes and sidecar memory" table of docs/benchmarks.md: builds the images
+# (e2e/cluster/images.sh), then their archive and gzip sizes and the sidecar's RSS on loopback.
+.PHONY: bench-footprint
+bench-footprint:
+	@CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) e2e/cluster/images.sh build >&2
+	@CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) e2e/bench/footprint.sh $(ARGS)
 
 # The "Operator cache footprint" table of docs/benchmarks.md: heap bytes of the leader's pod and
 # Deployment caches, full objects against the slimmed ones it keeps (no cluster).
