@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Future, StreamExt};
+use futures::{Future, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -180,6 +180,16 @@ impl Context {
     }
 }
 
+/// Counts the objects a watch delivers (`quiesce_operator_watch_events_total{watch}`).
+fn counted<S: Stream>(
+    metrics: &Arc<Metrics>,
+    watch: &'static str,
+    stream: S,
+) -> impl Stream<Item = S::Item> + use<S> {
+    let metrics = metrics.clone();
+    stream.inspect(move |_| metrics.watch_event(watch))
+}
+
 /// The system clock.
 pub fn system_clock() -> Clock {
     Arc::new(Timestamp::now)
@@ -198,51 +208,48 @@ pub async fn run(
     let (deployments, deploy_writer) = reflector::store::<CachedDeployment>();
     let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
     let (services, svc_writer) = reflector::store::<Service>();
-    let deploy_stream = watcher(
-        Api::<CachedDeployment>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(deploy_writer)
-    .touched_objects()
-    .inspect({
-        let metrics = metrics.clone();
-        move |_| metrics.watch_event("deployments")
-    });
-    let rs_stream = watcher(
-        Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-    )
-    .default_backoff()
-    .modify(|rs| rs.metadata.managed_fields = None)
-    .reflect(rs_writer)
-    .touched_objects()
-    .inspect({
-        let metrics = metrics.clone();
-        move |_| metrics.watch_event("replicasets")
-    });
+    let deploy_stream = counted(
+        &metrics,
+        "deployments",
+        watcher(
+            Api::<CachedDeployment>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(deploy_writer)
+        .touched_objects(),
+    );
+    let rs_stream = counted(
+        &metrics,
+        "replicasets",
+        watcher(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+        )
+        .default_backoff()
+        .modify(|rs| rs.metadata.managed_fields = None)
+        .reflect(rs_writer)
+        .touched_objects(),
+    );
     let (pods, pod_stream) = PodCache::watch(client.clone());
-    let pod_stream = pod_stream.inspect({
-        let metrics = metrics.clone();
-        move |_| metrics.watch_event("pods")
-    });
-    let svc_stream = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|svc| {
-        // Only the selector and ports are read: keep the cache small.
-        svc.managed_fields_mut().clear();
-        svc.annotations_mut().clear();
-        svc.status = None;
-    })
-    .reflect(svc_writer)
-    .touched_objects()
-    .inspect({
-        let metrics = metrics.clone();
-        move |_| metrics.watch_event("services")
-    });
+    let pod_stream = counted(&metrics, "pods", pod_stream);
+    let svc_stream = counted(
+        &metrics,
+        "services",
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|svc| {
+            // Only the selector and ports are read: keep the cache small.
+            svc.managed_fields_mut().clear();
+            svc.annotations_mut().clear();
+            svc.status = None;
+        })
+        .reflect(svc_writer)
+        .touched_objects(),
+    );
 
     // Policies are decoded one by one: one that does not decode is reported, not a stall.
     let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
@@ -261,19 +268,20 @@ pub async fn run(
         .default_backoff()
         .reflect(policy_writer)
         .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                policies_listed_tx.send_replace(true);
+            use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+            match event {
+                Ok(InitDone) => {
+                    policies_listed_tx.send_replace(true);
+                }
+                Ok(InitApply(_) | Apply(_) | Delete(_)) => watch_metrics.watch_event("policies"),
+                Ok(Init) | Err(_) => {}
             }
-            // Pods are watched in the namespaces that hold a policy (deleting ones included:
-            // their last pass still admits held pods).
-            let namespaces = policy_store
-                .state()
-                .iter()
-                .filter_map(|p| p.namespace())
-                .collect();
-            watch_metrics.watch_event("policies");
-            let watched = pod_cache.watch_namespaces(&namespaces);
-            watch_metrics.pod_watch_namespaces.set(watched as i64);
+            // The store changes on Apply and Delete, and on InitDone for a whole (re)list.
+            if matches!(event, Ok(InitDone | Apply(_) | Delete(_))) {
+                let namespaces = pod_cache::policy_namespaces(&policy_store.state());
+                let watched = pod_cache.watch_namespaces(&namespaces);
+                watch_metrics.pod_watch_namespaces.set(watched as i64);
+            }
             policy_changed.notify_one();
         })
         .applied_objects();
@@ -490,19 +498,18 @@ pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<
     }
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    if !ctx.pods.listed(&ns).await {
-        let err = Error::PodsNotListed(ns);
-        ctx.metrics.reconciled(Some(err.metric_label()));
-        return Err(err);
-    }
-    let result = finalizer(&api, POLICY_FINALIZER, policy, |event| async {
-        match event {
-            Finalizer::Apply(p) => ctx.apply(&p, false).await,
-            Finalizer::Cleanup(p) => ctx.apply(&p, true).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = if ctx.pods.listed(&ns).await {
+        finalizer(&api, POLICY_FINALIZER, policy, |event| async {
+            match event {
+                Finalizer::Apply(p) => ctx.apply(&p, false).await,
+                Finalizer::Cleanup(p) => ctx.apply(&p, true).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    } else {
+        Err(Error::PodsNotListed(ns))
+    };
     ctx.metrics
         .reconciled(result.as_ref().err().map(Error::metric_label));
     result

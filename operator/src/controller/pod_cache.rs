@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{SinkExt, Stream, StreamExt};
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::POD_TEMPLATE_HASH_LABEL;
 use quiesce_api::constants::labels::POLICY;
 use tracing::{info, warn};
@@ -32,6 +33,12 @@ use super::cached::CachedPod;
 
 #[cfg(test)]
 mod tests;
+
+/// The namespaces whose pods are watched: those holding a policy (deleting ones included:
+/// their last pass still admits held pods).
+pub fn policy_namespaces(policies: &[Arc<RolloutPolicy>]) -> BTreeSet<String> {
+    policies.iter().filter_map(|p| p.namespace()).collect()
+}
 
 /// How long a reconcile waits for its namespace's pods to be listed before it gives up and is
 /// retried (the watch goes on listing meanwhile).

@@ -111,6 +111,24 @@ async fn a_reconcile_in_a_namespace_not_yet_watched_starts_its_watch() {
 }
 
 #[test]
+fn pods_are_watched_in_each_namespace_holding_a_policy_once() {
+    let policy = |ns: &str, name: &str| {
+        let mut p = quiesce_api::RolloutPolicy::new(
+            name,
+            quiesce_api::RolloutPolicySpec::for_deployment(name),
+        );
+        p.metadata.namespace = Some(ns.into());
+        Arc::new(p)
+    };
+    let namespaces = policy_namespaces(&[policy("b", "x"), policy("a", "y"), policy("b", "z")]);
+    assert_eq!(
+        namespaces.into_iter().collect::<Vec<_>>(),
+        vec!["a".to_string(), "b".to_string()]
+    );
+    assert!(policy_namespaces(&[]).is_empty());
+}
+
+#[test]
 fn the_two_selectors_are_disjoint() {
     assert_eq!(injected_selector(), "quiesce.dev/policy");
     assert_eq!(
