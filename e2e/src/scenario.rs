@@ -104,10 +104,18 @@ impl Variant {
     }
 }
 
+/// Milliseconds the demo app answers `/healthz` with 503 after it starts (`HEALTHY_AFTER_MS`, an
+/// app that warms up); 0: healthy at once. Set by the bench's `--app-warmup-ms`.
+pub static APP_WARMUP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The demo app's Deployment and Service, at `version`, shutting down as `variant` says. The
 /// app keeps its own readiness probe in every variant: with quiesce the sidecar copies it.
 pub fn deployment_yaml(variant: Variant, version: &str) -> String {
     let image = harness::image("demo-app");
+    let warmup = match APP_WARMUP_MS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => String::new(),
+        ms => format!("\n            - {{name: HEALTHY_AFTER_MS, value: \"{ms}\"}}"),
+    };
     let exit = variant.app_exit();
     let target_port = match variant {
         Variant::QuiesceProxyNumericPort => "8080",
@@ -141,7 +149,7 @@ spec:
           imagePullPolicy: IfNotPresent
           env:
             - {{name: VERSION, value: "{version}"}}
-            - {{name: EXIT_ON_SIGTERM, value: {exit}}}
+            - {{name: EXIT_ON_SIGTERM, value: {exit}}}{warmup}
           ports: [{{containerPort: 8080, name: http}}]
           readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 2}}{prestop}
           resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}

@@ -39,6 +39,10 @@ struct Args {
         "sleep5".to_string(), "sleep15".to_string(), "quiesce".to_string(),
         "proxy".to_string(), "graceful-sleep5".to_string(), "graceful-quiesce".to_string()])]
     variants: Vec<String>,
+    /// The demo app answers its health check with 503 for this long after it starts (an app
+    /// that warms up): shows how fast a new pod is Ready once its app is.
+    #[arg(long, default_value_t = 0)]
+    app_warmup_ms: u64,
     /// Print each rollout's timeline (pod milestones, bursts of failures) to stderr.
     #[arg(long)]
     timeline: bool,
@@ -84,6 +88,7 @@ async fn main() {
 
 async fn run_bench(args: Args) -> Result<()> {
     let started = Instant::now();
+    scenario::APP_WARMUP_MS.store(args.app_warmup_ms, std::sync::atomic::Ordering::Relaxed);
     let say = |m: &str| eprintln!("[bench {:>6.1}s] {m}", started.elapsed().as_secs_f64());
     let client = quiesce_e2e::harness::client().await?;
     let slow = Some(SlowMix {
@@ -327,8 +332,14 @@ fn table(
         } else {
             "-".into()
         };
+        let hey = r
+            .rollout
+            .hey
+            .as_ref()
+            .map(|h| format!("{} / {}", h.failed, h.sent))
+            .unwrap_or_else(|| "-".into());
         out += &format!(
-            "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            "| {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
             r.variant.label(),
             scenario::clients(r.protocol),
             s.failed(),
@@ -337,6 +348,7 @@ fn table(
             s.refused,
             s.timeout,
             s.http_status + s.other + s.no_target,
+            hey,
             secs(r.rollout.wall),
             secs(r.floor),
             r.rollout.wall.as_secs_f64() / r.floor.as_secs_f64().max(0.001),

@@ -135,7 +135,7 @@ pub async fn stream(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
 
 /// `/grpc.health.v1.Health/Check`: `HealthCheckResponse { status }` (1 SERVING, 2 NOT_SERVING).
 pub async fn health_check(State(state): State<Arc<AppState>>) -> Response {
-    let status = if state.fail_health { 2 } else { 1 };
+    let status = if state.healthy() { 1 } else { 2 };
     unary(&state, Some(Bytes::from(vec![0x08, status])), 0, "")
 }
 
@@ -179,6 +179,7 @@ mod tests {
             version: "v1".into(),
             pod_name: "p".into(),
             fail_health: false,
+            healthy_from: None,
             shutdown,
             websockets: Default::default(),
         };

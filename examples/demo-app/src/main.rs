@@ -98,6 +98,16 @@ struct AppState {
     websockets: AtomicUsize,
 }
 
+impl AppState {
+    /// What `/healthz` and the gRPC health service answer: not a bad version, not warming up.
+    fn healthy(&self) -> bool {
+        let warming = self
+            .healthy_from
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        !self.fail_health && !warming
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct SlowParams {
     #[serde(default)]
@@ -144,10 +154,7 @@ async fn prestop(state: State<Arc<AppState>>, Query(p): Query<SlowParams>) -> im
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let warming = state
-        .healthy_from
-        .is_some_and(|t| tokio::time::Instant::now() < t);
-    if state.fail_health || warming {
+    if !state.healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
     } else {
         (StatusCode::OK, "ok\n")
