@@ -5,8 +5,9 @@
 //! one namespace with the demo app at v1; a rollout to v2 under load with a new connection per
 //! request, to v3 with a keep-alive pool, to v4 with HTTP/2 clients. Each row: failed requests, rollout wall time
 //! (template change → last old pod gone) and its ratio to the physical floor (see
-//! [`Rollout::floor`]). For quiesce also the sidecar's RSS and CPU, idle and under load (read
-//! from `/proc` on the node: the bench runs as root on it), and its start-to-ready time.
+//! [`Rollout::floor`]), and hey's failures beside our own load. For quiesce also the sidecar's
+//! RSS and CPU, idle and under load (read from `/proc` on the node: the bench runs as root on
+//! it); for every variant the new pods' time from container start to ready endpoint.
 //! Progress goes to stderr, the markdown to stdout.
 
 use std::time::{Duration, Instant};
