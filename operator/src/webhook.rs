@@ -56,7 +56,7 @@ use crate::metrics::Metrics;
 /// Path of the mutating webhook.
 pub const MUTATE_PATH: &str = "/mutate-pods";
 
-/// How long the sidecar holds a readiness probe of a pod that is not ready yet (`/readyz`).
+/// How long the sidecar holds a readiness probe of a new pod whose app is not healthy yet.
 const READINESS_HOLD_MILLIS: u64 = 1500;
 /// The sidecar's readiness probe timeout: the hold plus time for the answer.
 const READINESS_TIMEOUT_SECONDS: i32 = 2;
@@ -297,11 +297,11 @@ pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> 
             .chain(routes.iter().map(ProxyRoute::container_port))
             .collect(),
         ),
-        // While the pod is not ready the sidecar holds each probe up to READINESS_HOLD_MILLIS
-        // and answers the moment the app turns healthy, so a new pod is Ready when its app is,
-        // not up to a probe period later; the timeout leaves the answer half a second. The
-        // kubelet's shortest period: once ready, a drain or an unhealthy app is seen within
-        // `failure_threshold` seconds. A 200-byte loopback request per second is free.
+        // Until the app is first healthy the sidecar holds each probe up to
+        // READINESS_HOLD_MILLIS and answers the moment it is, so a new pod is Ready when its app
+        // is, not up to a probe period later; the timeout leaves the answer half a second. The
+        // kubelet's shortest period: later, a drain or an unhealthy app is answered at once and
+        // seen within `failure_threshold` seconds. A 200-byte loopback request per second is free.
         readiness_probe: Some(Probe {
             http_get: Some(http(&format!("/readyz?waitMillis={READINESS_HOLD_MILLIS}"))),
             period_seconds: Some(1),

@@ -33,6 +33,8 @@ pub struct Health {
     pub last_error: Option<String>,
     /// Probes run so far.
     pub probes: u64,
+    /// The app passed its health check at least once since the sidecar started.
+    pub ever_healthy: bool,
 }
 
 /// Who may start a drain.
@@ -154,16 +156,20 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// `/readyz`, and `/readyz?waitMillis=N`: while the pod is not ready, hold the answer up to N ms
-/// (at most [`MAX_READINESS_HOLD`]) and give it the moment the app turns healthy. The kubelet
-/// probes a new container once at start and then once a period; a probe that failed because the
-/// app was not up yet would leave the pod unready for up to a period after it is. Held, the probe
-/// that is in flight when the app turns healthy answers then: readiness follows the app's health
-/// as an event, not on the probe's clock. The webhook sets N below the probe's timeout.
+/// `/readyz`, and `/readyz?waitMillis=N`: while a new pod's app has not been healthy yet, hold
+/// the answer up to N ms (at most [`MAX_READINESS_HOLD`]) and give it the moment the app turns
+/// healthy. The kubelet probes a new container at start and then once a period; a probe that
+/// failed because the app was not up yet could leave the pod unready for up to a period after it
+/// is. Held, the probe in flight when the app turns healthy answers then: a new pod's readiness
+/// follows its app's health as an event, not the probe's clock. Only until the app is healthy
+/// once: an app that turns unhealthy later is answered at once, so the kubelet's failure
+/// threshold takes it out of the endpoints as fast as without the hold. The webhook sets N below
+/// the probe's timeout.
 async fn readyz(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
     let mut verdict = readiness(&s);
     if verdict.is_err()
         && !s.drainer.started()
+        && !s.health.borrow().ever_healthy
         && let Some(hold) = readiness_hold(uri.query())
         && let Ok(_permit) = s.limits.held_readiness_calls.try_acquire()
     {
@@ -344,6 +350,7 @@ mod tests {
         );
         let (tx, health) = watch::channel(Health {
             healthy,
+            ever_healthy: healthy,
             ..Default::default()
         });
         let state = AdminState {
@@ -473,6 +480,22 @@ mod tests {
         let (code, body) = get(router(s), "10.0.0.7:1", "/readyz?waitMillis=20").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, "app unhealthy\n");
+    }
+
+    #[tokio::test]
+    async fn an_app_that_was_healthy_once_is_not_held() {
+        let (s, health) = state_with_health(false);
+        health.send_modify(|h| h.ever_healthy = true);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(4),
+            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+        )
+        .await
+        .expect("answered at once: the kubelet's failure threshold counts from here");
+        assert_eq!(
+            answer,
+            (StatusCode::SERVICE_UNAVAILABLE, "app unhealthy\n".into())
+        );
     }
 
     #[tokio::test]

@@ -34,8 +34,8 @@ pub struct Metrics {
     pub fail_open: Counter,
     /// Connections accepted by the admin server (explains `PassiveOpens` growth).
     pub admin_connections: Counter,
-    /// Readiness probes held while the pod was not ready, by how they ended (`ready`: answered
-    /// when the app turned healthy; `unready`: the hold ran out).
+    /// Readiness probes of a new pod held until its app was first healthy, by how they ended
+    /// (`ready`: answered when the app turned healthy; `unready`: the hold ran out).
     pub readiness_holds: Family<Labels, Counter>,
     /// Established connections on app ports at the last observation.
     pub app_connections: Gauge,
@@ -135,7 +135,7 @@ impl Default for Metrics {
         );
         registry.register(
             "readiness_holds",
-            "Readiness probes held while the pod was not ready, by outcome (ready: answered when the app turned healthy)",
+            "Readiness probes of a new pod held until its app was first healthy, by outcome (ready: answered when it turned healthy)",
             m.readiness_holds.clone(),
         );
         registry.register(

@@ -202,6 +202,7 @@ async fn probe_loop(
     let p = cfg.probe;
     let mut tracker = HealthTracker::new(p.success_threshold, p.failure_threshold);
     let mut count = 0u64;
+    let mut ever_healthy = false;
     let mut next = tokio::time::Instant::now();
     loop {
         tokio::time::sleep_until(next).await;
@@ -224,10 +225,12 @@ async fn probe_loop(
         if was != healthy {
             tracing::info!(healthy, error = result.as_ref().err(), "app health changed");
         }
+        ever_healthy |= healthy;
         tx.send_replace(Health {
             healthy,
             last_error: result.err(),
             probes: count,
+            ever_healthy,
         });
     }
 }
