@@ -180,6 +180,20 @@ impl Context {
     }
 }
 
+/// The metadata of every Deployment-owned ReplicaSet (label `pod-template-hash`), without
+/// `managedFields`: what the controller and the webhook map a pod to its Deployment with.
+pub fn replicaset_events(
+    client: Client,
+) -> impl Stream<Item = Result<watcher::Event<PartialObjectMeta<ReplicaSet>>, watcher::Error>> + Send
+{
+    watcher(
+        Api::<PartialObjectMeta<ReplicaSet>>::all(client),
+        watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
+    )
+    .default_backoff()
+    .modify(|rs| rs.metadata.managed_fields = None)
+}
+
 /// Counts the objects a watch delivers (`quiesce_operator_watch_events_total{watch}`).
 fn counted<S: Stream>(
     metrics: &Arc<Metrics>,
@@ -222,14 +236,9 @@ pub async fn run(
     let rs_stream = counted(
         &metrics,
         "replicasets",
-        watcher(
-            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-        )
-        .default_backoff()
-        .modify(|rs| rs.metadata.managed_fields = None)
-        .reflect(rs_writer)
-        .touched_objects(),
+        replicaset_events(client.clone())
+            .reflect(rs_writer)
+            .touched_objects(),
     );
     let (pods, pod_stream) = PodCache::watch(client.clone());
     let pod_stream = counted(&metrics, "pods", pod_stream);

@@ -12,9 +12,9 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector};
 use quiesce_api::RolloutPolicy;
-use quiesce_api::constants::{OPERATOR_FIELD_MANAGER, POD_TEMPLATE_HASH_LABEL};
+use quiesce_api::constants::OPERATOR_FIELD_MANAGER;
 use quiesce_operator::{admin, certs, controller, leader, metrics::Metrics, webhook};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -176,14 +176,9 @@ async fn main() -> anyhow::Result<()> {
             .for_each(|_| async {}),
     );
     tokio::spawn(
-        watcher(
-            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-            watcher::Config::default().labels(POD_TEMPLATE_HASH_LABEL),
-        )
-        .default_backoff()
-        .modify(|rs| rs.metadata.managed_fields = None)
-        .reflect(rs_writer)
-        .for_each(|_| async {}),
+        controller::replicaset_events(client.clone())
+            .reflect(rs_writer)
+            .for_each(|_| async {}),
     );
     let caches_synced = Arc::new(AtomicBool::new(false));
     {
