@@ -7,9 +7,19 @@ use std::time::Duration;
 /// The cumulative buckets `(le, count)` of histogram `name` in a `/metrics` text (all series
 /// summed, `+Inf` last).
 pub fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    histogram_buckets_where(text, name, &[])
+}
+
+/// [`histogram_buckets`] of the series that carry every label of `labels`.
+pub fn histogram_buckets_where(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{");
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
+    for line in text.lines().filter(|l| l.starts_with(&prefix)).filter(|l| {
+        wanted
+            .iter()
+            .all(|w| l.contains(&format!("{{{w}")) || l.contains(&format!(",{w}")))
+    }) {
         let Some(le) = line
             .split("le=\"")
             .nth(1)
@@ -189,6 +199,23 @@ y_seconds_bucket{le=\"0.01\"} 100
         assert_eq!(d, vec![(0.01, 0.0), (0.1, 10.0), (f64::INFINITY, 10.0)]);
         let p = histogram_quantile(0.5, &d).unwrap();
         assert!((p - 0.055).abs() < 1e-9, "{p}");
+    }
+
+    #[test]
+    fn series_chosen_by_labels() {
+        let text = "h_bucket{verb=\"PATCH\",resource=\"pods/status\",le=\"0.1\"} 3\n\
+                    h_bucket{verb=\"PATCH\",resource=\"pods/status\",le=\"+Inf\"} 4\n\
+                    h_bucket{verb=\"PATCH\",resource=\"pods\",le=\"0.1\"} 5\n\
+                    h_bucket{verb=\"PATCH\",resource=\"pods\",le=\"+Inf\"} 5\n\
+                    h_bucket{verb=\"GET\",resource=\"pods/status\",le=\"+Inf\"} 9\n";
+        assert_eq!(
+            histogram_buckets_where(text, "h", &[("verb", "PATCH"), ("resource", "pods/status")]),
+            vec![(0.1, 3.0), (f64::INFINITY, 4.0)]
+        );
+        assert_eq!(
+            histogram_buckets_where(text, "h", &[("resource", "pods")]),
+            vec![(0.1, 5.0), (f64::INFINITY, 5.0)]
+        );
     }
 
     #[test]

@@ -497,6 +497,17 @@ fn error_policy(policy: Arc<RolloutPolicy>, err: &Error, _ctx: Arc<Context>) -> 
     Requeue::requeue(Duration::from_secs(5))
 }
 
+/// Gate writes of one reconcile that are in flight at once.
+const GATE_WRITES_AT_ONCE: usize = 16;
+
+/// The plan's actions in the order they are to be carried out, as batches: consecutive gate
+/// writes form one batch (carried out concurrently), every other action a batch of its own.
+pub fn action_batches(actions: &[Action]) -> Vec<&[Action]> {
+    actions
+        .chunk_by(|a, b| matches!(a, Action::SetGate { .. }) && matches!(b, Action::SetGate { .. }))
+        .collect()
+}
+
 /// One reconcile of one policy: finalizer handling around [`Context::apply`].
 pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile_timer();
@@ -529,9 +540,13 @@ impl Context {
     pub async fn apply(&self, policy: &RolloutPolicy, deleting: bool) -> Result<Requeue> {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
+        let decision = std::time::Instant::now();
         let (observed, counted) = self.observe_counting(policy, deleting);
         let now = (self.clock)();
         let plan = plan::plan(&observed, now);
+        self.metrics
+            .reconcile_decision
+            .observe(decision.elapsed().as_secs_f64());
         if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
             // Another policy governs the target: leave its pods alone.
             self.metrics.set_policy(&ns, &name, None);
@@ -564,8 +579,18 @@ impl Context {
                 .map(|ms| ms as f64 / 1000.0);
             self.metrics.drained(&ns, &name, d.forced, seconds);
         }
-        for action in &plan.actions {
-            self.execute(policy, &observed, action, now).await?;
+        for batch in action_batches(&plan.actions) {
+            // Gate writes of different pods are independent: they wait for the slowest write,
+            // not for the sum of them (a loaded apiserver answers each in 10–100 ms).
+            for chunk in batch.chunks(GATE_WRITES_AT_ONCE) {
+                let writes = chunk
+                    .iter()
+                    .map(|action| self.execute(policy, &observed, action, now));
+                futures::future::join_all(writes)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>>>()?;
+            }
         }
         self.count_distrusted(&ns, &name, &observed, &plan);
         if deleting {

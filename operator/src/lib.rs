@@ -16,6 +16,7 @@ pub mod plan;
 
 pub use error::{Error, Result};
 pub mod admin;
+pub mod api_timing;
 pub mod bindings;
 pub mod certs;
 pub mod leader;

@@ -9,13 +9,14 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use kube::Client;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, reflector};
 use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::OPERATOR_FIELD_MANAGER;
-use quiesce_operator::{admin, certs, controller, leader, metrics::Metrics, webhook};
+use quiesce_operator::{
+    admin, api_timing::ApiTimingLayer, certs, controller, leader, metrics::Metrics, webhook,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
@@ -155,8 +156,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let client = Client::try_default().await.context("kubernetes client")?;
     let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer().await.context("kubernetes client")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("kubernetes client")?
+        .with_layer(&ApiTimingLayer::new(metrics.api_request_duration.clone()))
+        .build();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

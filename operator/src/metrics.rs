@@ -6,6 +6,8 @@
 //! | `reconciles_total` | `result` (`ok`, `error`) |
 //! | `reconcile_errors_total` | `error` ([`crate::Error::metric_label`]) |
 //! | `reconcile_duration_seconds` (histogram) | |
+//! | `reconcile_decision_seconds` (histogram: its own time, without API calls) | |
+//! | `api_request_duration_seconds` (histogram, watches not included) | `verb`, `resource` |
 //! | `policy_phase` (gauge, 1 for the current phase) | `namespace`, `policy`, `phase` |
 //! | `policy_replicas` (gauge) | `namespace`, `policy`, `state` (`desired`, `updated`, `admitted`, `ready`) |
 //! | `policy_steps`, `policy_steps_completed` (gauges: steps of the policy, steps done) | `namespace`, `policy` |
@@ -20,8 +22,10 @@
 //! | `webhook_duration_seconds` (histogram) | |
 //! | `leader` (gauge) | |
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use crate::api_timing::{ApiDurations, api_histogram};
 
 use prometheus_client::encoding::text::encode;
 use std::sync::atomic::AtomicU64;
@@ -45,6 +49,10 @@ pub struct Metrics {
     pub reconcile_errors: Family<Labels, Counter>,
     /// Reconcile durations.
     pub reconcile_duration: Histogram,
+    /// The reconcile's own time: observing the caches and planning, without API calls.
+    pub reconcile_decision: Histogram,
+    /// Requests to the apiserver until their response headers, by verb and resource.
+    pub api_request_duration: Arc<ApiDurations>,
     /// 1 for each policy's current phase, 0 for the others.
     pub policy_phase: Family<Labels, Gauge>,
     /// Replica counts of each policy's status, by `state`.
@@ -156,6 +164,10 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+            reconcile_decision: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+            api_request_duration: Arc::new(Family::new_with_constructor(api_histogram)),
             policy_phase: Family::default(),
             policy_replicas: Family::default(),
             policy_steps: Family::default(),
@@ -186,6 +198,16 @@ impl Default for Metrics {
             "reconcile_duration_seconds",
             "Duration of one reconcile",
             m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_decision_seconds",
+            "The reconcile's own time: reading the caches and planning, without API calls",
+            m.reconcile_decision.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "Requests of the operator to the apiserver until their response headers (watches not included)",
+            (*m.api_request_duration).clone(),
         );
         registry.register(
             "policy_phase",

@@ -29,8 +29,8 @@ use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::READY_GATE_CONDITION;
 use quiesce_e2e::scale::{
-    bucket_delta, histogram_buckets, histogram_quantile, kwok_deployment, kwok_node, kwok_policy,
-    quantile,
+    bucket_delta, histogram_buckets_where, histogram_quantile, kwok_deployment, kwok_node,
+    kwok_policy, quantile,
 };
 use quiesce_e2e::{chart, harness, node};
 
@@ -134,11 +134,14 @@ struct Row {
     leader_rss_kib: Option<u64>,
     follower_rss_kib: Option<u64>,
     reconcile: (Option<f64>, Option<f64>),
+    /// p99 of the reconcile's own time and of its gate writes (apiserver).
+    reconcile_parts: (Option<f64>, Option<f64>),
     webhook: (Option<f64>, Option<f64>),
     gate: (Option<Duration>, Option<Duration>),
     rolled: usize,
     rollout: Duration,
     rollout_reconcile_p99: Option<f64>,
+    rollout_reconcile_parts: (Option<f64>, Option<f64>),
     rollout_gate: (Option<Duration>, Option<Duration>),
     requests_per_rollout: Option<f64>,
 }
@@ -369,6 +372,7 @@ async fn measure_step(
         &after,
         "quiesce_operator_reconcile_duration_seconds",
     );
+    let reconcile_parts = reconcile_time_split(&before, &after);
     let webhook = quantiles(&before, &after, "quiesce_operator_webhook_duration_seconds");
     let gate = p50_p99(pods.lock().expect("pods lock").gate_latencies(start));
 
@@ -408,6 +412,7 @@ async fn measure_step(
         "quiesce_operator_reconcile_duration_seconds",
     )
     .1;
+    let rollout_reconcile_parts = reconcile_time_split(&before, &after);
     let rollout_gate = p50_p99(pods.lock().expect("pods lock").gate_latencies(start));
     let requests_per_rollout = match (requests_before, requests_after) {
         (Some(b), Some(a)) => Some((a - b) / rolled as f64),
@@ -421,11 +426,13 @@ async fn measure_step(
         leader_rss_kib,
         follower_rss_kib,
         reconcile,
+        reconcile_parts,
         webhook,
         gate,
         rolled,
         rollout,
         rollout_reconcile_p99,
+        rollout_reconcile_parts,
         rollout_gate,
         requests_per_rollout,
     })
@@ -540,14 +547,37 @@ fn p50_p99(mut latencies: Vec<Duration>) -> (Option<Duration>, Option<Duration>)
 
 /// p50 and p99 of histogram `name` between two scrapes, in seconds.
 fn quantiles(before: &str, after: &str, name: &str) -> (Option<f64>, Option<f64>) {
+    quantiles_where(before, after, name, &[])
+}
+
+fn quantiles_where(
+    before: &str,
+    after: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> (Option<f64>, Option<f64>) {
     let delta = bucket_delta(
-        &histogram_buckets(before, name),
-        &histogram_buckets(after, name),
+        &histogram_buckets_where(before, name, labels),
+        &histogram_buckets_where(after, name, labels),
     );
     (
         histogram_quantile(0.5, &delta),
         histogram_quantile(0.99, &delta),
     )
+}
+
+/// The p99 of the reconciles' own time (reading caches, planning) and of their gate writes
+/// (`PATCH pods/status`, until the apiserver answered): where a slow reconcile's time went.
+fn reconcile_time_split(before: &str, after: &str) -> (Option<f64>, Option<f64>) {
+    let own = quantiles(before, after, "quiesce_operator_reconcile_decision_seconds").1;
+    let gate_write = quantiles_where(
+        before,
+        after,
+        "quiesce_operator_api_request_duration_seconds",
+        &[("verb", "PATCH"), ("resource", "pods/status")],
+    )
+    .1;
+    (own, gate_write)
 }
 
 /// RSS of the leader and of the follower operator, read from `/proc` on the node.
@@ -614,12 +644,12 @@ fn mib(kib: Option<u64>) -> String {
 
 fn print_table(args: &Args, rows: &[Row]) {
     println!(
-        "| pods | Deployments = policies | all gates open after | not injected | operator RSS leader / follower (MiB) | reconcile p50 / p99 (ms) | webhook p50 / p99 (ms) | ready → gate open p50 / p99 (ms) | rolled at once | all rolled after | reconcile p99 in rollout (ms) | ready → gate open in rollout p50 / p99 (ms) | operator API requests per rollout |"
+        "| pods | Deployments = policies | all gates open after | not injected | operator RSS leader / follower (MiB) | reconcile p50 / p99 (ms) | its own time p99 / gate write p99 (ms) | webhook p50 / p99 (ms) | ready → gate open p50 / p99 (ms) | rolled at once | all rolled after | reconcile p99 in rollout: all / own / gate write (ms) | ready → gate open in rollout p50 / p99 (ms) | operator API requests per rollout |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} s | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {:.0} s | {} | {} / {} | {} |",
+            "| {} | {} | {:.0} s | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {:.0} s | {} / {} / {} | {} / {} | {} |",
             r.pods,
             r.deployments,
             r.settle.as_secs_f64(),
@@ -628,6 +658,8 @@ fn print_table(args: &Args, rows: &[Row]) {
             mib(r.follower_rss_kib),
             ms(r.reconcile.0),
             ms(r.reconcile.1),
+            ms(r.reconcile_parts.0),
+            ms(r.reconcile_parts.1),
             ms(r.webhook.0),
             ms(r.webhook.1),
             dur_ms(r.gate.0),
@@ -635,6 +667,8 @@ fn print_table(args: &Args, rows: &[Row]) {
             r.rolled,
             r.rollout.as_secs_f64(),
             ms(r.rollout_reconcile_p99),
+            ms(r.rollout_reconcile_parts.0),
+            ms(r.rollout_reconcile_parts.1),
             dur_ms(r.rollout_gate.0),
             dur_ms(r.rollout_gate.1),
             r.requests_per_rollout

@@ -1303,3 +1303,30 @@ async fn an_undecodable_policy_gets_a_warning_and_accepted_false() {
     reporter.await.unwrap();
     no_more_calls(&mut handle).await;
 }
+
+#[test]
+fn consecutive_gate_writes_form_one_batch() {
+    let gate = |pod: &str| Action::SetGate {
+        pod: pod.to_owned(),
+        ready: true,
+        reason: reasons::ADMITTED,
+        message: String::new(),
+    };
+    let event = Action::Event {
+        warning: false,
+        reason: reasons::ADMITTED,
+        note: String::new(),
+        action: "Reconcile".to_owned(),
+    };
+    let actions = vec![
+        gate("a"),
+        gate("b"),
+        event.clone(),
+        gate("c"),
+        Action::ClearAnnotation("x"),
+        Action::ClearAnnotation("y"),
+    ];
+    let sizes: Vec<usize> = action_batches(&actions).iter().map(|b| b.len()).collect();
+    assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
+    assert!(action_batches(&[]).is_empty());
+}
