@@ -194,14 +194,22 @@ pub fn replicaset_events(
     .modify(|rs| rs.metadata.managed_fields = None)
 }
 
-/// Counts the objects a watch delivers (`quiesce_operator_watch_events_total{watch}`).
-fn counted<S: Stream>(
+/// Counts the objects and errors a watch delivers (`quiesce_operator_watch_events_total` and
+/// `watch_errors_total{watch}`) and logs its errors: the Controller hands them on only at
+/// debug level, and a watch that fails again and again leaves the caches behind the cluster.
+fn counted<T, S: Stream<Item = Result<T, watcher::Error>>>(
     metrics: &Arc<Metrics>,
     watch: &'static str,
     stream: S,
-) -> impl Stream<Item = S::Item> + use<S> {
+) -> impl Stream<Item = S::Item> + use<T, S> {
     let metrics = metrics.clone();
-    stream.inspect(move |_| metrics.watch_event(watch))
+    stream.inspect(move |item| match item {
+        Ok(_) => metrics.watch_event(watch),
+        Err(err) => {
+            metrics.watch_error(watch);
+            warn!(watch, error = %err, "watch failed; retrying");
+        }
+    })
 }
 
 /// The system clock.
@@ -283,7 +291,11 @@ pub async fn run(
                     policies_listed_tx.send_replace(true);
                 }
                 Ok(InitApply(_) | Apply(_) | Delete(_)) => watch_metrics.watch_event("policies"),
-                Ok(Init) | Err(_) => {}
+                Ok(Init) => {}
+                Err(err) => {
+                    watch_metrics.watch_error("policies");
+                    warn!(watch = "policies", error = %err, "watch failed; retrying");
+                }
             }
             // The store changes on Apply and Delete, and on InitDone for a whole (re)list.
             if matches!(event, Ok(InitDone | Apply(_) | Delete(_))) {

@@ -21,6 +21,7 @@
 //! | `webhook_requests_total` | `result` (`injected`, `skipped`, `error`) |
 //! | `webhook_duration_seconds` (histogram) | |
 //! | `leader` (gauge) | |
+//! | `watch_events_total`, `watch_errors_total` (objects and errors of the leader's watches) | `watch` |
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -86,6 +87,9 @@ pub struct Metrics {
     /// Objects delivered by each of the leader's watches, by `watch`: a watch that goes quiet
     /// while the cluster changes shows here.
     pub watch_events: Family<Labels, Counter>,
+    /// Errors of each of the leader's watches, by `watch` (each is retried with backoff; a
+    /// watch the apiserver closed for being too slow resumes or lists again).
+    pub watch_errors: Family<Labels, Counter>,
     phases: Mutex<std::collections::HashMap<(String, String), Phase>>,
 }
 
@@ -186,6 +190,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             pod_watch_namespaces: Gauge::default(),
             watch_events: Family::default(),
+            watch_errors: Family::default(),
             phases: Mutex::default(),
         };
         registry.register("reconciles", "Reconciles by result", m.reconciles.clone());
@@ -284,6 +289,11 @@ impl Default for Metrics {
             "watch_events",
             "Objects delivered by each of the leader's watches (policies, deployments, replicasets, pods, services)",
             m.watch_events.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Errors of each of the leader's watches (retried with backoff)",
+            m.watch_errors.clone(),
         );
         // Every result from 0, so that `increase()` sees the first error.
         for result in WEBHOOK_RESULTS {
@@ -423,6 +433,13 @@ impl Metrics {
     /// Counts one object delivered by the leader's watch `watch`.
     pub fn watch_event(&self, watch: &'static str) {
         self.watch_events
+            .get_or_create(&vec![("watch", watch.to_owned())])
+            .inc();
+    }
+
+    /// Counts one error of the leader's watch `watch`.
+    pub fn watch_error(&self, watch: &'static str) {
+        self.watch_errors
             .get_or_create(&vec![("watch", watch.to_owned())])
             .inc();
     }
