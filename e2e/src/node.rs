@@ -40,6 +40,11 @@ pub struct Sample {
     pub anon_kib: u64,
     /// user + system CPU time.
     pub cpu: Duration,
+    /// The working set of the process's cgroup (the container) as the kubelet and cAdvisor
+    /// count it (`container_memory_working_set_bytes`): usage minus inactive page cache. Pages
+    /// of the image's files another container loaded first are charged to that one, so for
+    /// the second and later pods of an image this is what each pays. `None` when unreadable.
+    pub working_set_kib: Option<u64>,
 }
 
 /// CPU time of the process's cgroup (the container), nanosecond precision: cgroup v1
@@ -69,6 +74,47 @@ fn cgroup_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(usec))
 }
 
+/// The line of controller `controller` (v1) or the unified hierarchy (v2) in
+/// `/proc/<pid>/cgroup`: the cgroup directory below `/sys/fs/cgroup`.
+fn cgroup_dir(cgroups: &str, controller: &str) -> Option<String> {
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == controller) {
+            return Some(format!("/sys/fs/cgroup/{controller}{path}"));
+        }
+    }
+    let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(format!("/sys/fs/cgroup{v2}"))
+}
+
+/// A field of a cgroup `memory.stat` (bytes).
+fn stat_field(stat: &str, field: &str) -> Option<u64> {
+    stat.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Usage minus inactive file pages, as cAdvisor computes the working set: v1
+/// `memory.usage_in_bytes` and `total_inactive_file`, v2 `memory.current` and `inactive_file`.
+pub fn working_set_bytes(usage: u64, stat: &str) -> Option<u64> {
+    let inactive =
+        stat_field(stat, "total_inactive_file").or_else(|| stat_field(stat, "inactive_file"))?;
+    Some(usage.saturating_sub(inactive))
+}
+
+fn cgroup_working_set(pid: u32) -> Option<u64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let dir = cgroup_dir(&cgroups, "memory")?;
+    let usage = std::fs::read_to_string(format!("{dir}/memory.usage_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(format!("{dir}/memory.current")))
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("{dir}/memory.stat")).ok()?;
+    Some(working_set_bytes(usage.trim().parse().ok()?, &stat)? / 1024)
+}
+
 /// Reads `VmRSS` and `RssAnon` from `/proc/<pid>/status` and the CPU time of the process's cgroup (or, when
 /// that is not readable, of the process from `/proc/<pid>/stat`, 10 ms resolution).
 pub fn sample(pid: u32) -> Option<Sample> {
@@ -94,6 +140,7 @@ pub fn sample(pid: u32) -> Option<Sample> {
         rss_kib,
         anon_kib,
         cpu,
+        working_set_kib: cgroup_working_set(pid),
     })
 }
 
@@ -124,6 +171,32 @@ mod tests {
     fn stat_cpu_times_are_read_past_the_command() {
         let stat = "42 (quiesce (side) R 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 4 0 1 0";
         assert_eq!(cpu_time(stat), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn working_set_is_usage_without_inactive_files() {
+        let v1 = "cache 100\nrss 50\ntotal_inactive_file 4096\ntotal_rss 50\n";
+        assert_eq!(working_set_bytes(10240, v1), Some(6144));
+        let v2 = "anon 50\nfile 100\ninactive_file 2048\nactive_file 0\n";
+        assert_eq!(working_set_bytes(10240, v2), Some(8192));
+        assert_eq!(
+            working_set_bytes(1000, "total_inactive_file 4096\n"),
+            Some(0)
+        );
+        assert_eq!(working_set_bytes(1000, "rss 5\n"), None);
+    }
+
+    #[test]
+    fn cgroup_directories_of_v1_and_v2() {
+        let v1 = "12:memory:/kubepods/pod1/abc\n11:cpu,cpuacct:/kubepods/pod1/abc\n0::/\n";
+        assert_eq!(
+            cgroup_dir(v1, "memory").as_deref(),
+            Some("/sys/fs/cgroup/memory/kubepods/pod1/abc")
+        );
+        assert_eq!(
+            cgroup_dir("0::/kubepods.slice/x\n", "memory").as_deref(),
+            Some("/sys/fs/cgroup/kubepods.slice/x")
+        );
     }
 
     #[test]

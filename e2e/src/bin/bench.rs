@@ -56,16 +56,22 @@ struct Row {
     floor: Duration,
 }
 
+/// The sidecars' cost, idle and under load.
 #[derive(Default)]
 struct SidecarCost {
-    idle_rss_kib: Vec<u64>,
-    idle_anon_kib: Vec<u64>,
-    idle_mcpu: Vec<f64>,
-    load_rss_kib: Vec<u64>,
-    load_anon_kib: Vec<u64>,
-    load_mcpu: Vec<f64>,
-    app_idle_rss_kib: Vec<u64>,
-    app_load_rss_kib: Vec<u64>,
+    idle: Readings,
+    load: Readings,
+}
+
+/// One reading per sidecar (and per app beside it) of one measurement.
+#[derive(Default)]
+struct Readings {
+    rss_kib: Vec<u64>,
+    anon_kib: Vec<u64>,
+    /// The sidecar container's working set (what the kubelet counts against its limit).
+    working_set_kib: Vec<u64>,
+    mcpu: Vec<f64>,
+    app_rss_kib: Vec<u64>,
 }
 
 /// How fast one variant's new pods took traffic: from a container first seen running to the
@@ -252,27 +258,18 @@ async fn measure_sidecars(
             "no request answered during the measurement: {s:?}"
         );
     }
-    let (rss, anon, mcpu, app_rss) = if rate.is_some() {
-        (
-            &mut cost.load_rss_kib,
-            &mut cost.load_anon_kib,
-            &mut cost.load_mcpu,
-            &mut cost.app_load_rss_kib,
-        )
+    let readings = if rate.is_some() {
+        &mut cost.load
     } else {
-        (
-            &mut cost.idle_rss_kib,
-            &mut cost.idle_anon_kib,
-            &mut cost.idle_mcpu,
-            &mut cost.app_idle_rss_kib,
-        )
+        &mut cost.idle
     };
     for (a, b) in first.iter().zip(&last) {
-        rss.push(b.rss_kib);
-        anon.push(b.anon_kib);
-        mcpu.push(node::millicores(a, b));
+        readings.rss_kib.push(b.rss_kib);
+        readings.anon_kib.push(b.anon_kib);
+        readings.working_set_kib.extend(b.working_set_kib);
+        readings.mcpu.push(node::millicores(a, b));
     }
-    app_rss.extend(
+    readings.app_rss_kib.extend(
         app_pids
             .iter()
             .filter_map(|p| Some(node::sample(*p)?.rss_kib)),
@@ -380,21 +377,18 @@ fn table(
     );
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     let mc = |m: f64| format!("{m:.2} mCPU");
-    out += "\n| quiesce sidecar | RSS | of which its own (`RssAnon`) | CPU | the app beside it: RSS |\n|---|---:|---:|---:|---:|\n";
-    out += &format!(
-        "| idle | {} | {} | {} | {} |\n",
-        range(&cost.idle_rss_kib, mib),
-        range(&cost.idle_anon_kib, mib),
-        range(&cost.idle_mcpu, mc),
-        range(&cost.app_idle_rss_kib, mib)
-    );
-    out += &format!(
-        "| {rate} req/s through the pod's Service | {} | {} | {} | {} |\n",
-        range(&cost.load_rss_kib, mib),
-        range(&cost.load_anon_kib, mib),
-        range(&cost.load_mcpu, mc),
-        range(&cost.app_load_rss_kib, mib)
-    );
+    out += "\n| quiesce sidecar | RSS | of which its own (`RssAnon`) | container working set | CPU | the app beside it: RSS |\n|---|---:|---:|---:|---:|---:|\n";
+    let load = format!("{rate} req/s through the pod's Service");
+    for (label, r) in [("idle", &cost.idle), (load.as_str(), &cost.load)] {
+        out += &format!(
+            "| {label} | {} | {} | {} | {} | {} |\n",
+            range(&r.rss_kib, mib),
+            range(&r.anon_kib, mib),
+            range(&r.working_set_kib, mib),
+            range(&r.mcpu, mc),
+            range(&r.app_rss_kib, mib)
+        );
+    }
     out += "\nNew pods, from a container first seen running to the pod first seen as a ready \
             endpoint in the EndpointSlices (median, max over the rollouts' new pods):\n\n";
     out +=
