@@ -44,6 +44,7 @@ use crate::plan::{
 
 pub mod cached;
 mod drains;
+pub mod owner_index;
 pub mod pod_cache;
 mod policies;
 #[cfg(test)]
@@ -800,12 +801,8 @@ impl Context {
                     .unwrap_or(0)
             })
             .and_then(|rs| hash(rs));
-        let rs_names: HashSet<String> = rs.iter().map(|rs| rs.name_any()).collect();
-        let pods = self.pods.in_namespace(&ns, |p| {
-            p.owner_references()
-                .iter()
-                .any(|o| o.kind == "ReplicaSet" && rs_names.contains(&o.name))
-        });
+        let rs_names: Vec<String> = rs.iter().map(|rs| rs.name_any()).collect();
+        let pods = self.pods.owned_by(&ns, &rs_names);
         let spec = d.spec.as_ref();
         let template = spec.map(|s| &s.template);
         let view = TargetView {

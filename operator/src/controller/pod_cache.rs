@@ -30,6 +30,7 @@ use quiesce_api::constants::labels::POLICY;
 use tracing::{info, warn};
 
 use super::cached::CachedPod;
+use super::owner_index::OwnerIndex;
 
 #[cfg(test)]
 mod tests;
@@ -63,6 +64,8 @@ pub fn not_injected_selector() -> String {
 pub struct PodCache {
     /// Pods with the webhook's label, in every namespace.
     injected: Store<CachedPod>,
+    /// The injected pods by ReplicaSet.
+    injected_by_owner: OwnerIndex,
     /// Namespace → its watch of the pods without it.
     namespaces: Arc<Mutex<HashMap<String, NamespaceWatch>>>,
     /// Where namespace watches come from; `None`: fixed caches (tests), nothing is watched.
@@ -72,6 +75,7 @@ pub struct PodCache {
 /// One namespace's watch of the pods the webhook did not inject.
 struct NamespaceWatch {
     store: Store<CachedPod>,
+    by_owner: OwnerIndex,
     listed: tokio::sync::watch::Receiver<bool>,
     task: tokio::task::AbortHandle,
 }
@@ -97,16 +101,24 @@ impl PodCache {
     /// watch runs as part of that stream, the namespace watches as tasks that feed it).
     pub fn watch(client: Client) -> (Self, TouchedPods) {
         let (injected, writer) = reflector::store::<CachedPod>();
+        let injected_by_owner = OwnerIndex::new("ReplicaSet");
+        let index = injected_by_owner.clone();
         let injected_stream = watcher(
             Api::<CachedPod>::all(client.clone()),
             watcher::Config::default().labels(&injected_selector()),
         )
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index.apply(event);
+            }
+        })
         .touched_objects();
         let (touched, from_namespaces) = mpsc::channel(TOUCHED_BUFFER);
         let cache = Self {
             injected,
+            injected_by_owner,
             namespaces: Arc::default(),
             source: Some(Source { client, touched }),
         };
@@ -116,8 +128,13 @@ impl PodCache {
 
     /// Fixed caches: `injected` answers for every namespace; nothing is watched (tests).
     pub fn fixed(injected: Store<CachedPod>) -> Self {
+        let injected_by_owner = OwnerIndex::new("ReplicaSet");
+        for pod in injected.state() {
+            injected_by_owner.apply(&watcher::Event::Apply(pod.as_ref().clone()));
+        }
         Self {
             injected,
+            injected_by_owner,
             namespaces: Arc::default(),
             source: None,
         }
@@ -184,18 +201,21 @@ impl PodCache {
         })
     }
 
-    /// The pods of `namespace` for which `keep` holds.
-    pub fn in_namespace(
-        &self,
-        namespace: &str,
-        keep: impl Fn(&CachedPod) -> bool,
-    ) -> Vec<Arc<CachedPod>> {
-        let mut pods = self
-            .injected
-            .state_filter(|p| p.metadata.namespace.as_deref() == Some(namespace) && keep(p));
+    /// The pods of `namespace` that the ReplicaSets `replicasets` control: read through the
+    /// owner indexes, so the cost follows these pods, not every pod cached.
+    pub fn owned_by(&self, namespace: &str, replicasets: &[String]) -> Vec<Arc<CachedPod>> {
+        let lookup = |store: &Store<CachedPod>, index: &OwnerIndex, pods: &mut Vec<_>| {
+            for rs in replicasets {
+                for name in index.owned(namespace, rs) {
+                    pods.extend(store.get(&ObjectRef::new(&name).within(namespace)));
+                }
+            }
+        };
+        let mut pods = Vec::new();
+        lookup(&self.injected, &self.injected_by_owner, &mut pods);
         let watched = self.namespaces.lock().expect("pod cache lock");
         if let Some(w) = watched.get(namespace) {
-            pods.extend(w.store.state_filter(|p| keep(p)));
+            lookup(&w.store, &w.by_owner, &mut pods);
         }
         pods
     }
@@ -210,6 +230,8 @@ impl PodCache {
 /// controller through `source.touched`.
 fn namespace_watch(source: Source, namespace: &str) -> NamespaceWatch {
     let (store, writer) = reflector::store::<CachedPod>();
+    let by_owner = OwnerIndex::new("ReplicaSet");
+    let index = by_owner.clone();
     let (listed_tx, listed) = tokio::sync::watch::channel(false);
     let ns = namespace.to_owned();
     let mut touched = source.touched;
@@ -220,6 +242,9 @@ fn namespace_watch(source: Source, namespace: &str) -> NamespaceWatch {
     .default_backoff()
     .reflect(writer)
     .inspect(move |event| {
+        if let Ok(event) = event {
+            index.apply(event);
+        }
         if matches!(event, Ok(watcher::Event::InitDone)) {
             listed_tx.send_replace(true);
         }
@@ -242,6 +267,7 @@ fn namespace_watch(source: Source, namespace: &str) -> NamespaceWatch {
     info!(namespace = %namespace, "RolloutPolicy in the namespace: watching its pods");
     NamespaceWatch {
         store,
+        by_owner,
         listed,
         task,
     }

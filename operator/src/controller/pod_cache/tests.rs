@@ -19,7 +19,9 @@ fn pod_list(namespace: &str, names: &[&str]) -> serde_json::Value {
         "metadata": {"resourceVersion": "7"},
         "items": names.iter().map(|n| json!({
             "metadata": {"name": n, "namespace": namespace, "uid": format!("{n}-uid"),
-                         "labels": {"pod-template-hash": "abc"}},
+                         "labels": {"pod-template-hash": "abc"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web-abc", "uid": "rs-uid", "controller": true}]},
         })).collect::<Vec<_>>(),
     })
 }
@@ -49,6 +51,10 @@ fn apiserver(names: &'static [&'static str]) -> (Client, Arc<Mutex<Vec<String>>>
     (Client::new(service, "default"), seen)
 }
 
+fn web_abc() -> Vec<String> {
+    vec!["web-abc".to_owned()]
+}
+
 fn names(pods: Vec<Arc<CachedPod>>) -> Vec<String> {
     let mut names: Vec<String> = pods
         .iter()
@@ -63,7 +69,7 @@ async fn a_namespace_is_watched_from_its_first_policy_to_its_last() {
     let (client, seen) = apiserver(&["old-1", "old-2"]);
     let (cache, _touched) = PodCache::watch(client);
     // No policy: nothing of the namespace is listed or held.
-    assert!(cache.in_namespace("shop", |_| true).is_empty());
+    assert!(cache.owned_by("shop", &web_abc()).is_empty());
     assert!(seen.lock().unwrap().is_empty());
 
     let shop = BTreeSet::from(["shop".to_owned()]);
@@ -73,11 +79,15 @@ async fn a_namespace_is_watched_from_its_first_policy_to_its_last() {
         "the namespace's pods are listed"
     );
     assert_eq!(
-        names(cache.in_namespace("shop", |_| true)),
+        names(cache.owned_by("shop", &web_abc())),
         ["old-1", "old-2"]
     );
     assert!(cache.get("shop", "old-1").is_some());
-    assert!(cache.in_namespace("other", |_| true).is_empty());
+    assert!(
+        cache.owned_by("shop", &["web-other".to_owned()]).is_empty(),
+        "only the pods of the ReplicaSets asked for"
+    );
+    assert!(cache.owned_by("other", &web_abc()).is_empty());
     let list = seen.lock().unwrap()[0].clone();
     assert!(
         list.starts_with("/api/v1/namespaces/shop/pods?")
@@ -98,7 +108,7 @@ async fn a_namespace_is_watched_from_its_first_policy_to_its_last() {
 
     // The last policy goes: the watch stops and its pods are dropped.
     assert_eq!(cache.watch_namespaces(&BTreeSet::new()), 0);
-    assert!(cache.in_namespace("shop", |_| true).is_empty());
+    assert!(cache.owned_by("shop", &web_abc()).is_empty());
     assert!(cache.get("shop", "old-1").is_none());
 }
 
@@ -107,7 +117,7 @@ async fn a_reconcile_in_a_namespace_not_yet_watched_starts_its_watch() {
     let (client, _) = apiserver(&["old-1"]);
     let (cache, _touched) = PodCache::watch(client);
     assert!(cache.listed("shop").await);
-    assert_eq!(names(cache.in_namespace("shop", |_| true)), ["old-1"]);
+    assert_eq!(names(cache.owned_by("shop", &web_abc())), ["old-1"]);
 }
 
 #[test]
