@@ -40,6 +40,7 @@ use crate::metrics::{Metrics, PolicyGauges};
 use crate::plan::{
     self, Action, AppPort, DrainedView, GateView, Observed, Plan, PodView, PolicyView,
     ServicePortView, ServiceView, SidecarView, TargetPort, TargetState, TargetView,
+    status_write::StatusWrite,
 };
 
 pub mod cached;
@@ -109,6 +110,10 @@ struct Memory {
 struct PolicyMemory {
     /// Last status written.
     status: Option<RolloutPolicyStatus>,
+    /// When this process last wrote it.
+    written_at: Option<Timestamp>,
+    /// A newer status whose write waits (only counts changed, [`plan::status_write`]).
+    pending: Option<RolloutPolicyStatus>,
     /// Pod UID → gate written, until the cache shows it.
     gates: HashMap<String, GateView>,
     /// Pod UID → when its gate was last written `False`, while not opened since: the pods this
@@ -567,9 +572,14 @@ impl Context {
         }
         // The status goes first: whoever reads the status after the pods never sees more pods
         // admitted than the recorded step allows. A failed gate write is redone next time.
+        let write = if deleting {
+            StatusWrite::Unchanged
+        } else {
+            self.status_write(policy, &plan.status, now)
+        };
         let written = async {
-            if !deleting && plan.status != observed.policy.status {
-                self.patch_status(policy, &plan).await?;
+            if write == StatusWrite::Now {
+                self.patch_status(policy, &plan, now).await?;
             }
             Ok::<_, Error>(())
         }
@@ -619,10 +629,36 @@ impl Context {
         let without_sidecar = crate::plan::pods_without_sidecar(&observed.pods).len();
         let gauges = PolicyGauges::new(&plan.status, policy.spec.steps.len(), without_sidecar);
         self.metrics.set_policy(&ns, &name, Some(&gauges));
-        Ok(match plan.requeue_after {
-            Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
-            None => Requeue::await_change(),
-        })
+        let write_after = match write {
+            StatusWrite::After(after) => Some(after),
+            StatusWrite::Now | StatusWrite::Unchanged => None,
+        };
+        Ok(
+            match plan.requeue_after.into_iter().chain(write_after).min() {
+                Some(after) => Requeue::requeue(after + Duration::from_millis(50)),
+                None => Requeue::await_change(),
+            },
+        )
+    }
+
+    /// Whether and when the planned status goes to the apiserver
+    /// ([`plan::status_write`]); a deferred one is what the next pass plans from.
+    fn status_write(
+        &self,
+        policy: &RolloutPolicy,
+        planned: &RolloutPolicyStatus,
+        now: Timestamp,
+    ) -> StatusWrite {
+        let mut memory = self.memory();
+        let mine = memory.policy(&policy.uid().unwrap_or_default());
+        let written = mine
+            .status
+            .clone()
+            .or_else(|| policy.status.clone())
+            .unwrap_or_default();
+        let write = plan::status_write::status_write(&written, planned, mine.written_at, now);
+        mine.pending = matches!(write, StatusWrite::After(_)).then(|| planned.clone());
+        write
     }
 
     /// Counts what the plan would not trust: invalid drain reports and gates someone else
@@ -681,10 +717,11 @@ impl Context {
             .filter_map(|p| p.uid())
             .collect();
         memory.forget_policies(|u| u == uid || known.contains(u));
-        let status = memory
-            .policy(&uid)
-            .status
+        let mine = memory.policy(&uid);
+        let status = mine
+            .pending
             .clone()
+            .or_else(|| mine.status.clone())
             .or_else(|| policy.status.clone())
             .unwrap_or_default();
         let target_name = &policy.spec.target_ref.name;
@@ -989,7 +1026,12 @@ impl Context {
         Ok(())
     }
 
-    async fn patch_status(&self, policy: &RolloutPolicy, plan: &Plan) -> Result<()> {
+    async fn patch_status(
+        &self,
+        policy: &RolloutPolicy,
+        plan: &Plan,
+        now: Timestamp,
+    ) -> Result<()> {
         let api: Api<RolloutPolicy> =
             Api::namespaced(self.client.clone(), &policy.namespace().unwrap_or_default());
         let patch = json!({
@@ -1004,9 +1046,11 @@ impl Context {
             &Patch::Apply(&patch),
         )
         .await?;
-        self.memory()
-            .policy(&policy.uid().unwrap_or_default())
-            .status = Some(plan.status.clone());
+        let mut memory = self.memory();
+        let mine = memory.policy(&policy.uid().unwrap_or_default());
+        mine.status = Some(plan.status.clone());
+        mine.written_at = Some(now);
+        mine.pending = None;
         Ok(())
     }
 }

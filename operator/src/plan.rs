@@ -37,6 +37,8 @@ use quiesce_api::{
 #[cfg(test)]
 mod tests;
 
+pub mod status_write;
+
 /// Everything [`plan`] looks at for one policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {

@@ -1330,3 +1330,64 @@ fn consecutive_gate_writes_form_one_batch() {
     assert_eq!(sizes, vec![2, 1, 1, 1, 1]);
     assert!(action_batches(&[]).is_empty());
 }
+
+#[tokio::test]
+async fn a_change_of_counts_alone_is_written_at_most_once_a_second() {
+    let (client, mut handle) = mock();
+    let p = policy(settled_on_new());
+    let mut ctx = context(
+        client,
+        vec![p.clone()],
+        vec![pod("n1", "new", Some("True"))],
+    );
+    let at = |ms: i64| -> Clock { Arc::new(move || Timestamp::from_millisecond(ms).unwrap()) };
+    let patch_status = "/apis/quiesce.dev/v1alpha1/namespaces/shop/rolloutpolicies/web/status";
+    ctx.clock = at(NOW * 1000);
+    let first = tokio::spawn(async move {
+        let body = expect(&mut handle, Method::PATCH, patch_status, json!(p)).await;
+        (handle, body)
+    });
+    ctx.apply(&policy(settled_on_new()), false).await.unwrap();
+    let (mut handle, body) = first.await.unwrap();
+    assert_eq!(body["status"]["readyReplicas"], 1, "{body}");
+
+    // A second ready pod 300 ms later: only counts change; written 700 ms later, not now.
+    ctx.pods = PodCache::fixed(store(vec![
+        pod("n1", "new", Some("True")),
+        pod("n2", "new", Some("True")),
+    ]));
+    ctx.clock = at(NOW * 1000 + 300);
+    let requeue = tokio::time::timeout(
+        Duration::from_secs(2),
+        ctx.apply(&policy(settled_on_new()), false),
+    )
+    .await
+    .expect("a pass that writes nothing does not wait on the apiserver")
+    .unwrap();
+    no_more_calls(&mut handle).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_millis(750)));
+    assert_eq!(
+        ctx.observe(&policy(settled_on_new()), false)
+            .policy
+            .status
+            .ready_replicas,
+        Some(2),
+        "the next pass plans from the status that waits"
+    );
+
+    ctx.clock = at(NOW * 1000 + 1000);
+    let second = tokio::spawn(async move {
+        let body = expect(
+            &mut handle,
+            Method::PATCH,
+            patch_status,
+            json!(policy(settled_on_new())),
+        )
+        .await;
+        (handle, body)
+    });
+    ctx.apply(&policy(settled_on_new()), false).await.unwrap();
+    let (mut handle, body) = second.await.unwrap();
+    assert_eq!(body["status"]["readyReplicas"], 2, "{body}");
+    no_more_calls(&mut handle).await;
+}
