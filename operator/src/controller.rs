@@ -229,6 +229,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     recorder: Recorder,
     bindings: Option<crate::bindings::Settings>,
+    concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     // Woken on every change of the caches the sidecar bindings are computed from.
@@ -313,7 +314,7 @@ pub async fn run(
         })
         .applied_objects();
     let controller = Controller::for_stream(policy_stream, policies.clone())
-        .with_config(ControllerConfig::default().concurrency(8));
+        .with_config(ControllerConfig::default().concurrency(concurrency));
     let (p1, p2, p3, p4) = (
         policies.clone(),
         policies.clone(),

@@ -137,6 +137,12 @@ struct Args {
     /// Log format: json or plain.
     #[arg(long, env = "QUIESCE_LOG_FORMAT", default_value = "json")]
     log_format: String,
+    /// Policies reconciled at once by the leader. A reconcile mostly waits on the apiserver
+    /// (gate and status writes), so more than the cores: with 8, gates opened seconds late
+    /// while thousands of pods turned ready (docs/benchmarks.md, "Operator at scale").
+    #[arg(long, env = "QUIESCE_CONCURRENT_RECONCILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrent_reconciles: u16,
 }
 
 #[tokio::main]
@@ -321,6 +327,7 @@ async fn main() -> anyhow::Result<()> {
             metrics.clone(),
             recorder.clone(),
             bindings(binding_owner.clone()),
+            args.concurrent_reconciles,
             shutdown,
         ));
         // A graceful stop waits for running reconciles, but never longer than 5 s: the Lease
@@ -371,4 +378,26 @@ where
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_reconciles_default_and_bounds() {
+        let args = |extra: &[&str]| {
+            Args::try_parse_from(std::iter::once("quiesce-operator").chain(extra.iter().copied()))
+        };
+        assert_eq!(args(&[]).unwrap().concurrent_reconciles, 16);
+        assert_eq!(
+            args(&["--concurrent-reconciles", "64"])
+                .unwrap()
+                .concurrent_reconciles,
+            64
+        );
+        for bad in ["0", "257", "x"] {
+            assert!(args(&["--concurrent-reconciles", bad]).is_err(), "{bad}");
+        }
+    }
 }
