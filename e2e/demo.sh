@@ -69,11 +69,13 @@ fi
 
 # A reloaded image keeps its tag: the archive's time in a pod annotation restarts the operator
 # when the image changed (the same stamp as the e2e suite's install, e2e/src/chart.rs, so the two
-# do not restart each other's operator). An existing release keeps its other values; the chart
+# do not restart each other's operator). An existing release keeps its other values, and values
+# this chart version added take their defaults (--reset-then-reuse-values; --reuse-values would
+# leave them empty); the chart
 # wins over hand edits of its objects (`kubectl set env` on the operator: --force-conflicts).
 stamp=$(stat -c %Y "$CACHE/images/project/operator.tar" 2>/dev/null || echo unknown)
 reuse=()
-if in_cluster helm status quiesce --namespace "$NAMESPACE" >/dev/null 2>&1; then reuse=(--reuse-values); fi
+if in_cluster helm status quiesce --namespace "$NAMESPACE" >/dev/null 2>&1; then reuse=(--reset-then-reuse-values); fi
 log "installing quiesce: helm upgrade --install quiesce charts/quiesce -n $NAMESPACE --wait"
 in_cluster helm upgrade --install quiesce "$root/charts/quiesce" --namespace "$NAMESPACE" \
   --create-namespace --wait --timeout 5m --force-conflicts "${reuse[@]}" \
