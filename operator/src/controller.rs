@@ -214,11 +214,14 @@ fn counted<T, S: Stream<Item = Result<T, watcher::Error>>>(
     let metrics = metrics.clone();
     stream.inspect(move |item| match item {
         Ok(_) => metrics.watch_event(watch),
-        Err(err) => {
-            metrics.watch_error(watch);
-            warn!(watch, error = %err, "watch failed; retrying");
-        }
+        Err(err) => watch_failed(&metrics, watch, err),
     })
+}
+
+/// Counts and logs one error of the leader's watch `watch` (retried with backoff).
+fn watch_failed(metrics: &Metrics, watch: &'static str, err: &watcher::Error) {
+    metrics.watch_error(watch);
+    warn!(watch, error = %err, "watch failed; retrying");
 }
 
 /// The system clock.
@@ -302,10 +305,7 @@ pub async fn run(
                 }
                 Ok(InitApply(_) | Apply(_) | Delete(_)) => watch_metrics.watch_event("policies"),
                 Ok(Init) => {}
-                Err(err) => {
-                    watch_metrics.watch_error("policies");
-                    warn!(watch = "policies", error = %err, "watch failed; retrying");
-                }
+                Err(err) => watch_failed(&watch_metrics, "policies", err),
             }
             // The store changes on Apply and Delete, and on InitDone for a whole (re)list.
             if matches!(event, Ok(InitDone | Apply(_) | Delete(_))) {
@@ -488,11 +488,7 @@ pub fn service_view(svc: &Service) -> ServiceView {
 
 /// The Deployment owning a ReplicaSet.
 pub fn deployment_of(meta: &kube::api::ObjectMeta) -> Option<String> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.kind == "Deployment" && o.controller == Some(true))
-        .map(|o| o.name.clone())
+    owner_index::controller_owner(meta, "Deployment")
 }
 
 /// The Deployment a pod belongs to: its ReplicaSet owner's owner (from the cache), or by the

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use kube::Resource;
+use kube::api::ObjectMeta;
 use kube::runtime::watcher;
 
 /// Namespace and name of an object.
@@ -19,9 +20,8 @@ type Key = (String, String);
 
 /// The controlling owner of an object of kind `kind` (`ReplicaSet` for pods, `Deployment` for
 /// ReplicaSets), by name.
-pub fn controller_owner(meta: &impl Resource, kind: &str) -> Option<String> {
-    meta.meta()
-        .owner_references
+pub fn controller_owner(meta: &ObjectMeta, kind: &str) -> Option<String> {
+    meta.owner_references
         .iter()
         .flatten()
         .find(|o| o.kind == kind && o.controller == Some(true))
@@ -100,7 +100,7 @@ impl OwnerIndex {
             watcher::Event::Init => inner.relist = Some(Index::default()),
             watcher::Event::InitApply(o) => {
                 let (ns, name) = key(o);
-                let owner = controller_owner(o, self.owner_kind);
+                let owner = controller_owner(o.meta(), self.owner_kind);
                 inner
                     .relist
                     .get_or_insert_with(Index::default)
@@ -113,7 +113,7 @@ impl OwnerIndex {
             }
             watcher::Event::Apply(o) => {
                 let (ns, name) = key(o);
-                let owner = controller_owner(o, self.owner_kind);
+                let owner = controller_owner(o.meta(), self.owner_kind);
                 inner.current.insert(&ns, &name, owner);
             }
             watcher::Event::Delete(o) => {
@@ -187,9 +187,9 @@ mod tests {
     fn only_the_controlling_owner_of_the_kind_counts() {
         let mut p = pod("shop", "p", Some("web-a"));
         p.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
-        assert_eq!(controller_owner(&p, "ReplicaSet"), None);
+        assert_eq!(controller_owner(&p.metadata, "ReplicaSet"), None);
         assert_eq!(
-            controller_owner(&pod("shop", "p", Some("web-a")), "Deployment"),
+            controller_owner(&pod("shop", "p", Some("web-a")).metadata, "Deployment"),
             None
         );
     }
