@@ -51,19 +51,15 @@ pub struct Sample {
 /// `cpuacct.usage`, or cgroup v2 `cpu.stat` `usage_usec`.
 fn cgroup_cpu(pid: u32) -> Option<Duration> {
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == "cpuacct") {
-            for dir in ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"] {
-                let file = format!("/sys/fs/cgroup/{dir}{path}/cpuacct.usage");
-                if let Ok(ns) = std::fs::read_to_string(file) {
-                    return Some(Duration::from_nanos(ns.trim().parse().ok()?));
-                }
+    if let Some(path) = v1_path(&cgroups, "cpuacct") {
+        for dir in ["cpuacct", "cpu,cpuacct", "cpuacct,cpu"] {
+            let file = format!("/sys/fs/cgroup/{dir}{path}/cpuacct.usage");
+            if let Ok(ns) = std::fs::read_to_string(file) {
+                return Some(Duration::from_nanos(ns.trim().parse().ok()?));
             }
         }
     }
-    let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let v2 = v2_path(&cgroups)?;
     let stat = std::fs::read_to_string(format!("/sys/fs/cgroup{v2}/cpu.stat")).ok()?;
     let usec = stat
         .lines()
@@ -74,18 +70,29 @@ fn cgroup_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(usec))
 }
 
-/// The line of controller `controller` (v1) or the unified hierarchy (v2) in
-/// `/proc/<pid>/cgroup`: the cgroup directory below `/sys/fs/cgroup`.
-fn cgroup_dir(cgroups: &str, controller: &str) -> Option<String> {
-    for line in cgroups.lines() {
+/// The cgroup path of the v1 hierarchy holding `controller`, from `/proc/<pid>/cgroup`.
+fn v1_path<'a>(cgroups: &'a str, controller: &str) -> Option<&'a str> {
+    cgroups.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == controller) {
-            return Some(format!("/sys/fs/cgroup/{controller}{path}"));
-        }
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then_some(path)
+    })
+}
+
+/// The cgroup path in the unified (v2) hierarchy, from `/proc/<pid>/cgroup`.
+fn v2_path(cgroups: &str) -> Option<&str> {
+    cgroups.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// The cgroup directory of `controller` below `/sys/fs/cgroup` (v1), or the unified one (v2).
+fn cgroup_dir(cgroups: &str, controller: &str) -> Option<String> {
+    match v1_path(cgroups, controller) {
+        Some(path) => Some(format!("/sys/fs/cgroup/{controller}{path}")),
+        None => Some(format!("/sys/fs/cgroup{}", v2_path(cgroups)?)),
     }
-    let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(format!("/sys/fs/cgroup{v2}"))
 }
 
 /// A field of a cgroup `memory.stat` (bytes).
