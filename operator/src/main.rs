@@ -20,6 +20,7 @@ use quiesce_operator::{
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
+use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// mimalloc instead of glibc's malloc: glibc gives each worker thread an arena and returns
 /// little of one to the system, so the leader's RSS kept the peak of every list and burst (two
@@ -145,19 +146,30 @@ struct Args {
     concurrent_reconciles: u16,
 }
 
+/// `RUST_LOG` as `level` or `target=level,...`; unset or unparsable: info, kube's own chatter
+/// at warn. Not `EnvFilter`: its span and field matching links a second regex engine.
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    rust_log.and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("kube_runtime", tracing::Level::WARN)
+            .with_target("kube_client", tracing::Level::WARN)
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube_runtime=warn,kube_client=warn".into());
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     if args.log_format == "plain" {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt().finish().with(filter).init();
     } else {
         tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_env_filter(filter)
+            .finish()
+            .with(filter)
             .init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -399,5 +411,21 @@ mod tests {
         for bad in ["0", "257", "x"] {
             assert!(args(&["--concurrent-reconciles", bad]).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn kube_chatter_is_quiet_unless_rust_log_says_otherwise() {
+        let f = log_filter(None);
+        assert!(f.would_enable("quiesce_operator::controller", &Level::INFO));
+        assert!(!f.would_enable("kube_runtime::controller", &Level::INFO));
+        assert!(f.would_enable("kube_runtime::controller", &Level::WARN));
+        let f = log_filter(Some("debug"));
+        assert!(f.would_enable("kube_client::client", &Level::DEBUG));
     }
 }

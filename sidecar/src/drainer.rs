@@ -53,7 +53,7 @@ pub enum DrainState {
 #[derive(Clone)]
 pub struct KubeDrain {
     /// Client for the EndpointSlice watch.
-    pub client: kube::Client,
+    pub client: crate::apiserver::ApiClient,
     /// Own namespace.
     pub namespace: String,
     /// Own IP.

@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 
-use futures::StreamExt;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
 use tokio::sync::watch;
 
+use crate::apiserver::{
+    ApiClient, endpoint_slices_path,
+    types::EndpointSlice,
+    watch::{Event, Watcher},
+};
 use crate::metrics::Metrics;
 
 /// Whether `ip` is a ready endpoint of `slice` (an absent `ready` means ready, per the API).
@@ -37,38 +36,34 @@ impl Drop for EndpointWatch {
 
 /// Starts watching the EndpointSlices of `namespace` for `ip`.
 pub fn watch_pod_ip(
-    client: Client,
+    client: ApiClient,
     namespace: &str,
     ip: String,
     metrics: std::sync::Arc<Metrics>,
 ) -> EndpointWatch {
     let (tx, rx) = watch::channel(None);
-    let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+    let mut watcher: Watcher<EndpointSlice> =
+        Watcher::new(client, endpoint_slices_path(namespace), None);
     let task = tokio::spawn(async move {
-        let mut stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
         let mut slices: HashMap<String, bool> = HashMap::new();
-        let mut initial: HashMap<String, bool> = HashMap::new();
         let publish = |m: &HashMap<String, bool>| {
             let _ = tx.send(Some(m.values().any(|v| *v)));
         };
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Init) => initial.clear(),
-                Ok(watcher::Event::InitApply(s)) => {
-                    initial.insert(s.name_any(), ip_ready_in(&s, &ip));
-                }
-                Ok(watcher::Event::InitDone) => {
-                    slices = std::mem::take(&mut initial);
+        loop {
+            match watcher.next().await {
+                Ok(Event::Listed(all)) => {
+                    slices = all
+                        .iter()
+                        .map(|s| (s.metadata.name.clone(), ip_ready_in(s, &ip)))
+                        .collect();
                     publish(&slices);
                 }
-                Ok(watcher::Event::Apply(s)) => {
-                    slices.insert(s.name_any(), ip_ready_in(&s, &ip));
+                Ok(Event::Applied(s)) => {
+                    slices.insert(s.metadata.name.clone(), ip_ready_in(&s, &ip));
                     publish(&slices);
                 }
-                Ok(watcher::Event::Delete(s)) => {
-                    slices.remove(&s.name_any());
+                Ok(Event::Deleted(s)) => {
+                    slices.remove(&s.metadata.name);
                     publish(&slices);
                 }
                 Err(e) => {

@@ -19,19 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
-};
 use quiesce_api::constants::{
     READY_GATE_CONDITION, SIDECAR_FAIL_OPEN_ENV, SIDECAR_FIELD_MANAGER, reasons::FAIL_OPEN,
 };
 use serde_json::json;
 
-use crate::metrics::Metrics;
-
+use crate::apiserver::{ApiClient, Patch, pod_path, types::Pod};
 use crate::config::PodIdentity;
+use crate::metrics::Metrics;
 
 /// The fail-open timeout from [`SIDECAR_FAIL_OPEN_ENV`] (whole seconds, at least 1).
 pub fn from_env() -> Option<Duration> {
@@ -108,72 +103,66 @@ pub fn decide(o: &Observation, now: DateTime<Utc>, after: Duration) -> Decision 
 
 /// What the sidecar sees of `pod`.
 pub fn observe(pod: &Pod) -> Observation {
-    let status = pod.status.as_ref();
-    let cond = |t: &str| {
-        status
-            .and_then(|s| s.conditions.as_ref())
-            .and_then(|c| c.iter().find(|c| c.type_ == t))
-    };
-    let ts = |t: &k8s_openapi::jiff::Timestamp| {
-        DateTime::<Utc>::from_timestamp_millis(t.as_millisecond())
-    };
     Observation {
-        started: status
-            .and_then(|s| s.start_time.as_ref())
-            .and_then(|t| ts(&t.0)),
-        containers_ready: cond("ContainersReady").is_some_and(|c| c.status == "True"),
-        gate: cond(READY_GATE_CONDITION).map(|c| {
-            (
-                c.status == "True",
-                c.last_probe_time.as_ref().and_then(|t| ts(&t.0)),
-            )
-        }),
+        started: pod.status.as_ref().and_then(|s| s.start_time),
+        containers_ready: pod
+            .condition("ContainersReady")
+            .is_some_and(|c| c.status == "True"),
+        gate: pod
+            .condition(READY_GATE_CONDITION)
+            .map(|c| (c.status == "True", c.last_probe_time)),
         terminating: pod.metadata.deletion_timestamp.is_some(),
     }
 }
 
 /// Watches the own pod's gate and admits it when the operator does not decide in time.
-pub async fn run(client: Client, pod: PodIdentity, after: Duration, metrics: Arc<Metrics>) {
-    let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+pub async fn run(client: ApiClient, pod: PodIdentity, after: Duration, metrics: Arc<Metrics>) {
+    let path = pod_path(&pod.namespace, &pod.name);
     tracing::info!(after_seconds = after.as_secs(), "fail-open admission armed");
     loop {
-        let wait = match tokio::time::timeout(Duration::from_secs(5), api.get(&pod.name)).await {
-            Ok(Ok(p)) => match decide(&observe(&p), Utc::now(), after) {
-                Decision::Done => return,
-                Decision::Wait(d) => d,
-                Decision::Admit(message) => {
-                    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                    let patch = json!({
-                        "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": pod.name, "uid": p.metadata.uid},
-                        "status": {"conditions": [{
-                            "type": READY_GATE_CONDITION, "status": "True", "reason": FAIL_OPEN,
-                            "message": message, "lastProbeTime": now, "lastTransitionTime": now,
-                        }]}
-                    });
-                    let params = PatchParams::apply(SIDECAR_FIELD_MANAGER).force();
-                    match api
-                        .patch_status(&pod.name, &params, &Patch::Apply(&patch))
-                        .await
-                    {
-                        Ok(_) => {
-                            metrics.fail_open.inc();
-                            tracing::warn!(%message, "pod admitted by fail-open");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "fail-open admission failed; retrying");
-                            Duration::from_secs(5)
+        let wait =
+            match tokio::time::timeout(Duration::from_secs(5), client.get::<Pod>(&path)).await {
+                Ok(Ok(p)) => match decide(&observe(&p), Utc::now(), after) {
+                    Decision::Done => return,
+                    Decision::Wait(d) => d,
+                    Decision::Admit(message) => {
+                        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                        let patch = json!({
+                            "apiVersion": "v1", "kind": "Pod",
+                            "metadata": {"name": pod.name, "uid": p.metadata.uid},
+                            "status": {"conditions": [{
+                                "type": READY_GATE_CONDITION, "status": "True", "reason": FAIL_OPEN,
+                                "message": message, "lastProbeTime": now, "lastTransitionTime": now,
+                            }]}
+                        });
+                        match client
+                            .patch_pod_status(
+                                &pod.namespace,
+                                &pod.name,
+                                Patch::ApplyForce,
+                                &patch,
+                                SIDECAR_FIELD_MANAGER,
+                            )
+                            .await
+                        {
+                            Ok(_) => {
+                                metrics.fail_open.inc();
+                                tracing::warn!(%message, "pod admitted by fail-open");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "fail-open admission failed; retrying");
+                                Duration::from_secs(5)
+                            }
                         }
                     }
+                },
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "reading own pod failed");
+                    Duration::from_secs(5)
                 }
-            },
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "reading own pod failed");
-                Duration::from_secs(5)
-            }
-            Err(_) => Duration::from_secs(5),
-        };
+                Err(_) => Duration::from_secs(5),
+            };
         tokio::time::sleep(wait).await;
     }
 }

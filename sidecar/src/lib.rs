@@ -1,13 +1,15 @@
 //! quiesce sidecar: checks the app's health, and on the preStop call drains the pod's
 //! connections before the kubelet sends SIGTERM to the app.
 //!
-//! Modules, one concern each: [`config`] (flags/env, validation), [`probe`] (health checks),
+//! Modules, one concern each: [`apiserver`] (the Kubernetes API client: in-cluster config,
+//! requests, list-then-watch), [`config`] (flags/env, validation), [`probe`] (health checks),
 //! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
 //! shell), [`endpoints`] (EndpointSlice watch), [`listen`] (dual-stack listeners), [`pod`] (own
 //! pod: terminating check and the drained condition), [`admin`] (HTTP endpoints), [`metrics`],
 //! [`proxy`] (proxy drain mode: the reverse proxy in front of the app), [`run`] (process wiring).
 
 pub mod admin;
+pub mod apiserver;
 pub mod config;
 pub mod drain;
 pub mod drainer;

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use quiesce_sidecar::config::{Args, LogFormat};
+use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
 fn main() -> anyhow::Result<()> {
     let cfg = match Args::parse().validate() {
@@ -11,17 +12,23 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     match cfg.log_format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Plain => fmt.init(),
+        LogFormat::Json => fmt.json().finish().with(filter).init(),
+        LogFormat::Plain => fmt.finish().with(filter).init(),
     }
     runtime(cfg.worker_threads)?.block_on(quiesce_sidecar::run::run(cfg))
+}
+
+/// `RUST_LOG` as `level` or `target=level,...` (info when unset or unparsable). Not
+/// `EnvFilter`: its span and field matching links a regex engine (0.6 MB) into every pod.
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// One thread by default: every pod pays for the sidecar's threads (each a stack and an
@@ -35,4 +42,23 @@ fn runtime(worker_threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
         b
     };
     builder.enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_sets_levels_per_target_and_defaults_to_info() {
+        let f = log_filter(Some("warn,quiesce_sidecar::probe=debug"));
+        assert!(f.would_enable("quiesce_sidecar::probe", &Level::DEBUG));
+        assert!(!f.would_enable("quiesce_sidecar::drainer", &Level::INFO));
+        assert!(f.would_enable("quiesce_sidecar::drainer", &Level::WARN));
+        for unset in [None, Some("=bad=")] {
+            let f = log_filter(unset);
+            assert!(f.would_enable("quiesce_sidecar::run", &Level::INFO));
+            assert!(!f.would_enable("quiesce_sidecar::run", &Level::DEBUG));
+        }
+    }
 }

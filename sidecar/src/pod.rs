@@ -16,13 +16,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, watcher},
-};
 use quiesce_api::constants::{
     DRAINED_CONDITION, SIDECAR_FIELD_MANAGER,
     reasons::{DRAIN_TIMED_OUT, DRAINED, DRAINING},
@@ -30,7 +23,15 @@ use quiesce_api::constants::{
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{config::PodIdentity, metrics::Metrics};
+use crate::{
+    apiserver::{
+        ApiClient, Patch, pod_path, pods_path,
+        types::Pod,
+        watch::{Event, Watcher},
+    },
+    config::PodIdentity,
+    metrics::Metrics,
+};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -39,7 +40,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Access to the own pod.
 #[derive(Clone)]
 pub struct OwnPod {
-    api: Api<Pod>,
+    client: ApiClient,
     pod: PodIdentity,
     metrics: Arc<Metrics>,
     terminating: watch::Receiver<bool>,
@@ -56,17 +57,12 @@ impl std::fmt::Debug for OwnPod {
 
 impl OwnPod {
     /// Handle on `pod` through `client`; starts watching the pod.
-    pub fn new(client: Client, pod: PodIdentity, metrics: Arc<Metrics>) -> Self {
-        let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+    pub fn new(client: ApiClient, pod: PodIdentity, metrics: Arc<Metrics>) -> Self {
         let watch_current = Arc::new(AtomicBool::new(false));
-        let terminating = watch_terminating(
-            api.clone(),
-            &pod.name,
-            metrics.clone(),
-            watch_current.clone(),
-        );
+        let terminating =
+            watch_terminating(client.clone(), &pod, metrics.clone(), watch_current.clone());
         Self {
-            api,
+            client,
             pod,
             metrics,
             terminating,
@@ -91,9 +87,10 @@ impl OwnPod {
         if self.watch_current.load(Ordering::Relaxed) {
             return false;
         }
-        match tokio::time::timeout(CALL_TIMEOUT, self.api.get(&self.pod.name)).await {
+        let path = pod_path(&self.pod.namespace, &self.pod.name);
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.get::<Pod>(&path)).await {
             Ok(Ok(p)) => p.metadata.deletion_timestamp.is_some(),
-            Ok(Err(kube::Error::Api(e))) if e.code == 404 => true,
+            Ok(Err(e)) if e.is_not_found() => true,
             _ => {
                 self.metrics
                     .api_errors
@@ -105,17 +102,14 @@ impl OwnPod {
     }
 
     async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), String> {
-        let pp = PatchParams {
-            field_manager: Some(SIDECAR_FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        match tokio::time::timeout(
-            CALL_TIMEOUT,
-            self.api
-                .patch_status(&self.pod.name, &pp, &Patch::Strategic(body)),
-        )
-        .await
-        {
+        let patch = self.client.patch_pod_status(
+            &self.pod.namespace,
+            &self.pod.name,
+            Patch::Strategic,
+            body,
+            SIDECAR_FIELD_MANAGER,
+        );
+        match tokio::time::timeout(CALL_TIMEOUT, patch).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".to_string()),
@@ -147,27 +141,35 @@ pub fn condition_patch(
 /// Watches the pod named `name` and publishes whether it is terminating (once true, stays
 /// true: a deletionTimestamp is never removed, and a deleted pod was terminating).
 fn watch_terminating(
-    api: Api<Pod>,
-    name: &str,
+    client: ApiClient,
+    pod: &PodIdentity,
     metrics: Arc<Metrics>,
     current: Arc<AtomicBool>,
 ) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut watcher: Watcher<Pod> = Watcher::new(
+        client,
+        pods_path(&pod.namespace),
+        Some(format!("metadata.name={}", pod.name)),
+    );
     tokio::spawn(async move {
-        let mut events = watcher(api, config).default_backoff().boxed();
-        while let Some(ev) = events.next().await {
+        loop {
+            let ev = watcher.next().await;
             current.store(ev.is_ok(), Ordering::Relaxed);
             match ev {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                Ok(Event::Listed(pods)) => {
+                    if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) {
+                        tx.send_replace(true);
+                    }
+                }
+                Ok(Event::Applied(p)) => {
                     if p.metadata.deletion_timestamp.is_some() {
                         tx.send_replace(true);
                     }
                 }
-                Ok(watcher::Event::Delete(_)) => {
+                Ok(Event::Deleted(_)) => {
                     tx.send_replace(true);
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(e) => {
                     metrics
                         .api_errors
@@ -303,13 +305,12 @@ mod tests {
 
     use std::sync::atomic::AtomicUsize;
 
-    /// A client of a mock apiserver: the watch's list gets the pod, not being deleted
-    /// (`list_ok`) or a 500; a watch stays pending; a GET of the pod is counted and gets the
-    /// pod being deleted.
-    fn mock_api(list_ok: bool) -> (Client, Arc<AtomicUsize>) {
-        type Body = kube::client::Body;
-        let (service, mut handle) =
-            tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+    use crate::apiserver::fake::{FakeApiserver, Reply};
+
+    /// A client of a fake apiserver: the watch's list gets the pod, not being deleted
+    /// (`list_ok`) or a 500; a watch stays open; a GET of the pod is counted and gets the pod
+    /// being deleted.
+    async fn fake_api(list_ok: bool) -> (ApiClient, FakeApiserver, Arc<AtomicUsize>) {
         let gets = Arc::new(AtomicUsize::new(0));
         let counted = gets.clone();
         let pod = |deleting: bool| {
@@ -317,36 +318,32 @@ mod tests {
                 "metadata": {"name": "web-1", "namespace": "shop", "resourceVersion": "7",
                     "deletionTimestamp": deleting.then_some("2026-05-01T10:00:00Z")}})
         };
-        tokio::spawn(async move {
-            let mut watches = Vec::new();
-            while let Some((req, send)) = handle.next_request().await {
-                let uri = req.uri().to_string();
-                let reply = |status: u16, body: serde_json::Value| {
-                    http::Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                        .unwrap()
-                };
-                if uri.contains("watch=true") {
-                    watches.push(send);
-                } else if uri.contains("/pods/web-1") {
-                    gets.fetch_add(1, Ordering::SeqCst);
-                    send.send_response(reply(200, pod(true)));
-                } else if list_ok {
-                    let list = json!({"apiVersion": "v1", "kind": "PodList",
-                        "metadata": {"resourceVersion": "7"}, "items": [pod(false)]});
-                    send.send_response(reply(200, list));
-                } else {
-                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "etcd unavailable", "reason": "InternalError", "code": 500});
-                    send.send_response(reply(500, status));
-                }
+        let fake = FakeApiserver::start(move |req| {
+            let uri = &req.path_and_query;
+            if uri.contains("watch=true") {
+                Reply::open()
+            } else if uri.contains("/pods/web-1") {
+                gets.fetch_add(1, Ordering::SeqCst);
+                Reply::json(200, pod(true))
+            } else if list_ok {
+                Reply::json(
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": "7"}, "items": [pod(false)]}),
+                )
+            } else {
+                Reply::json(
+                    500,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "etcd unavailable", "reason": "InternalError", "code": 500}),
+                )
             }
-        });
-        (Client::new(service, "shop"), counted)
+        })
+        .await;
+        (ApiClient::for_tests(&fake.base), fake, counted)
     }
 
-    fn own_pod(client: Client) -> OwnPod {
+    fn own_pod(client: ApiClient) -> OwnPod {
         let identity = PodIdentity {
             name: "web-1".into(),
             namespace: "shop".into(),
@@ -357,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_current_watch_answers_a_running_pods_drain_call_without_an_api_call() {
-        let (client, gets) = mock_api(true);
+        let (client, _fake, gets) = fake_api(true).await;
         let pod = own_pod(client);
         // Let the watch list the pod.
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -375,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watch_that_is_not_current_is_backed_by_one_get() {
-        let (client, gets) = mock_api(false);
+        let (client, _fake, gets) = fake_api(false).await;
         let pod = own_pod(client);
         assert!(pod.is_terminating(Duration::from_millis(50)).await);
         assert_eq!(gets.load(Ordering::SeqCst), 1);

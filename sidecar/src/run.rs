@@ -22,6 +22,7 @@ use tokio::{
 
 use crate::{
     admin::{self, AdminState, Authorizer, Health},
+    apiserver::ApiClient,
     config::{Config, ProbeKind, RunMode},
     drainer::{AdminListener, Drainer, KubeDrain},
     metrics::Metrics,
@@ -46,7 +47,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
 
     let (kube, auth) = match (&cfg.mode, &cfg.pod) {
-        (RunMode::Kubernetes, Some(pod)) => match in_cluster_client() {
+        (RunMode::Kubernetes, Some(pod)) => match ApiClient::in_cluster() {
             Ok(client) => {
                 let own = OwnPod::new(client.clone(), pod.clone(), metrics.clone());
                 if let Some(after) = crate::fail_open::from_env() {
@@ -233,10 +234,4 @@ async fn probe_loop(
             ever_healthy,
         });
     }
-}
-
-/// In-cluster configuration only: a sidecar runs in a pod, and the kubeconfig loader
-/// (`Client::try_default`) would link YAML, JSONPath and regex code it never runs.
-fn in_cluster_client() -> anyhow::Result<kube::Client> {
-    Ok(kube::Client::try_from(kube::Config::incluster()?)?)
 }
