@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::{
     apiserver::{
-        ApiClient, Patch, pod_path, pods_path,
+        ApiClient, Error as ApiError, Patch, pod_path, pods_path,
         types::Pod,
         watch::{Event, Watcher},
     },
@@ -101,7 +101,7 @@ impl OwnPod {
         }
     }
 
-    async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), String> {
+    async fn patch_condition(&self, body: &serde_json::Value) -> Result<(), ApiError> {
         let patch = self.client.patch_pod_status(
             &self.pod.namespace,
             &self.pod.name,
@@ -109,11 +109,9 @@ impl OwnPod {
             body,
             SIDECAR_FIELD_MANAGER,
         );
-        match tokio::time::timeout(CALL_TIMEOUT, patch).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_string()),
-        }
+        tokio::time::timeout(CALL_TIMEOUT, patch)
+            .await
+            .map_err(|_| ApiError::Silent(CALL_TIMEOUT))?
     }
 }
 
