@@ -5,8 +5,8 @@
 //!
 //! Why not kube-rs: its client links the kubeconfig loader, exec and OIDC auth (a YAML and a
 //! JSONPath parser, regex) even when configured in-cluster, and k8s-openapi's full `Pod`; that
-//! was 3.5 of the image's 9.5 MB, and every pod of a managed Deployment carries this binary
-//! (docs/benchmarks.md, "Image sizes"). The operator keeps kube-rs.
+//! was 3.1 of the image's 9.5 MB, and every pod of a managed Deployment carries this binary
+//! (docs/benchmarks.md, "The sidecar's own API client"). The operator keeps kube-rs.
 
 pub mod types;
 pub mod watch;
