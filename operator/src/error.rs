@@ -24,11 +24,17 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short label for the `reconcile_errors_total` metric.
+    /// A short label for the `reconcile_errors_total` metric. kube's finalizer helper wraps
+    /// every error of the reconcile it runs: those are labelled by their own cause, and
+    /// `finalizer` is left for adding or removing the finalizer itself.
     pub fn metric_label(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
+            Error::Finalizer(e) => match e.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
             Error::Rollback(_) => "rollback",
             Error::Certificate(_) => "certificate",
             Error::Serialization(_) => "serialization",
@@ -53,3 +59,23 @@ pub enum RollbackError {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as F;
+
+    #[test]
+    fn an_error_inside_the_finalizer_helper_is_labelled_by_its_cause() {
+        let applied = Error::Finalizer(Box::new(F::ApplyFailed(Error::PodsNotListed(
+            "shop".into(),
+        ))));
+        assert_eq!(applied.metric_label(), "pods_not_listed");
+        let cleanup = Error::Finalizer(Box::new(F::CleanupFailed(Error::Rollback(
+            RollbackError::TargetGone("web".into()),
+        ))));
+        assert_eq!(cleanup.metric_label(), "rollback");
+        let own = Error::Finalizer(Box::new(F::UnnamedObject));
+        assert_eq!(own.metric_label(), "finalizer");
+    }
+}
