@@ -528,6 +528,21 @@ pub fn action_batches(actions: &[Action]) -> Vec<&[Action]> {
         .collect()
 }
 
+/// The finalizer helper's outcome as the reconcile's. Removing the finalizer of a policy that
+/// is already gone (deleted with its namespace, whose deletion does not wait for the patch) is
+/// the end of its cleanup, not an error to log and retry.
+pub fn gone_is_done(
+    outcome: std::result::Result<Requeue, kube::runtime::finalizer::Error<Error>>,
+) -> Result<Requeue> {
+    use kube::runtime::finalizer::Error as F;
+    match outcome {
+        Err(F::RemoveFinalizer(kube::Error::Api(status))) if status.is_not_found() => {
+            Ok(Requeue::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    }
+}
+
 /// One reconcile of one policy: finalizer handling around [`Context::apply`].
 pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile_timer();
@@ -539,14 +554,14 @@ pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<RolloutPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let result = if ctx.pods.listed(&ns).await {
-        finalizer(&api, POLICY_FINALIZER, policy, |event| async {
+        let outcome = finalizer(&api, POLICY_FINALIZER, policy, |event| async {
             match event {
                 Finalizer::Apply(p) => ctx.apply(&p, false).await,
                 Finalizer::Cleanup(p) => ctx.apply(&p, true).await,
             }
         })
-        .await
-        .map_err(|e| Error::Finalizer(Box::new(e)))
+        .await;
+        gone_is_done(outcome)
     } else {
         Err(Error::PodsNotListed(ns))
     };

@@ -1391,3 +1391,25 @@ async fn a_change_of_counts_alone_is_written_at_most_once_a_second() {
     assert_eq!(body["status"]["readyReplicas"], 2, "{body}");
     no_more_calls(&mut handle).await;
 }
+
+#[test]
+fn removing_the_finalizer_of_a_policy_already_gone_ends_its_cleanup() {
+    use kube::core::Status;
+    use kube::runtime::finalizer::Error as F;
+    let not_found =
+        || kube::Error::Api(Box::new(Status::failure("gone", "NotFound").with_code(404)));
+    assert_eq!(
+        gone_is_done(Err(F::RemoveFinalizer(not_found()))).unwrap(),
+        Requeue::await_change()
+    );
+    // Anything else stays an error, counted by its cause.
+    let conflict = kube::Error::Api(Box::new(
+        Status::failure("changed", "Conflict").with_code(409),
+    ));
+    let err = gone_is_done(Err(F::RemoveFinalizer(conflict))).unwrap_err();
+    assert_eq!(err.metric_label(), "finalizer");
+    let err = gone_is_done(Err(F::AddFinalizer(not_found()))).unwrap_err();
+    assert_eq!(err.metric_label(), "finalizer");
+    let err = gone_is_done(Err(F::ApplyFailed(Error::PodsNotListed("shop".into())))).unwrap_err();
+    assert_eq!(err.metric_label(), "pods_not_listed");
+}
