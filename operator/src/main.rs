@@ -395,6 +395,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing::Level;
 
     #[test]
     fn concurrent_reconciles_default_and_bounds() {
@@ -412,12 +413,6 @@ mod tests {
             assert!(args(&["--concurrent-reconciles", bad]).is_err(), "{bad}");
         }
     }
-}
-
-#[cfg(test)]
-mod log_filter_tests {
-    use super::log_filter;
-    use tracing::Level;
 
     #[test]
     fn kube_chatter_is_quiet_unless_rust_log_says_otherwise() {

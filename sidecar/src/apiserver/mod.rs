@@ -247,11 +247,10 @@ impl ApiClient {
     /// Reads a response: its decoded body when the status is a success, else the error
     /// the apiserver's `Status` body says.
     async fn decode<T: DeserializeOwned>(resp: Response<Incoming>) -> Result<T, Error> {
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            return Err(status_error(status, &body));
+        if !resp.status().is_success() {
+            return Err(failure(resp).await);
         }
+        let body = resp.into_body().collect().await?.to_bytes();
         Ok(serde_json::from_slice(&body)?)
     }
 
@@ -339,6 +338,15 @@ fn root_store(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, Error>
         });
     }
     Ok(roots)
+}
+
+/// The error a non-success response stands for (its body read).
+async fn failure(resp: Response<Incoming>) -> Error {
+    let status = resp.status();
+    match resp.into_body().collect().await {
+        Ok(body) => status_error(status, &body.to_bytes()),
+        Err(e) => e.into(),
+    }
 }
 
 /// The error a non-success response stands for: the `message` of its `Status` body if it

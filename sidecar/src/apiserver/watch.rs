@@ -201,9 +201,7 @@ impl<K: DeserializeOwned + Object> Watcher<K> {
                     return Ok(());
                 }
                 if !resp.status().is_success() {
-                    let status = resp.status();
-                    let body = resp.into_body().collect().await?.to_bytes();
-                    return Err(super::status_error(status, &body));
+                    return Err(super::failure(resp).await);
                 }
                 self.state = State::Streaming {
                     version,
