@@ -25,8 +25,16 @@ use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::Subscriber
 /// mimalloc instead of glibc's malloc: glibc gives each worker thread an arena and returns
 /// little of one to the system, so the leader's RSS kept the peak of every list and burst (two
 /// arenas of ~55 MB each at 10k pods in `make bench-scale`, far above the live caches).
+/// Built without its transparent-huge-page advice (`no_thp`): a 2 MiB page that a few live
+/// objects keep counts whole in RSS; at 3k pods half of the leader's RSS was such pages while
+/// its live heap peaked at 20 MiB (a heap profile, docs/benchmarks.md).
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -159,6 +167,11 @@ fn log_filter(rust_log: Option<&str>) -> Targets {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Written when main returns (after a SIGTERM), so the profile covers the whole run.
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(std::env::var("DHAT_FILE").unwrap_or_else(|_| "dhat-heap.json".into()))
+        .build();
     let args = Args::parse();
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     if args.log_format == "plain" {
