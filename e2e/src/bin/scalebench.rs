@@ -133,6 +133,8 @@ struct Row {
     not_injected: usize,
     leader_rss_kib: Option<u64>,
     follower_rss_kib: Option<u64>,
+    /// The leader's highest RSS read during the step (every [`RSS_EVERY`]).
+    leader_rss_peak_kib: Option<u64>,
     reconcile: (Option<f64>, Option<f64>),
     /// p99 of the reconcile's own time and of its gate writes (apiserver).
     reconcile_parts: (Option<f64>, Option<f64>),
@@ -354,6 +356,7 @@ async fn measure_step(
         "step {step}: {from} → {to} Deployments ({want} pods)"
     ));
     let before = chart::leader_metrics(client).await?;
+    let peak = RssPeak::start(client.clone());
     let start = Instant::now();
     create_deployments(client, ns, from..to, args.replicas).await?;
     progress(&format!(
@@ -418,6 +421,7 @@ async fn measure_step(
         (Some(b), Some(a)) => Some((a - b) / rolled as f64),
         _ => None,
     };
+    let leader_rss_peak_kib = peak.stop().await.max(leader_rss_kib);
     Ok(Row {
         deployments: to,
         pods: want,
@@ -425,6 +429,7 @@ async fn measure_step(
         not_injected,
         leader_rss_kib,
         follower_rss_kib,
+        leader_rss_peak_kib,
         reconcile,
         reconcile_parts,
         webhook,
@@ -580,6 +585,39 @@ fn reconcile_time_split(before: &str, after: &str) -> (Option<f64>, Option<f64>)
     (own, gate_write)
 }
 
+/// How often the leader's RSS is read during a step: it swings by ±10 MiB within a minute
+/// while pods come and go, so one reading at the end of a step can land anywhere in it.
+const RSS_EVERY: Duration = Duration::from_secs(2);
+
+/// The leader's highest RSS, read in the background until stopped.
+struct RssPeak {
+    task: tokio::task::JoinHandle<()>,
+    peak: Arc<Mutex<Option<u64>>>,
+}
+
+impl RssPeak {
+    fn start(client: Client) -> Self {
+        let peak = Arc::new(Mutex::new(None));
+        let seen = peak.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok((Some(rss), _)) = operator_rss(&client).await {
+                    let mut seen = seen.lock().expect("rss lock");
+                    *seen = (*seen).max(Some(rss));
+                }
+                tokio::time::sleep(RSS_EVERY).await;
+            }
+        });
+        Self { task, peak }
+    }
+
+    async fn stop(self) -> Option<u64> {
+        self.task.abort();
+        let _ = self.task.await;
+        *self.peak.lock().expect("rss lock")
+    }
+}
+
 /// RSS of the leader and of the follower operator, read from `/proc` on the node.
 async fn operator_rss(client: &Client) -> Result<(Option<u64>, Option<u64>)> {
     let leader = chart::leader(client).await?.name_any();
@@ -644,18 +682,19 @@ fn mib(kib: Option<u64>) -> String {
 
 fn print_table(args: &Args, rows: &[Row]) {
     println!(
-        "| pods | Deployments = policies | all gates open after | not injected | operator RSS leader / follower (MiB) | reconcile p50 / p99 (ms) | its own time p99 / gate write p99 (ms) | webhook p50 / p99 (ms) | ready → gate open p50 / p99 (ms) | rolled at once | all rolled after | reconcile p99 in rollout: all / own / gate write (ms) | ready → gate open in rollout p50 / p99 (ms) | operator API requests per rollout |"
+        "| pods | Deployments = policies | all gates open after | not injected | operator RSS leader / follower (MiB) | leader RSS peak in the step (MiB) | reconcile p50 / p99 (ms) | its own time p99 / gate write p99 (ms) | webhook p50 / p99 (ms) | ready → gate open p50 / p99 (ms) | rolled at once | all rolled after | reconcile p99 in rollout: all / own / gate write (ms) | ready → gate open in rollout p50 / p99 (ms) | operator API requests per rollout |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} s | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {:.0} s | {} / {} / {} | {} / {} | {} |",
+            "| {} | {} | {:.0} s | {} | {} / {} | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} | {:.0} s | {} / {} / {} | {} / {} | {} |",
             r.pods,
             r.deployments,
             r.settle.as_secs_f64(),
             r.not_injected,
             mib(r.leader_rss_kib),
             mib(r.follower_rss_kib),
+            mib(r.leader_rss_peak_kib),
             ms(r.reconcile.0),
             ms(r.reconcile.1),
             ms(r.reconcile_parts.0),
