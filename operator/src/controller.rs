@@ -410,6 +410,12 @@ pub async fn run(
     }
 }
 
+/// Whether `obj` lives in `namespace`. Without `ResourceExt::namespace`, which clones the name:
+/// the pod watch's mapper and the webhook run this over every cached policy for every event.
+pub fn in_namespace(obj: &impl Resource, namespace: &str) -> bool {
+    obj.meta().namespace.as_deref() == Some(namespace)
+}
+
 /// Policies in `namespace` that target the Deployment `name`.
 pub fn policies_for(
     store: &Store<RolloutPolicy>,
@@ -417,9 +423,8 @@ pub fn policies_for(
     name: &str,
 ) -> Vec<ObjectRef<RolloutPolicy>> {
     store
-        .state()
+        .state_filter(|p| p.spec.target_ref.name == name && in_namespace(p, namespace))
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.target_ref.name == name)
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -451,11 +456,10 @@ pub fn service_event(
     svc: &Service,
     policies: &Store<RolloutPolicy>,
 ) -> Vec<ObjectRef<RolloutPolicy>> {
-    let ns = svc.namespace();
+    let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
     policies
-        .state()
+        .state_filter(|p| p.spec.drain.mode == DrainMode::Proxy && in_namespace(p, ns))
         .iter()
-        .filter(|p| p.namespace() == ns && p.spec.drain.mode == DrainMode::Proxy)
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
 }
@@ -742,15 +746,14 @@ impl Context {
         let target_name = &policy.spec.target_ref.name;
         let winner = self
             .policies
-            .state()
-            .iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str())
-                    && p.spec.target_ref.name == *target_name
+            .state_filter(|p| {
+                p.spec.target_ref.name == *target_name
+                    && in_namespace(p, &ns)
                     && p.meta().deletion_timestamp.is_none()
-                    && p.uid() != policy.uid()
+                    && p.metadata.uid != policy.metadata.uid
+                    && older(p, policy)
             })
-            .filter(|p| older(p, policy))
+            .iter()
             .map(|p| p.name_any())
             .min();
         let deployment = self
@@ -766,9 +769,8 @@ impl Context {
         };
         let services = if policy.spec.drain.mode == DrainMode::Proxy {
             self.services
-                .state()
+                .state_filter(|s| in_namespace(s, &ns))
                 .iter()
-                .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
                 .map(|s| service_view(s))
                 .collect()
         } else {
@@ -836,7 +838,7 @@ impl Context {
         let ns = d.namespace().unwrap_or_default();
         let uid = d.uid();
         let rs: Vec<Arc<PartialObjectMeta<ReplicaSet>>> = self.replicasets.state_filter(|rs| {
-            rs.namespace().as_deref() == Some(ns.as_str())
+            in_namespace(rs, &ns)
                 && rs
                     .owner_references()
                     .iter()
@@ -1016,7 +1018,7 @@ impl Context {
         let rs = self
             .replicasets
             .find(|rs| {
-                rs.namespace().as_deref() == Some(ns.as_str())
+                in_namespace(rs, &ns)
                     && rs.labels().get(POD_TEMPLATE_HASH_LABEL).map(String::as_str)
                         == Some(revision)
                     && rs

@@ -50,7 +50,7 @@ pub use fidelity::Notice;
 use fidelity::PreStop;
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
-use crate::controller::pod_deployment;
+use crate::controller::{in_namespace, pod_deployment};
 use crate::metrics::Metrics;
 
 /// Path of the mutating webhook.
@@ -444,13 +444,12 @@ pub fn governing_policy(
     deployment: &str,
 ) -> Option<Arc<RolloutPolicy>> {
     policies
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(namespace)
-                && p.spec.target_ref.name == deployment
+        .state_filter(|p| {
+            p.spec.target_ref.name == deployment
+                && in_namespace(p, namespace)
                 && p.meta().deletion_timestamp.is_none()
         })
+        .into_iter()
         .min_by_key(|p| {
             (
                 p.meta().creation_timestamp.clone().map(|t| t.0),

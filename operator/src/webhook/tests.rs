@@ -760,6 +760,15 @@ async fn the_oldest_policy_injects_when_two_target_one_deployment() {
 }
 
 #[test]
+fn a_policy_in_another_namespace_does_not_govern() {
+    let mut elsewhere = policy("web", "web");
+    elsewhere.metadata.namespace = Some("elsewhere".into());
+    let s = state(vec![elsewhere]);
+    assert!(governing_policy(&s.policies, "shop", "web").is_none());
+    assert!(governing_policy(&s.policies, "elsewhere", "web").is_some());
+}
+
+#[test]
 fn a_readiness_probe_the_sidecar_reproduces_moves_to_it() {
     // The kubelet keeps probing readiness while a pod terminates: left on the app, an HTTP
     // probe every second is a new connection every second to the drain's eyes.
