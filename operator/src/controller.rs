@@ -1096,15 +1096,18 @@ fn overlay_gate(view: &mut PodView, written: Entry<'_, String, GateView>) {
     }
 }
 
-/// Whether `a` is older than `b` (creation time, then name): the older policy wins a conflict.
+/// A policy's place in a conflict (creation time, then name): the lowest wins. The controller
+/// (which policies are in Conflict) and the webhook (which policy injects) must agree.
+pub fn seniority(p: &RolloutPolicy) -> (Option<Timestamp>, String) {
+    (
+        p.meta().creation_timestamp.clone().map(|t| t.0),
+        p.name_any(),
+    )
+}
+
+/// Whether `a` is older than `b`: the older policy wins a conflict.
 fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
-    let key = |p: &RolloutPolicy| {
-        (
-            p.meta().creation_timestamp.clone().map(|t| t.0),
-            p.name_any(),
-        )
-    };
-    key(a) < key(b)
+    seniority(a) < seniority(b)
 }
 
 /// The condition `type_` of `pod`, if present.

@@ -50,7 +50,7 @@ pub use fidelity::Notice;
 use fidelity::PreStop;
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
-use crate::controller::{in_namespace, pod_deployment};
+use crate::controller::{in_namespace, pod_deployment, seniority};
 use crate::metrics::Metrics;
 
 /// Path of the mutating webhook.
@@ -450,12 +450,7 @@ pub fn governing_policy(
                 && p.meta().deletion_timestamp.is_none()
         })
         .into_iter()
-        .min_by_key(|p| {
-            (
-                p.meta().creation_timestamp.clone().map(|t| t.0),
-                p.name_any(),
-            )
-        })
+        .min_by_key(|p| seniority(p))
 }
 
 /// Shared state of the webhook handlers.
