@@ -99,7 +99,7 @@ BENCH_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/quiesce/cargo-target
 bench-proxy:
 	@e2e/cluster/tools.sh >&2
 	@e2e/bench/proxy-deps.sh >&2
-	@RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) \
+	@RUSTFLAGS="$$(e2e/cluster/images.sh rustflags)" CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) \
 	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu \
 	  --bin quiesce-sidecar --bin demo-app --bin proxybench >&2
 	@$(BENCH_TARGET_DIR)/x86_64-unknown-linux-gnu/release/proxybench $(ARGS)
