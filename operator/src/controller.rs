@@ -950,7 +950,9 @@ impl Context {
                             ("reason", (*reason).to_owned()),
                         ])
                         .inc();
-                    info!(pod = %pod, namespace = %ns, reason, "pod admitted");
+                    // Debug, one line per pod (as the webhook's injections): the admission is
+                    // in the pod's gate condition and in `admissions_total`.
+                    debug!(pod = %pod, namespace = %ns, reason, "pod admitted");
                 }
                 let pod_uid = current.uid().unwrap_or_default();
                 let mut memory = self.memory();

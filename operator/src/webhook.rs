@@ -38,7 +38,7 @@ use quiesce_api::constants::{
 };
 use quiesce_api::sidecar::env as sidecar_env;
 use quiesce_api::{DrainMode, RolloutPolicy, SidecarEnv, SidecarProbe};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 pub mod fidelity;
 mod proxy_ports;
@@ -554,7 +554,11 @@ fn respond(state: &WebhookState, req: &AdmissionRequest<Pod>) -> (AdmissionRespo
             publish_notices(state, &policy, &notices);
             match allow.clone().with_patch(patch) {
                 Ok(resp) => {
-                    info!(deployment = %deployment, namespace = %namespace, policy = %policy.name_any(), notices = notices.len(), "sidecar injected");
+                    // Debug, one line per pod: each line written to stdout wakes the container
+                    // runtime's log reader, which on a busy node takes this thread's core in
+                    // the middle of the admission (webhook p99 at 3,000 pods: 9.0 ms with it at
+                    // info, 5.4 without). `webhook_requests_total` counts injections.
+                    debug!(deployment = %deployment, namespace = %namespace, policy = %policy.name_any(), notices = notices.len(), "sidecar injected");
                     (with_warnings(resp, &notices), "injected")
                 }
                 Err(err) => {
