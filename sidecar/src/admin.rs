@@ -9,13 +9,9 @@ pub use serve::serve;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{
-    Json, Router,
-    extract::{ConnectInfo, State},
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
-};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
 use quiesce_api::constants::SIDECAR_DRAIN_PATH;
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
@@ -145,15 +141,45 @@ impl Default for Limits {
     }
 }
 
-/// The admin router; needs `ConnectInfo<SocketAddr>`.
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route(SIDECAR_DRAIN_PATH, get(drain).post(drain))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+/// The admin server's answers.
+pub type AdminResponse = Response<Full<Bytes>>;
+
+/// Answers one admin request from `peer`: five fixed paths, so a match is the whole router.
+pub async fn handle<B>(s: AdminState, peer: SocketAddr, req: Request<B>) -> AdminResponse {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    match req.uri().path() {
+        "/livez" if read => text(StatusCode::OK, "ok\n"),
+        "/readyz" if read => readyz(&s, req.uri().query()).await,
+        SIDECAR_DRAIN_PATH if read || req.method() == Method::POST => drain(&s, peer).await,
+        "/status" if read => status(&s).await,
+        "/metrics" if read => metrics(&s),
+        "/livez" | "/readyz" | SIDECAR_DRAIN_PATH | "/status" | "/metrics" => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(code: StatusCode, body: &'static str) -> AdminResponse {
+    respond(
+        code,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+fn json(code: StatusCode, body: &serde_json::Value) -> AdminResponse {
+    respond(code, "application/json", Bytes::from(body.to_string()))
+}
+
+fn respond(code: StatusCode, content_type: &'static str, body: Bytes) -> AdminResponse {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = code;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    res
 }
 
 /// `/readyz`, and `/readyz?waitMillis=N`: while a new pod's app has not been healthy yet, hold
@@ -165,18 +191,18 @@ pub fn router(state: AdminState) -> Router {
 /// once: an app that turns unhealthy later is answered at once, so the kubelet's failure
 /// threshold takes it out of the endpoints as fast as without the hold. The webhook sets N below
 /// the probe's timeout.
-async fn readyz(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
-    let mut verdict = readiness(&s);
+async fn readyz(s: &AdminState, query: Option<&str>) -> AdminResponse {
+    let mut verdict = readiness(s);
     if verdict.is_err()
         && !s.drainer.started()
         && !s.health.borrow().ever_healthy
-        && let Some(hold) = readiness_hold(uri.query())
+        && let Some(hold) = readiness_hold(query)
         && let Ok(_permit) = s.limits.held_readiness_calls.try_acquire()
     {
         let mut health = s.health.clone();
         // Ends early only on health; a drain that starts meanwhile keeps the answer 503.
         let _ = tokio::time::timeout(hold, health.wait_for(|h| h.healthy)).await;
-        verdict = readiness(&s);
+        verdict = readiness(s);
         let outcome = if verdict.is_ok() { "ready" } else { "unready" };
         s.metrics
             .readiness_holds
@@ -184,8 +210,8 @@ async fn readyz(State(s): State<AdminState>, uri: axum::http::Uri) -> Response {
             .inc();
     }
     match verdict {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        Ok(()) => text(StatusCode::OK, "ok\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -209,10 +235,7 @@ pub fn readiness_hold(query: Option<&str>) -> Option<Duration> {
     Some(Duration::from_millis(millis).min(MAX_READINESS_HOLD))
 }
 
-async fn drain(
-    State(s): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
+async fn drain(s: &AdminState, peer: SocketAddr) -> AdminResponse {
     // Once a drain started, joining it needs no new check: it cannot be started twice.
     let verdict = if s.drainer.started() {
         Ok(())
@@ -249,21 +272,20 @@ async fn drain(
             .drain_requests
             .get_or_create(&vec![("trigger", "http"), ("result", "refused")])
             .inc();
-        return (code, Json(json!({"error": why}))).into_response();
+        return json(code, &json!({"error": why}));
     }
     s.metrics
         .drain_requests
         .get_or_create(&vec![("trigger", "http"), ("result", "accepted")])
         .inc();
     let report = s.drainer.drain("prestop").await;
-    (
+    json(
         StatusCode::OK,
-        Json(json!({"drained": true, "report": report, "message": report.message()})),
+        &json!({"drained": true, "report": report, "message": report.message()}),
     )
-        .into_response()
 }
 
-async fn status(State(s): State<AdminState>) -> Response {
+async fn status(s: &AdminState) -> AdminResponse {
     let connections = {
         let mut cached = s.limits.status_connections.lock().await;
         match &*cached {
@@ -295,27 +317,22 @@ async fn status(State(s): State<AdminState>) -> Response {
             .collect();
         v["proxy"] = json!({"listeners": listeners, "counters": p.counters()});
     }
-    Json(v).into_response()
+    json(StatusCode::OK, &v)
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
+fn metrics(s: &AdminState) -> AdminResponse {
+    respond(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        Bytes::from(s.metrics.encode()),
     )
-        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use std::{sync::atomic::AtomicU64, time::Duration};
 
-    use axum::{body::Body, extract::connect_info::MockConnectInfo, http::Request};
     use http_body_util::BodyExt;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::config::{DrainConfig, NewConnectionSignal};
@@ -366,12 +383,17 @@ mod tests {
         (state, tx)
     }
 
-    async fn get(app: Router, peer: &str, path: &str) -> (StatusCode, String) {
-        let app = app.layer(MockConnectInfo(peer.parse::<SocketAddr>().unwrap()));
-        let res = app
-            .oneshot(Request::get(path).body(Body::empty()).unwrap())
-            .await
+    async fn get(s: AdminState, peer: &str, path: &str) -> (StatusCode, String) {
+        call(s, peer, Method::GET, path).await
+    }
+
+    async fn call(s: AdminState, peer: &str, method: Method, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
             .unwrap();
+        let res = handle(s, peer.parse().unwrap(), req).await;
         let code = res.status();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         (code, String::from_utf8_lossy(&body).into_owned())
@@ -380,12 +402,12 @@ mod tests {
     #[tokio::test]
     async fn drain_from_outside_loopback_is_refused_in_standalone_mode() {
         let s = state(true);
-        let (code, body) = get(router(s.clone()), "10.0.0.7:5555", SIDECAR_DRAIN_PATH).await;
+        let (code, body) = get(s.clone(), "10.0.0.7:5555", SIDECAR_DRAIN_PATH).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
         assert!(body.contains("not loopback"), "{body}");
         assert!(!s.drainer.started());
         assert_eq!(
-            get(router(s.clone()), "10.0.0.7:5555", "/readyz").await.0,
+            get(s.clone(), "10.0.0.7:5555", "/readyz").await.0,
             StatusCode::OK
         );
         // IPv4-mapped loopback is loopback.
@@ -399,24 +421,24 @@ mod tests {
     #[tokio::test]
     async fn drain_from_loopback_turns_readiness_off_and_reports() {
         let s = state(true);
-        let (code, body) = get(router(s.clone()), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
+        let (code, body) = get(s.clone(), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
         assert_eq!(code, StatusCode::OK, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["report"]["forced"], false);
         assert_eq!(
-            get(router(s.clone()), "127.0.0.1:5555", "/readyz").await.0,
+            get(s.clone(), "127.0.0.1:5555", "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let (_, status) = get(router(s.clone()), "127.0.0.1:5555", "/status").await;
+        let (_, status) = get(s.clone(), "127.0.0.1:5555", "/status").await;
         assert!(status.contains("\"state\":\"done\""), "{status}");
         // Repeated call: same drain, same report, even from elsewhere once it started.
-        let (code, again) = get(router(s.clone()), "10.0.0.7:1", SIDECAR_DRAIN_PATH).await;
+        let (code, again) = get(s.clone(), "10.0.0.7:1", SIDECAR_DRAIN_PATH).await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&again).unwrap()["report"],
             v["report"]
         );
-        let (_, m) = get(router(s), "127.0.0.1:5555", "/metrics").await;
+        let (_, m) = get(s, "127.0.0.1:5555", "/metrics").await;
         assert!(
             m.contains("quiesce_sidecar_drains_total{result=\"completed\"} 1"),
             "{m}"
@@ -426,13 +448,35 @@ mod tests {
     #[tokio::test]
     async fn readiness_follows_app_health() {
         assert_eq!(
-            get(router(state(false)), "127.0.0.1:1", "/readyz").await.0,
+            get(state(false), "127.0.0.1:1", "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            get(router(state(false)), "127.0.0.1:1", "/livez").await.0,
+            get(state(false), "127.0.0.1:1", "/livez").await.0,
             StatusCode::OK
         );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods_are_refused_without_draining() {
+        let s = state(true);
+        assert_eq!(
+            get(s.clone(), "127.0.0.1:1", "/drainz").await.0,
+            StatusCode::NOT_FOUND
+        );
+        for (method, path) in [
+            (Method::DELETE, SIDECAR_DRAIN_PATH),
+            (Method::POST, "/readyz"),
+            (Method::PUT, "/metrics"),
+        ] {
+            let (code, _) = call(s.clone(), "127.0.0.1:1", method, path).await;
+            assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        }
+        assert!(!s.drainer.started());
+        // The preStop hook's POST is a drain call like the kubelet's GET.
+        let (code, _) = call(s.clone(), "127.0.0.1:1", Method::POST, SIDECAR_DRAIN_PATH).await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(s.drainer.started());
     }
 
     #[test]
@@ -458,7 +502,7 @@ mod tests {
     async fn held_readiness_answers_when_the_app_turns_healthy() {
         let (s, health) = state_with_health(false);
         let s2 = s.clone();
-        let probe = tokio::spawn(get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"));
+        let probe = tokio::spawn(get(s, "10.0.0.7:1", "/readyz?waitMillis=5000"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!probe.is_finished(), "held while the app is unhealthy");
         health.send_modify(|h| h.healthy = true);
@@ -467,7 +511,7 @@ mod tests {
             .expect("answered on the health change, not at the hold's end")
             .unwrap();
         assert_eq!(code, StatusCode::OK, "{body}");
-        let (_, m) = get(router(s2), "127.0.0.1:1", "/metrics").await;
+        let (_, m) = get(s2, "127.0.0.1:1", "/metrics").await;
         assert!(
             m.contains("quiesce_sidecar_readiness_holds_total{outcome=\"ready\"} 1"),
             "{m}"
@@ -477,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn held_readiness_ends_unready_after_the_hold() {
         let (s, _health) = state_with_health(false);
-        let (code, body) = get(router(s), "10.0.0.7:1", "/readyz?waitMillis=20").await;
+        let (code, body) = get(s, "10.0.0.7:1", "/readyz?waitMillis=20").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, "app unhealthy\n");
     }
@@ -488,7 +532,7 @@ mod tests {
         health.send_modify(|h| h.ever_healthy = true);
         let answer = tokio::time::timeout(
             Duration::from_secs(4),
-            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+            get(s, "10.0.0.7:1", "/readyz?waitMillis=5000"),
         )
         .await
         .expect("answered at once: the kubelet's failure threshold counts from here");
@@ -501,11 +545,11 @@ mod tests {
     #[tokio::test]
     async fn a_draining_pod_is_not_held() {
         let (s, _health) = state_with_health(true);
-        let (code, _) = get(router(s.clone()), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
+        let (code, _) = get(s.clone(), "127.0.0.1:5555", SIDECAR_DRAIN_PATH).await;
         assert_eq!(code, StatusCode::OK);
         let answer = tokio::time::timeout(
             Duration::from_secs(4),
-            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+            get(s, "10.0.0.7:1", "/readyz?waitMillis=5000"),
         )
         .await
         .expect("answered at once");
@@ -519,18 +563,12 @@ mod tests {
     async fn only_a_few_readiness_calls_are_held_at_once() {
         let (s, _health) = state_with_health(false);
         let held: Vec<_> = (0..HELD_READINESS_CALLS)
-            .map(|_| {
-                tokio::spawn(get(
-                    router(s.clone()),
-                    "10.0.0.7:1",
-                    "/readyz?waitMillis=5000",
-                ))
-            })
+            .map(|_| tokio::spawn(get(s.clone(), "10.0.0.7:1", "/readyz?waitMillis=5000")))
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let answer = tokio::time::timeout(
             Duration::from_secs(4),
-            get(router(s), "10.0.0.7:1", "/readyz?waitMillis=5000"),
+            get(s, "10.0.0.7:1", "/readyz?waitMillis=5000"),
         )
         .await
         .expect("one call too many is answered at once");

@@ -118,7 +118,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         proxy: proxy.clone(),
         limits: Default::default(),
     };
-    let server = tokio::spawn(admin::serve(listener, admin::router(state), on_accept));
+    let server = tokio::spawn(admin::serve(listener, state, on_accept));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

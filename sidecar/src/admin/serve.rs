@@ -1,4 +1,4 @@
-//! Serving the admin router to anyone on the pod network without letting them starve the
+//! Serving the admin endpoints to anyone on the pod network without letting them starve the
 //! kubelet: bounded connections per peer address and in total, a bound on reading a request
 //! head, small header buffers, and no keep-alive (every caller — kubelet probes, the preStop
 //! hook, a scraper — is served one request per connection, so no idle connection holds a slot).
@@ -10,14 +10,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo};
-use hyper::server::conn::http1;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
+
+use super::AdminState;
 
 /// How many connections one peer address may hold at once (the kubelet's probes and hook come
 /// from the node's address and need a few).
@@ -72,11 +69,12 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `router` on `listener` until the listener fails; `on_accept` runs for every
-/// accepted connection (before the slot check: the drain counts the kernel's handshakes).
+/// Serves the admin endpoints ([`super::handle`]) on `listener` until the listener fails;
+/// `on_accept` runs for every accepted connection (before the slot check: the drain counts the
+/// kernel's handshakes).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    state: AdminState,
     on_accept: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Mutex::new(Slots::default()));
@@ -112,7 +110,7 @@ pub async fn serve(
             builder.clone(),
             stream,
             peer,
-            router.clone(),
+            state.clone(),
             slot,
         ));
     }
@@ -122,14 +120,14 @@ async fn serve_one(
     builder: http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    state: AdminState,
     _slot: Slot,
 ) {
-    let svc = router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(super::handle(state, peer, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "admin connection ended with an error");
     }
