@@ -33,9 +33,9 @@ run_e2e() {
   load_project_images
   "$here/../../e2e/cluster/tools.sh" prometheus
   # Build outside the cluster's namespace (it has no route to crates.io), run inside it.
-  (cd "$root" && cargo test --locked -p quiesce-e2e --tests --no-run)
+  (cd "$root" && cargo test --locked -p quiesce-e2e --features cluster --tests --no-run)
   (cd "$root" && "$p" exec env QUIESCE_E2E_PROVIDER="$provider" \
-    cargo test --offline --locked --no-fail-fast -p quiesce-e2e --tests -- --test-threads "${E2E_THREADS:-2}" "$@")
+    cargo test --offline --locked --no-fail-fast -p quiesce-e2e --features cluster --tests -- --test-threads "${E2E_THREADS:-2}" "$@")
 }
 
 case "${1:-}" in
