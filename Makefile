@@ -33,6 +33,7 @@ help:
 	@echo "make bench-footprint  image sizes and the sidecar's RSS on loopback (no cluster)"
 	@echo "make bench-cache   heap bytes of the operator's pod and Deployment caches, full vs cached"
 	@echo "make bench-scale   the operator with thousands of pods and policies (kwok nodes)"
+	@echo "make bench-webhook what one admission costs the webhook (no cluster)"
 	@echo "make api-docs      regenerate docs/api.md from the CRD"
 	@echo "make fuzz          the property tests of the parsers, FUZZ_SECONDS (600) per target"
 	@echo "make plugin        build kubectl-quiesce and install it into PLUGIN_DIR ($(PLUGIN_DIR))"
@@ -116,6 +117,11 @@ bench-footprint:
 .PHONY: bench-cache
 bench-cache:
 	@$(CARGO) run --release --locked -p quiesce-operator --example cache_footprint
+
+# The webhook's cost per admission without a cluster (docs/benchmarks.md, "The webhook's tail").
+.PHONY: bench-webhook
+bench-webhook:
+	@$(CARGO) run --release --locked -p quiesce-operator --example webhook_cost
 
 # docs/api.md from the CRD (a unit test of the e2e crate fails when it drifts).
 .PHONY: api-docs
