@@ -39,7 +39,7 @@ pub async fn client() -> Result<Client> {
 }
 
 /// Runs `test` in a fresh namespace (`prefix-<random>`) that is deleted afterwards, whether the
-/// test passed or panicked.
+/// test passed or panicked; a failing test's namespace is reported first (pods, Events).
 pub async fn with_namespace<F, Fut>(prefix: &str, test: F)
 where
     F: FnOnce(Client, String) -> Fut,
@@ -60,6 +60,12 @@ where
     let outcome = AssertUnwindSafe(test(client.clone(), name.clone()))
         .catch_unwind()
         .await;
+    if !matches!(outcome, Ok(Ok(()))) {
+        eprintln!(
+            "{}",
+            crate::diagnose::namespace_report(&client, &name).await
+        );
+    }
     if std::env::var_os("QUIESCE_E2E_KEEP_NAMESPACES").is_none() {
         let _ = namespaces.delete(&name, &DeleteParams::background()).await;
     }

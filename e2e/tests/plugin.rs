@@ -112,12 +112,17 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
         })
         .await?;
 
-        // The admitted pod turns Ready on the kubelet's next probe after its gate opened.
-        let get = eventually("the admitted pod Ready", Duration::from_secs(30), || async {
+        // The admitted pod turns Ready on the kubelet's next sync after its gate opened (2 s
+        // here; CI once saw it take over 30 s, so the wait is generous and a failure shows
+        // the last `get` and, through `with_namespace`, the pods, Events and operator log).
+        let last_get = Mutex::new(String::new());
+        let get = eventually("the admitted pod Ready", Duration::from_secs(90), || async {
             let get = q(&["get", APP]).await.map_err(anyhow::Error::msg)?;
+            *last_get.lock().unwrap() = get.clone();
             Ok(rows(&get, "new").iter().any(|r| r.contains(" Ready open ")).then_some(get))
         })
-        .await?;
+        .await
+        .map_err(|e| e.context(format!("the last `get`:\n{}", last_get.lock().unwrap())))?;
         eprintln!("{get}");
         for line in [
             format!("Policy:    {ns}/{APP}"),
