@@ -93,16 +93,16 @@ bench-scale:
 	@e2e/demo.sh bench-scale $(ARGS)
 
 # The "Proxy overhead" tables of docs/benchmarks.md: on loopback, no cluster. Installs hey
-# (tools.sh), nginx and HAProxy (Debian packages), builds the release binaries exactly as
-# e2e/cluster/images.sh does (shared artifacts), then runs e2e/src/bin/proxybench.rs; ARGS go to
+# (tools.sh), nginx and HAProxy (Debian packages), builds the release binaries as
+# e2e/cluster/images.sh does (`images.sh binaries`), then runs e2e/src/bin/proxybench.rs; ARGS go to
 # it (`make bench-proxy ARGS="--rounds 1 --hey-only"`). Markdown on stdout, progress on stderr.
 BENCH_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/quiesce/cargo-target)
 bench-proxy:
 	@e2e/cluster/tools.sh >&2
 	@e2e/bench/proxy-deps.sh >&2
+	@CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) e2e/cluster/images.sh binaries
 	@RUSTFLAGS="$$(e2e/cluster/images.sh rustflags)" CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) \
-	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu \
-	  --bin quiesce-sidecar --bin demo-app --bin proxybench >&2
+	  $(CARGO) build --release --locked --target x86_64-unknown-linux-gnu --bin proxybench >&2
 	@$(BENCH_TARGET_DIR)/x86_64-unknown-linux-gnu/release/proxybench $(ARGS)
 
 # The "Image sizes and sidecar memory" table of docs/benchmarks.md: builds the images

@@ -4,6 +4,7 @@
 # loaded into the cluster by the provider (`ctr images import` for local, `kind load` for kind).
 #
 #   images.sh build                 build the project images into $CACHE/images/project/
+#   images.sh binaries              only their static binaries (in $CARGO_TARGET_DIR)
 #   images.sh build-pause BIN REF TAR
 #   images.sh rustflags             the RUSTFLAGS of the static binaries
 set -euo pipefail
@@ -56,13 +57,23 @@ PROJECT_IMAGES=(
   "demo-app:demo-app:examples/demo-app/Dockerfile"
 )
 
-build_project() {
-  command -v buildah >/dev/null || "$here/local/install-deps.sh"
-  local bins=()
-  for spec in "${PROJECT_IMAGES[@]}"; do bins+=(--bin "$(cut -d: -f2 <<<"$spec")"); done
+# The images' binaries, each package selected by name (`-p`): cargo resolves features over the
+# selected packages only, so the images do not carry features that only the plugin and the e2e
+# suite ask for (clap's colours and suggestions, ...). Each binary's package is named as it.
+build_binaries() {
+  local selected=()
+  for spec in "${PROJECT_IMAGES[@]}"; do
+    local bin; bin=$(cut -d: -f2 <<<"$spec")
+    selected+=(-p "$bin" --bin "$bin")
+  done
   log "building static binaries (release, $TARGET, crt-static)"
   (cd "$root" && RUSTFLAGS="$STATIC_RUSTFLAGS" \
-    cargo build --release --locked --target "$TARGET" "${bins[@]}")
+    cargo build --release --locked --target "$TARGET" "${selected[@]}")
+}
+
+build_project() {
+  command -v buildah >/dev/null || "$here/local/install-deps.sh"
+  build_binaries
   mkdir -p "$CACHE/images/project"
   for spec in "${PROJECT_IMAGES[@]}"; do
     IFS=: read -r name bin dockerfile <<<"$spec"
@@ -76,8 +87,9 @@ build_project() {
 
 case "${1:-}" in
   build) build_project ;;
+  binaries) build_binaries ;;
   build-pause) shift; build_pause "$@" ;;
   list) ls "$CACHE/images/project/"*.tar ;;
   rustflags) echo "$STATIC_RUSTFLAGS" ;;
-  *) echo "usage: $0 build|build-pause BIN REF TAR|list|rustflags" >&2; exit 2 ;;
+  *) echo "usage: $0 build|binaries|build-pause BIN REF TAR|list|rustflags" >&2; exit 2 ;;
 esac

@@ -6,7 +6,8 @@
 //! [`sockets`] (socket table), [`drain`] (pure drain state machine), [`drainer`] (its I/O
 //! shell), [`endpoints`] (EndpointSlice watch), [`listen`] (dual-stack listeners), [`pod`] (own
 //! pod: terminating check and the drained condition), [`admin`] (HTTP endpoints), [`metrics`],
-//! [`proxy`] (proxy drain mode: the reverse proxy in front of the app), [`run`] (process wiring).
+//! [`proxy`] (proxy drain mode: the reverse proxy in front of the app), [`run`] (process wiring),
+//! [`tls`] (the TLS of its clients).
 
 pub mod admin;
 pub mod apiserver;
@@ -22,3 +23,4 @@ pub mod probe;
 pub mod proxy;
 pub mod run;
 pub mod sockets;
+pub mod tls;

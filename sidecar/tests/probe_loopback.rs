@@ -37,11 +37,20 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
 /// An HTTPS server on loopback with a fresh self-signed certificate for `localhost`.
 async fn https_app() -> SocketAddr {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    https_app_with(key, rustls::DEFAULT_VERSIONS).await
+}
+
+/// An HTTPS server speaking only `versions` of TLS, with `key`'s certificate (ring's server:
+/// every cipher suite it has, ChaCha20 first when the client prefers it).
+async fn https_app_with(
+    key: rcgen::CertifiedKey<rcgen::KeyPair>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> SocketAddr {
     let cert = CertificateDer::from(key.cert.der().to_vec());
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![cert], private)
@@ -96,6 +105,21 @@ async fn https_with_a_self_signed_certificate_and_headers_is_healthy() {
     assert!(err.contains("503"), "{err}");
     // Plain HTTP to a TLS port fails (as the kubelet's copy as HTTP used to).
     assert!(probe_once(&probe(addr, false, HEADERS)).await.is_err());
+}
+
+#[tokio::test]
+async fn an_app_that_speaks_only_tls_1_2_with_a_p384_certificate_is_healthy() {
+    // The sidecar's TLS leaves out ChaCha20 and client keys (`tls.rs`); an older app server
+    // with TLS 1.2 only and another curve must still be probed as the kubelet would.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let certified = rcgen::CertifiedKey {
+        cert,
+        signing_key: key,
+    };
+    let addr = https_app_with(certified, &[&rustls::version::TLS12]).await;
+    assert_eq!(probe_once(&probe(addr, true, HEADERS)).await, Ok(()));
 }
 
 #[tokio::test]

@@ -174,7 +174,7 @@ impl ApiClient {
         let roots = root_store(&dir.join("ca.crt"))?;
         let token_path = dir.join("token");
         let token = Token::read_file(&token_path)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::client_provider();
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::config("TLS versions", e))?
@@ -210,7 +210,7 @@ impl ApiClient {
     /// A client of a plain-HTTP fake apiserver at `base` (unit tests).
     #[cfg(test)]
     pub(crate) fn for_tests(base: &str) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::client_provider();
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
