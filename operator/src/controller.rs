@@ -744,18 +744,12 @@ impl Context {
             .or_else(|| policy.status.clone())
             .unwrap_or_default();
         let target_name = &policy.spec.target_ref.name;
-        let winner = self
-            .policies
-            .state_filter(|p| {
-                p.spec.target_ref.name == *target_name
-                    && in_namespace(p, &ns)
-                    && p.meta().deletion_timestamp.is_none()
-                    && p.metadata.uid != policy.metadata.uid
-                    && older(p, policy)
-            })
-            .iter()
-            .map(|p| p.name_any())
-            .min();
+        let rivals = self.policies.state_filter(|p| {
+            p.spec.target_ref.name == *target_name
+                && in_namespace(p, &ns)
+                && p.metadata.uid != policy.metadata.uid
+        });
+        let winner = plan::conflict_winner(policy, rivals);
         let deployment = self
             .deployments
             .get(&ObjectRef::new(target_name).within(&ns));
@@ -1096,20 +1090,6 @@ fn overlay_gate(view: &mut PodView, written: Entry<'_, String, GateView>) {
     } else {
         view.gate = Some(written.get().clone());
     }
-}
-
-/// A policy's place in a conflict (creation time, then name): the lowest wins. The controller
-/// (which policies are in Conflict) and the webhook (which policy injects) must agree.
-pub fn seniority(p: &RolloutPolicy) -> (Option<Timestamp>, String) {
-    (
-        p.meta().creation_timestamp.clone().map(|t| t.0),
-        p.name_any(),
-    )
-}
-
-/// Whether `a` is older than `b`: the older policy wins a conflict.
-fn older(a: &RolloutPolicy, b: &RolloutPolicy) -> bool {
-    seniority(a) < seniority(b)
 }
 
 /// The condition `type_` of `pod`, if present.

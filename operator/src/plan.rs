@@ -26,7 +26,8 @@
 //!
 //! One file per concern, each an `impl` block of the same planner over the same observation:
 //! `view.rs` (the input), `action.rs` (the output), `rollout.rs` (start, steps, pauses,
-//! promotion, completion), `admission.rs` (who gets the gate, the counts), `failure.rs`
+//! promotion, completion), `admission.rs` (who gets the gate, the counts), `conflict.rs` (which policy governs a
+//! Deployment several target), `failure.rs`
 //! (progress deadline, restarts, rollback or pause), `report.rs` (drains, injection, grace
 //! period, proxy takeover, sidecar health), `status.rs` (conditions, message, phase Events);
 //! this file holds the entry point and the order of the passes ([`Planner::run`]).
@@ -46,6 +47,7 @@ mod tests;
 
 mod action;
 mod admission;
+mod conflict;
 mod failure;
 mod report;
 mod rollout;
@@ -54,6 +56,7 @@ pub mod status_write;
 mod view;
 
 pub use action::{Action, DRAINS_FORCED, GATE_RESET, INVALID_DRAIN_REPORT, Plan};
+pub use conflict::{conflict_winner, governing, seniority};
 pub use report::{proxy_takeover, sidecar_health};
 pub use view::{
     AppPort, ConditionDecision, DrainReport, DrainedView, GateView, Observed, PodView, PolicyView,

@@ -50,7 +50,7 @@ pub use fidelity::Notice;
 use fidelity::PreStop;
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
-use crate::controller::{in_namespace, pod_deployment, seniority};
+use crate::controller::{in_namespace, pod_deployment};
 use crate::metrics::Metrics;
 
 /// Path of the mutating webhook.
@@ -443,14 +443,9 @@ pub fn governing_policy(
     namespace: &str,
     deployment: &str,
 ) -> Option<Arc<RolloutPolicy>> {
-    policies
-        .state_filter(|p| {
-            p.spec.target_ref.name == deployment
-                && in_namespace(p, namespace)
-                && p.meta().deletion_timestamp.is_none()
-        })
-        .into_iter()
-        .min_by_key(|p| seniority(p))
+    let targeting = policies
+        .state_filter(|p| p.spec.target_ref.name == deployment && in_namespace(p, namespace));
+    crate::plan::governing(targeting)
 }
 
 /// Shared state of the webhook handlers.
