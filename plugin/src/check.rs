@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use quiesce_api::constants::{INJECT_DISABLED, INJECT_LABEL, READY_GATE_CONDITION, annotations};
 use quiesce_api::{DrainMode, RolloutPolicy};
 use quiesce_operator::controller::service_view;
-use quiesce_operator::plan::{AppPort, TargetView, proxy_takeover};
+use quiesce_operator::plan::{AppPort, TargetView, proxy_takeover, seniority};
 use quiesce_operator::webhook::{Decision, SidecarSettings, fidelity, inject};
 use serde::Serialize;
 
@@ -47,13 +47,9 @@ pub fn check(
         .iter()
         .filter(|p| p.spec.target_ref.name == name && p.metadata.deletion_timestamp.is_none())
         .collect();
-    // The oldest governs, as in the webhook and the controller; the others are in Conflict.
-    targeting.sort_by_key(|p| {
-        (
-            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            p.name_any(),
-        )
-    });
+    // The oldest governs (the order the webhook and the controller use); the others are in
+    // Conflict.
+    targeting.sort_by_key(|p| seniority(p));
     let Some(policy) = targeting.first() else {
         r.problems.push(format!(
             "no RolloutPolicy targets deployment/{name}: nothing is injected and its rollouts are not paced"
