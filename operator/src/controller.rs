@@ -586,11 +586,6 @@ impl Context {
         self.metrics
             .reconcile_decision
             .observe(decision.elapsed().as_secs_f64());
-        if deleting && matches!(observed.target, TargetState::Conflict { .. }) {
-            // Another policy governs the target: leave its pods alone.
-            self.metrics.set_policy(&ns, &name, None);
-            return Ok(Requeue::await_change());
-        }
         // The status goes first: whoever reads the status after the pods never sees more pods
         // admitted than the recorded step allows. A failed gate write is redone next time.
         let write = if deleting {
@@ -636,7 +631,11 @@ impl Context {
         }
         self.count_distrusted(&ns, &name, &observed, &plan);
         if deleting {
-            info!(policy = %name, namespace = %ns, "policy deleted; held pods released");
+            let released = plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::SetGate { .. }));
+            info!(policy = %name, namespace = %ns, released = released.count(), "policy deleted; its held pods released");
             // The finalizer goes next: nothing of this policy is read again.
             self.memory()
                 .policies

@@ -165,7 +165,11 @@ impl<'a> Planner<'a> {
     fn run(mut self) -> Plan {
         let before = self.o.policy.status.phase;
         if self.o.policy.deleting {
-            self.release_all();
+            // A policy in Conflict never governed the target's pods: the governing one keeps
+            // holding and admitting them.
+            if !matches!(self.o.target, TargetState::Conflict { .. }) {
+                self.release_all();
+            }
             return self.finish(before);
         }
         if let Some(problem) = invalid_spec(self.spec) {

@@ -705,6 +705,21 @@ fn deleting_the_policy_admits_every_held_pod() {
 }
 
 #[test]
+fn deleting_a_policy_in_conflict_leaves_the_pods_to_the_governing_one() {
+    let mut w = World::rolling(
+        spec(vec![Step::admit_count(1), Step::admit_percent(100)]),
+        2,
+        vec![pod("n1", "new", Some(0), Some(false))],
+    );
+    w.o.policy.deleting = true;
+    w.o.target = TargetState::Conflict {
+        winner: "older".into(),
+    };
+    let p = w.step(10);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+}
+
+#[test]
 fn pods_without_the_sidecar_are_counted() {
     let mut w = World::new(
         spec(vec![]),
