@@ -7,6 +7,7 @@
 //! - [`bindings`]: the sidecar's RoleBindings, exactly where a sidecar runs.
 //! - [`certs`]: the webhook's self-managed CA and serving certificate.
 //! - [`leader`]: Lease-based leader election (only the leader reconciles).
+//! - [`kube_client`]: the in-cluster Kubernetes client (without kubeconfig and auth plugins).
 //! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 
 pub mod controller;
@@ -19,5 +20,6 @@ pub mod admin;
 pub mod api_timing;
 pub mod bindings;
 pub mod certs;
+pub mod kube_client;
 pub mod leader;
 pub mod webhook;

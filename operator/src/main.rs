@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -188,11 +187,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let metrics = Arc::new(Metrics::default());
-    let config = kube::Config::infer().await.context("kubernetes client")?;
-    let client = kube::client::ClientBuilder::try_from(config)
-        .context("kubernetes client")?
-        .with_layer(&ApiTimingLayer::new(metrics.api_request_duration.clone()))
-        .build();
+    let timing = ApiTimingLayer::new(metrics.api_request_duration.clone());
+    let client = quiesce_operator::kube_client::in_cluster(&timing)?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
