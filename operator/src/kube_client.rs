@@ -1,12 +1,12 @@
 //! The operator's Kubernetes client, in-cluster only: the `KUBERNETES_SERVICE_*` address and the
 //! service account's CA and token, as client-go's `rest.InClusterConfig`.
 //!
-//! Built from kube's parts (`Config::incluster`, its TLS connector, base-URI layer and retry
-//! policy) rather than `Config::infer` + `ClientBuilder::try_from`: those link kube's kubeconfig
-//! reader (a YAML parser) and its auth plugins (exec, auth-provider with a JSONPath engine and
-//! regex) into every binary, though an operator in a pod uses none of them (1.5 MB of the
-//! image, docs/benchmarks.md "Operator image"). The token is the one thing those plugins did
-//! for us: [`BearerToken`] re-reads the projected token file as client-go does.
+//! Built from kube's parts (`Config::incluster`, its base-URI layer and retry policy) rather
+//! than `Config::infer` + `ClientBuilder::try_from`: those link kube's kubeconfig reader (a YAML
+//! parser) and its auth plugins (exec, auth-provider with a JSONPath engine and regex) into
+//! every binary, though an operator in a pod uses none of them (docs/benchmarks.md, "The
+//! operator's own client"). What the plugins did for a pod is [`BearerToken`] here: the
+//! projected token file, re-read as client-go does.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ClientBuilder, ConfigExt};
+use rustls::pki_types::CertificateDer;
 use tower::retry::RetryLayer;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 
@@ -44,9 +45,11 @@ pub fn in_cluster(timing: &ApiTimingLayer) -> Result<kube::Client> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_connect_timeout(config.connect_timeout);
-    let https = config
-        .rustls_https_connector_with_connector(tcp)
-        .context("TLS to the apiserver")?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(config.root_cert.as_deref().unwrap_or_default())?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
     let mut connector = hyper_timeout::TimeoutConnector::new(https);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
@@ -65,6 +68,21 @@ pub fn in_cluster(timing: &ApiTimingLayer) -> Result<kube::Client> {
     Ok(ClientBuilder::new(service, config.default_namespace)
         .with_layer(timing)
         .build())
+}
+
+/// TLS to the apiserver, verified against the service account's CA (read at start, as
+/// client-go's in-cluster configuration does). Not kube's `rustls_client_config`: it first asks
+/// the exec plugin for a client certificate, which links the plugin machinery.
+fn tls_config(ca_certificates: &[Vec<u8>]) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in ca_certificates {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .context("the service account's CA certificate")?;
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// `Authorization: Bearer` from a token file, re-read every `reread`; when a re-read fails the
