@@ -155,19 +155,8 @@ pub async fn leader_metrics(client: &Client) -> Result<String> {
         .status
         .and_then(|s| s.pod_ip)
         .context("leader pod has no IP")?;
-    http_get(&format!("http://{ip}:{ADMIN_PORT}/metrics")).await
-}
-
-/// A plain HTTP/1.1 GET, body as text.
-pub async fn http_get(url: &str) -> Result<String> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
-    use hyper_util::client::legacy::Client as HttpClient;
-    use hyper_util::rt::TokioExecutor;
-    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse()?)).await??;
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    let (_, body) = crate::harness::http_get(&format!("http://{ip}:{ADMIN_PORT}/metrics")).await?;
+    Ok(body)
 }
 
 /// The value of the first sample of `metric` whose labels contain every `label="value"` of
@@ -500,23 +489,4 @@ pub async fn template_version(client: &Client, ns: &str, app: &str) -> Result<Op
 /// The reason of a policy condition.
 pub fn condition_reason(status: &quiesce_api::RolloutPolicyStatus, type_: &str) -> Option<String> {
     status.condition(type_).map(|c| c.reason.clone())
-}
-
-/// Waits until `url` answers 20 requests in a row: kube-proxy has programmed the Service (until
-/// then a fresh ClusterIP rejects connections, which would count against the rollout).
-pub async fn wait_serving(url: &str) -> Result<()> {
-    eventually(
-        &format!("{url} to serve"),
-        Duration::from_secs(60),
-        || async {
-            for _ in 0..20 {
-                if http_get(url).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return Ok(None);
-                }
-            }
-            Ok(Some(()))
-        },
-    )
-    .await
 }

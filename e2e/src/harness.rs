@@ -288,13 +288,15 @@ pub async fn http_get(url: &str) -> Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Waits until `url` answers 200 several times in a row: a Service's endpoints can be ready in
-/// the API before kube-proxy has programmed them, and load started earlier would count that
-/// as the rollout's failures.
+/// Waits until `url` answers 200 twenty times in a row, each on a new connection: a Service's
+/// endpoints can be ready in the API before kube-proxy has programmed them (a fresh ClusterIP
+/// refuses connections meanwhile), and load started earlier would count that against the
+/// rollout.
 pub async fn wait_serving(url: &str, timeout: Duration) -> Result<()> {
     eventually(&format!("{url} to serve"), timeout, || async {
-        for _ in 0..5 {
-            if http_get(url).await?.0 != 200 {
+        for _ in 0..20 {
+            if !http_get(url).await.is_ok_and(|(status, _)| status == 200) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(None);
             }
         }

@@ -755,23 +755,6 @@ pub async fn kube_proxy_programming() -> Option<(f64, f64)> {
     ))
 }
 
-/// Waits until the Service at `url` answers 10 times in a row. A rollout that just finished
-/// does not mean kube-proxy has programmed the Service yet: load started before that counts
-/// refused connections against the rollout under test.
-pub async fn wait_until_answering(url: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut streak = 0;
-    while streak < 10 {
-        let ok = harness::http_get(url).await.is_ok_and(|(s, _)| s == 200);
-        streak = if ok { streak + 1 } else { 0 };
-        if Instant::now() > deadline {
-            bail!("the Service {url} did not answer steadily within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// Changes the app's `VERSION` to `to` under `load` and waits until the rollout is complete and
 /// every old pod is gone. `progress` is told what happens.
 pub async fn roll(
@@ -784,7 +767,7 @@ pub async fn roll(
     progress: &dyn Fn(&str),
 ) -> Result<Rollout> {
     let url = format!("http://{}:80", harness::cluster_ip(client, ns, APP).await?);
-    wait_until_answering(&url).await?;
+    harness::wait_serving(&url, Duration::from_secs(60)).await?;
     let load_started = Instant::now();
     let cpu_before = cpu_times();
     let hey = match (load.hey_rate, load.protocol) {

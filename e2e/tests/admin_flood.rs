@@ -145,7 +145,7 @@ async fn a_flood_of_the_admin_port_from_another_peer_costs_nothing() {
         let rss_before = rss_kib(pid);
         let restarts_before = sidecar_restarts(&pod);
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
-        chart::wait_serving(&url).await?;
+        harness::wait_serving(&url, Duration::from_secs(60)).await?;
         println!("flooding {admin} from {source} for {FLOOD:?}; sidecar RSS {rss_before} KiB");
 
         let load = loadgen::spawn(LoadConfig::new(url, 20.0));

@@ -52,7 +52,7 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
         apply_yaml(&client, &ns, &app("v1")).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
-        chart::wait_serving(&url).await?;
+        harness::wait_serving(&url, Duration::from_secs(60)).await?;
         let load = loadgen::spawn(LoadConfig::new(url, 40.0));
         tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -38,7 +38,7 @@ async fn serving_v1(client: &kube::Client, ns: &str) -> anyhow::Result<LoadHandl
     apply_yaml(client, ns, &demo_app(APP, REPLICAS, "v1", &[])).await?;
     harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
     let url = format!("http://{}:80", cluster_ip(client, ns, APP).await?);
-    chart::wait_serving(&url).await?;
+    harness::wait_serving(&url, Duration::from_secs(60)).await?;
     let load = loadgen::spawn(LoadConfig::new(url, 40.0));
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(load)

@@ -205,7 +205,7 @@ async fn proxy_mode_moves_http2_and_grpc_clients_with_goaway() {
     );
     // gRPC beside the HTTP/2 load: unary calls and server streams that span the drains,
     // started once the Service answers (as the HTTP/2 load is).
-    scenario::wait_until_answering(&url)
+    harness::wait_serving(&url, Duration::from_secs(60))
         .await
         .expect("Service answering");
     let rpc = grpc::spawn(GrpcConfig {

@@ -65,7 +65,7 @@ async fn stepped_rollout_under_load_loses_no_request() {
         assert_eq!(status.phase, Some(Phase::Idle), "{status:?}");
 
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
-        chart::wait_serving(&url).await?;
+        harness::wait_serving(&url, Duration::from_secs(60)).await?;
         let load = loadgen::spawn(LoadConfig::new(url, 40.0));
         tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -105,7 +105,7 @@ async fn two_policies_rolled_at_once_under_load_lose_no_request_and_keep_their_s
         let mut loads = Vec::new();
         for app in APPS {
             let url = format!("http://{}:80", cluster_ip(&client, &ns, app).await?);
-            chart::wait_serving(&url).await?;
+            harness::wait_serving(&url, Duration::from_secs(60)).await?;
             loads.push((app, loadgen::spawn(LoadConfig::new(url, 30.0))));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;

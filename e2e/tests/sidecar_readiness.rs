@@ -41,7 +41,9 @@ async fn a_warming_app_is_ready_through_a_held_probe_that_never_times_out() {
         assert!(chart::injected(&pod), "the webhook injected the pod");
         assert_eq!(chart::condition(&pod, "Ready"), Some("True"));
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
-        let metrics = chart::http_get(&format!("http://{ip}:{SIDECAR_ADMIN_PORT}/metrics")).await?;
+        let metrics = harness::http_get(&format!("http://{ip}:{SIDECAR_ADMIN_PORT}/metrics"))
+            .await?
+            .1;
         let answered_on_health = chart::metric_value(
             &metrics,
             "quiesce_sidecar_readiness_holds_total",
