@@ -16,6 +16,7 @@ use kube::api::Api;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
+use crate::demo_app::DemoApp;
 use crate::harness::{self, eventually};
 
 /// Helm release name.
@@ -184,47 +185,13 @@ pub fn image(name: &str) -> String {
 /// exiting at once on SIGTERM (so only quiesce's drain keeps requests from failing), and its
 /// Service. `extra_env` adds env vars (`FAIL_HEALTH`, `CRASH_AFTER_SECS` make bad versions).
 pub fn demo_app(app: &str, replicas: i32, version: &str, extra_env: &[(&str, &str)]) -> String {
-    let image = harness::image("demo-app");
-    let mut env = format!(
-        "[{{name: VERSION, value: \"{version}\"}}, {{name: EXIT_ON_SIGTERM, value: immediate}}, {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}"
-    );
-    for (k, v) in extra_env {
-        env.push_str(&format!(", {{name: {k}, value: \"{v}\"}}"));
-    }
-    env.push(']');
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {app}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {app}}}}}
-  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
-  template:
-    metadata: {{labels: {{app: {app}}}}}
-    spec:
-      terminationGracePeriodSeconds: 30
-      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
-      containers:
-        - name: app
-          image: {image}
-          imagePullPolicy: Never
-          env: {env}
-          ports: [{{containerPort: 8080, name: http}}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            capabilities: {{drop: [ALL]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {app}}}
-spec:
-  selector: {{app: {app}}}
-  ports: [{{port: 80, targetPort: http}}]
-"#
-    )
+    let base = DemoApp::new(app, usize::try_from(replicas).unwrap_or(0), version)
+        .env("EXIT_ON_SIGTERM", "immediate")
+        .env_field("POD_NAME", "metadata.name");
+    extra_env
+        .iter()
+        .fold(base, |app, (name, value)| app.env(name, value))
+        .yaml()
 }
 
 /// The RoleBinding that lets the `default` service account's sidecars run, for pods that carry

@@ -4,6 +4,7 @@
 pub mod apidoc;
 pub mod chaos;
 pub mod chart;
+pub mod demo_app;
 pub mod diagnose;
 pub mod grpc;
 pub mod h2chan;

@@ -21,6 +21,7 @@ use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_CONTAINER_NAME, reasons};
 
+use crate::demo_app::DemoApp;
 use crate::harness::{self, apply_yaml};
 use crate::hey::{self, HeyConfig, HeyReport};
 use crate::loadgen::{self, LoadConfig, Protocol, SlowMix, Summary};
@@ -111,61 +112,23 @@ pub static APP_WARMUP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 /// The demo app's Deployment and Service, at `version`, shutting down as `variant` says. The
 /// app keeps its own readiness probe in every variant: with quiesce the sidecar copies it.
 pub fn deployment_yaml(variant: Variant, version: &str) -> String {
-    let image = harness::image("demo-app");
-    let warmup = match APP_WARMUP_MS.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => String::new(),
-        ms => format!("\n            - {{name: HEALTHY_AFTER_MS, value: \"{ms}\"}}"),
-    };
-    let exit = variant.app_exit();
-    let target_port = match variant {
-        Variant::QuiesceProxyNumericPort => "8080",
-        _ => "http",
-    };
-    let prestop = match variant {
-        Variant::PreStopSleep(s) | Variant::GracefulPreStopSleep(s) => {
-            format!("\n          lifecycle: {{preStop: {{sleep: {{seconds: {s}}}}}}}")
-        }
-        _ => String::new(),
-    };
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {APP}
-  labels: {{app: {APP}}}
-spec:
-  replicas: {REPLICAS}
-  selector: {{matchLabels: {{app: {APP}}}}}
-  strategy: {{type: RollingUpdate, rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
-  template:
-    metadata:
-      labels: {{app: {APP}}}
-    spec:
-      terminationGracePeriodSeconds: {GRACE_SECONDS}
-      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}
-      containers:
-        - name: app
-          image: {image}
-          imagePullPolicy: IfNotPresent
-          env:
-            - {{name: VERSION, value: "{version}"}}
-            - {{name: EXIT_ON_SIGTERM, value: {exit}}}{warmup}
-          ports: [{{containerPort: 8080, name: http}}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 2}}{prestop}
-          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {{drop: [ALL]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {APP}}}
-spec:
-  selector: {{app: {APP}}}
-  ports: [{{port: 80, targetPort: {target_port}}}]
-"#
-    )
+    let mut app = DemoApp::new(APP, REPLICAS, version)
+        .env("EXIT_ON_SIGTERM", variant.app_exit())
+        .grace_seconds(GRACE_SECONDS)
+        .probe(Some(DemoApp::app_probe(2)))
+        .pull_policy("IfNotPresent")
+        .resources(serde_json::json!({"requests": {"cpu": "10m", "memory": "16Mi"}}));
+    match APP_WARMUP_MS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        ms => app = app.env("HEALTHY_AFTER_MS", &ms.to_string()),
+    }
+    if let Variant::PreStopSleep(s) | Variant::GracefulPreStopSleep(s) = variant {
+        app = app.pre_stop(serde_json::json!({"sleep": {"seconds": s}}));
+    }
+    if variant == Variant::QuiesceProxyNumericPort {
+        app = app.service_target_port(serde_json::json!(8080));
+    }
+    app.yaml()
 }
 
 /// The demo's RolloutPolicy: no steps (admit every new pod once healthy), drain every old pod
@@ -944,7 +907,7 @@ mod tests {
             }
         }
         let d = deployment_yaml(Variant::PreStopSleep(15), "v2");
-        assert!(d.contains("preStop: {sleep: {seconds: 15}}"), "{d}");
+        assert!(d.contains(r#""preStop":{"sleep":{"seconds":15}}"#), "{d}");
         let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml(Variant::Quiesce)).unwrap();
         assert_eq!(p.spec.target_ref.name, APP);
         let p: RolloutPolicy = serde_yaml::from_str(&policy_yaml(Variant::QuiesceProxy)).unwrap();
@@ -955,6 +918,6 @@ mod tests {
             p.spec.drain.app_shutdown,
             quiesce_api::AppShutdown::Graceful
         );
-        assert!(deployment_yaml(Variant::QuiesceGraceful, "v2").contains("value: graceful"));
+        assert!(deployment_yaml(Variant::QuiesceGraceful, "v2").contains(r#""value":"graceful""#));
     }
 }

@@ -11,47 +11,17 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, LogParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use quiesce_e2e::demo_app::DemoApp;
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 
 const APP: &str = "smoke";
 
 fn manifests(version: &str) -> String {
-    let image = harness::image("demo-app");
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {APP}}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: {APP}}}}}
-  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
-  template:
-    metadata: {{labels: {{app: {APP}}}}}
-    spec:
-      terminationGracePeriodSeconds: 20
-      securityContext: {{runAsNonRoot: true, seccompProfile: {{type: RuntimeDefault}}}}
-      containers:
-        - name: app
-          image: {image}
-          imagePullPolicy: Never
-          env: [{{name: VERSION, value: "{version}"}}]
-          ports: [{{containerPort: 8080, name: http}}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
-          lifecycle: {{preStop: {{httpGet: {{path: "/prestop?ms=3000", port: http}}}}}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            capabilities: {{drop: [ALL]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {APP}}}
-spec:
-  selector: {{app: {APP}}}
-  ports: [{{port: 80, targetPort: http}}]
-"#
-    )
+    DemoApp::new(APP, 2, version)
+        .grace_seconds(20)
+        .pre_stop(serde_json::json!({"httpGet": {"path": "/prestop?ms=3000", "port": "http"}}))
+        .yaml()
 }
 
 #[tokio::test]

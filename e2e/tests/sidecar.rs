@@ -10,8 +10,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
+use quiesce_e2e::demo_app::DemoApp;
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
+use serde_json::json;
 
 const APP: &str = "web";
 
@@ -27,91 +29,48 @@ fn repo_file(path: &str) -> String {
 /// The demo app (exit at once on SIGTERM) behind a Service; with `sidecar`, the quiesce sidecar
 /// as a native sidecar, its readiness as the pod's, and the app's preStop calling its drain.
 fn manifests(version: &str, sidecar: bool) -> String {
-    let app_image = harness::image("demo-app");
-    let sidecar_image = harness::image("sidecar");
+    let app = DemoApp::new(APP, 3, version)
+        .env("EXIT_ON_SIGTERM", "immediate")
+        .service_account(APP);
+    let service_account =
+        format!("{{apiVersion: v1, kind: ServiceAccount, metadata: {{name: {APP}}}}}");
+    if !sidecar {
+        return format!("{service_account}\n---\n{}", app.yaml());
+    }
     // With the sidecar the pod's readiness is the sidecar's (it probes the app's /healthz
     // itself and pauses during a drain). A kubelet probe straight to the app port would count
     // as a new connection and, at a period shorter than the quiet period, force every drain.
-    let app_probe = if sidecar {
-        String::new()
-    } else {
-        "readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}".to_string()
-    };
-    let (init, prestop, grace) = if sidecar {
-        (
-            format!(
-                r#"
-      initContainers:
-        - name: quiesce-sidecar
-          image: {sidecar_image}
-          imagePullPolicy: Never
-          restartPolicy: Always
-          env:
-            - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
-            - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
-            - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
-            - {{name: QUIESCE_APP_PORTS, value: "8080"}}
-            - {{name: QUIESCE_PROBE_PATH, value: /healthz}}
-            - {{name: QUIESCE_PROBE_PERIOD, value: 500ms}}
-            - {{name: QUIESCE_PROBE_TIMEOUT, value: 400ms}}
-          ports: [{{containerPort: {SIDECAR_ADMIN_PORT}, name: quiesce-admin}}]
-          readinessProbe: {{httpGet: {{path: /readyz, port: quiesce-admin}}, periodSeconds: 1}}
-          livenessProbe: {{httpGet: {{path: /livez, port: quiesce-admin}}, periodSeconds: 5}}
-          resources: {{requests: {{cpu: 10m, memory: 16Mi}}, limits: {{memory: 64Mi}}}}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {{drop: [ALL]}}"#
-            ),
-            format!(
-                "lifecycle: {{preStop: {{httpGet: {{path: {SIDECAR_DRAIN_PATH}, port: {SIDECAR_ADMIN_PORT}}}}}}}"
-            ),
-            60,
-        )
-    } else {
-        (String::new(), String::new(), 30)
-    };
+    let app = app
+        .probe(None)
+        .grace_seconds(60)
+        .pre_stop(json!({"httpGet": {"path": SIDECAR_DRAIN_PATH, "port": SIDECAR_ADMIN_PORT}}));
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let admin = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "quiesce-admin"}, "periodSeconds": period});
+    let mut deployment = app.deployment();
+    deployment["spec"]["template"]["spec"]["initContainers"] = json!([{
+        "name": "quiesce-sidecar",
+        "image": harness::image("sidecar"),
+        "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+        "env": [
+            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+            {"name": "POD_IP", "valueFrom": field("status.podIP")},
+            {"name": "QUIESCE_APP_PORTS", "value": "8080"},
+            {"name": "QUIESCE_PROBE_PATH", "value": "/healthz"},
+            {"name": "QUIESCE_PROBE_PERIOD", "value": "500ms"},
+            {"name": "QUIESCE_PROBE_TIMEOUT", "value": "400ms"},
+        ],
+        "ports": [{"containerPort": SIDECAR_ADMIN_PORT, "name": "quiesce-admin"}],
+        "readinessProbe": admin("/readyz", 1),
+        "livenessProbe": admin("/livez", 5),
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}},
+    }]);
     format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: {APP}}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {APP}}}
-spec:
-  replicas: 3
-  selector: {{matchLabels: {{app: {APP}}}}}
-  strategy: {{rollingUpdate: {{maxSurge: 1, maxUnavailable: 0}}}}
-  template:
-    metadata: {{labels: {{app: {APP}}}}}
-    spec:
-      serviceAccountName: {APP}
-      terminationGracePeriodSeconds: {grace}
-      securityContext: {{runAsNonRoot: true, runAsUser: 65532, seccompProfile: {{type: RuntimeDefault}}}}{init}
-      containers:
-        - name: app
-          image: {app_image}
-          imagePullPolicy: Never
-          env:
-            - {{name: VERSION, value: "{version}"}}
-            - {{name: EXIT_ON_SIGTERM, value: immediate}}
-          ports: [{{containerPort: 8080, name: http}}]
-          {app_probe}
-          {prestop}
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {{drop: [ALL]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {APP}}}
-spec:
-  selector: {{app: {APP}}}
-  ports: [{{port: 80, targetPort: http}}]
-"#
+        "{service_account}\n---\n{deployment}\n---\n{}",
+        app.service()
     )
 }
 
