@@ -7,12 +7,11 @@
 //! injected. What departs from the pod as written is reported ([`Notice`]s: Events on the
 //! policy and admission warnings).
 //!
-//! [`inject`] is pure (tested on plain pods); [`router`] wires it to the caches; [`serve`] is
+//! [`inject()`] is pure (tested on plain pods); [`router`] wires it to the caches; [`serve`] is
 //! the TLS server. Both replicas serve (the webhook needs no leadership). Every failure allows
 //! the pod unchanged — the configuration's `failurePolicy: Ignore` says the same — and the
 //! controller reports pods that run without the sidecar.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,34 +19,26 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, LifecycleHandler,
-    ObjectFieldSelector, Pod, PodReadinessGate, Probe, ResourceRequirements, SecurityContext,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::PartialObjectMeta;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use quiesce_api::constants::{
-    INJECT_DISABLED, INJECT_LABEL, READY_GATE_CONDITION, SIDECAR_ADMIN_PORT,
-    SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, annotations, labels, reasons,
-};
-use quiesce_api::sidecar::env as sidecar_env;
-use quiesce_api::{DrainMode, RolloutPolicy, SidecarEnv, SidecarProbe};
+use quiesce_api::RolloutPolicy;
+use quiesce_api::constants::{SIDECAR_ADMIN_PORT, reasons};
 use tracing::{debug, warn};
 
 pub mod fidelity;
+mod inject;
 mod proxy_ports;
 mod server;
 
 pub use server::serve;
 
 pub use fidelity::Notice;
-use fidelity::PreStop;
+pub use inject::{Decision, inject, restricted_security_context};
 pub use proxy_ports::{ProxyRoute, take_over_named_ports};
 
 use crate::controller::{in_namespace, pod_deployment};
@@ -55,11 +46,6 @@ use crate::metrics::Metrics;
 
 /// Path of the mutating webhook.
 pub const MUTATE_PATH: &str = "/mutate-pods";
-
-/// How long the sidecar holds a readiness probe of a new pod whose app is not healthy yet.
-const READINESS_HOLD_MILLIS: u64 = 1500;
-/// The sidecar's readiness probe timeout: the hold plus time for the answer.
-const READINESS_TIMEOUT_SECONDS: i32 = 2;
 
 /// How the sidecar container is built (from the chart's values).
 #[derive(Clone, Debug)]
@@ -93,347 +79,6 @@ impl Default for SidecarSettings {
             admin_port: SIDECAR_ADMIN_PORT,
         }
     }
-}
-
-/// What [`inject`] decided.
-#[derive(Debug, PartialEq)]
-pub enum Decision {
-    /// The pod is left alone, and why. Some reasons are reported ([`fidelity::skip_notice`]):
-    /// a governed pod that cannot be injected must not be missed.
-    Skip(&'static str),
-    /// The mutated pod, and whether its grace period is shorter than the drain budget.
-    Inject {
-        /// The pod with the sidecar.
-        pod: Box<Pod>,
-        /// `Some(message)` when `terminationGracePeriodSeconds` is below the drain budget.
-        short_grace: Option<String>,
-        /// What the injection changed or could not reproduce, to report.
-        notices: Vec<Notice>,
-    },
-}
-
-/// Adds the sidecar, gate and hooks for `policy` to `pod` (pure).
-pub fn inject(pod: &Pod, policy: &RolloutPolicy, settings: &SidecarSettings) -> Decision {
-    if pod.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_DISABLED) {
-        return Decision::Skip("opted out by label");
-    }
-    let Some(spec) = pod.spec.as_ref() else {
-        return Decision::Skip("no spec");
-    };
-    if spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .any(|c| c.name == SIDECAR_CONTAINER_NAME)
-    {
-        return Decision::Skip("already injected");
-    }
-    if spec.host_network == Some(true) {
-        return Decision::Skip(fidelity::SKIP_HOST_NETWORK);
-    }
-    let Some(admin_port) = fidelity::choose_admin_port(spec, settings.admin_port) else {
-        return Decision::Skip(fidelity::SKIP_NO_ADMIN_PORT);
-    };
-    let mut notices = Vec::new();
-    if admin_port != settings.admin_port {
-        notices.push(Notice::warning(
-            fidelity::reasons::ADMIN_PORT_MOVED,
-            format!(
-                "a container of the pod uses port {}: the sidecar's admin port is {admin_port}",
-                settings.admin_port
-            ),
-        ));
-    }
-    let mut pod = pod.clone();
-    let drain = &policy.spec.drain;
-    let spec = pod.spec.as_mut().expect("checked above");
-
-    // The app's ports and health check, for the sidecar's probe and connection tracking.
-    let mut app_ports: Vec<i32> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| p.container_port)
-        .collect();
-    app_ports.sort_unstable();
-    app_ports.dedup();
-    let resolve_port = |port: &IntOrString| -> Option<i32> {
-        match port {
-            IntOrString::Int(n) => Some(*n),
-            IntOrString::String(name) => spec
-                .containers
-                .iter()
-                .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
-                .map(|p| p.container_port),
-        }
-    };
-    let readiness_owner = spec
-        .containers
-        .iter()
-        .position(|c| c.readiness_probe.is_some());
-    let readiness = readiness_owner.and_then(|i| spec.containers[i].readiness_probe.clone());
-    // Ports outside 1..=65535 are invalid pods the apiserver rejects after admission.
-    let port_u16 = |port: i32| u16::try_from(port).ok().filter(|p| *p != 0);
-    let probe_port = |port: &IntOrString| resolve_port(port).and_then(port_u16);
-    let app_ports: Vec<u16> = app_ports.into_iter().filter_map(port_u16).collect();
-    // A readiness probe the sidecar reproduces faithfully moves to the sidecar: the kubelet
-    // keeps probing a terminating pod's readiness, and its probe of the app over the network
-    // would look like new traffic to the drain (a connection every period; with a period at
-    // or under the quiet period, every drain would run into its timeout). The kubelet then
-    // probes the sidecar, which answers from its own check of the app — the same verdict.
-    // A probe the sidecar cannot reproduce (exec, another host) stays on the app.
-    let translated =
-        fidelity::translate_probe(readiness.as_ref(), probe_port, !app_ports.is_empty());
-    if let (Some(i), Ok(_)) = (readiness_owner, &translated) {
-        spec.containers[i].readiness_probe = None;
-    }
-    let probe_note = fidelity::probe_annotation(&translated);
-    let probe = translated.unwrap_or_else(|why| {
-        notices.push(Notice::normal(
-            fidelity::reasons::PROBE_NOT_REPRODUCED,
-            format!(
-                "the sidecar does not check the app's readiness probe because {why}; the kubelet's probe of the app container decides the app's readiness"
-            ),
-        ));
-        SidecarProbe::None
-    });
-    if app_ports.is_empty() {
-        notices.push(Notice::normal(
-            fidelity::reasons::NO_APP_PORTS,
-            "the pod declares no TCP container port: its drain waits for the endpoints removal and the quiet period (new connections anywhere in the pod) but tracks no in-flight connection",
-        ));
-    }
-
-    let field = |path: &str| EnvVar {
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let mut env = vec![
-        EnvVar {
-            name: sidecar_env::POD_NAME.into(),
-            ..field("metadata.name")
-        },
-        EnvVar {
-            name: sidecar_env::POD_NAMESPACE.into(),
-            ..field("metadata.namespace")
-        },
-        EnvVar {
-            name: sidecar_env::POD_IP.into(),
-            ..field("status.podIP")
-        },
-    ];
-    // Proxy mode takes over the app's named ports; with none, nothing can route through the
-    // proxy and the pod drains in Observe mode (the policy reports why). Its listeners avoid
-    // the admin port and every port the pod's probes and hooks reach.
-    let mut reserved = fidelity::used_ports(spec);
-    reserved.push(i32::from(admin_port));
-    let routes = match drain.mode {
-        DrainMode::Proxy => take_over_named_ports(spec, &reserved),
-        DrainMode::Observe => Vec::new(),
-    };
-    let admin_port = i32::from(admin_port);
-    let mode = if routes.is_empty() {
-        DrainMode::Observe
-    } else {
-        DrainMode::Proxy
-    };
-    let sidecar_env = SidecarEnv {
-        app_ports,
-        admin_port: port_u16(admin_port).unwrap_or(SIDECAR_ADMIN_PORT),
-        drain_mode: mode,
-        app_shutdown: drain.app_shutdown,
-        endpoint_timeout: drain.endpoint_timeout(),
-        quiet_period: drain.quiet_period(),
-        drain_timeout: drain.timeout(),
-        proxy_routes: proxy_ports::route_ports(&routes),
-        probe,
-        log_format: settings.log_format.clone(),
-        fail_open_after_seconds: policy.spec.readiness.fail_open_after_seconds,
-    };
-    env.extend(
-        sidecar_env
-            .to_env()
-            .into_iter()
-            .map(|(name, value)| EnvVar {
-                name,
-                value: Some(value),
-                ..Default::default()
-            }),
-    );
-
-    let http = |path: &str| HTTPGetAction {
-        path: Some(path.into()),
-        port: IntOrString::Int(admin_port),
-        ..Default::default()
-    };
-    let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
-            .collect()
-    };
-    let sidecar = Container {
-        name: SIDECAR_CONTAINER_NAME.into(),
-        image: Some(settings.image.clone()),
-        image_pull_policy: Some(settings.pull_policy.clone()),
-        restart_policy: Some("Always".into()),
-        env: Some(env),
-        ports: Some(
-            std::iter::once(ContainerPort {
-                name: Some("quiesce-admin".into()),
-                container_port: admin_port,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            })
-            .chain(routes.iter().map(ProxyRoute::container_port))
-            .collect(),
-        ),
-        // Until the app is first healthy the sidecar holds each probe up to
-        // READINESS_HOLD_MILLIS and answers the moment it is, so a new pod is Ready when its app
-        // is, not up to a probe period later; the timeout leaves the answer half a second. The
-        // kubelet's shortest period: later, a drain or an unhealthy app is answered at once and
-        // seen within `failure_threshold` seconds. A 200-byte loopback request per second is free.
-        readiness_probe: Some(Probe {
-            http_get: Some(http(&format!("/readyz?waitMillis={READINESS_HOLD_MILLIS}"))),
-            period_seconds: Some(1),
-            timeout_seconds: Some(READINESS_TIMEOUT_SECONDS),
-            failure_threshold: Some(2),
-            ..Default::default()
-        }),
-        liveness_probe: Some(Probe {
-            http_get: Some(http("/livez")),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
-            ..Default::default()
-        }),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities(&[
-                ("cpu", &settings.cpu_request),
-                ("memory", &settings.memory_request),
-            ])),
-            limits: Some(quantities(&[("memory", &settings.memory_limit)])),
-            ..Default::default()
-        }),
-        security_context: Some(restricted_security_context()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
-    };
-    spec.init_containers
-        .get_or_insert_with(Vec::new)
-        .insert(0, sidecar);
-
-    let gates = spec.readiness_gates.get_or_insert_with(Vec::new);
-    if !gates
-        .iter()
-        .any(|g| g.condition_type == READY_GATE_CONDITION)
-    {
-        gates.push(PodReadinessGate {
-            condition_type: READY_GATE_CONDITION.into(),
-        });
-    }
-    // preStop: a plain sleep is the guess the drain replaces; any other hook of the user is
-    // kept, and then no container gets the drain hook — a drain running next to the user's
-    // hook would race it (readiness flipped, a report of "drained" while the hook still
-    // works) — so the pod is not drained by quiesce, and says so.
-    let hooks: Vec<(String, PreStop)> = spec
-        .containers
-        .iter()
-        .map(|c| {
-            let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
-            (c.name.clone(), fidelity::classify_pre_stop(hook))
-        })
-        .collect();
-    let kept: Vec<String> = hooks
-        .iter()
-        .filter_map(|(name, h)| match h {
-            PreStop::Other(what) => Some(format!("container {name} ({what})")),
-            _ => None,
-        })
-        .collect();
-    let not_drained = (!kept.is_empty()).then(|| {
-        format!(
-            "own preStop hook kept on {}: quiesce does not drain this pod (readiness and rollout pacing still apply); replace the hook by quiesce's drain or remove it to get drains",
-            kept.join(", ")
-        )
-    });
-    if let Some(message) = &not_drained {
-        notices.push(Notice::warning(
-            fidelity::reasons::PRESTOP_KEPT,
-            message.clone(),
-        ));
-    } else {
-        for (c, (name, hook)) in spec.containers.iter_mut().zip(&hooks) {
-            if let PreStop::Sleep(what) = hook {
-                notices.push(Notice::normal(
-                    fidelity::reasons::PRESTOP_SLEEP_REPLACED,
-                    format!(
-                        "container {name}: preStop {what} replaced by quiesce's drain, which waits as long as the traffic needs instead of a fixed time"
-                    ),
-                ));
-            }
-            let lifecycle = c.lifecycle.get_or_insert_with(Default::default);
-            lifecycle.pre_stop = Some(LifecycleHandler {
-                http_get: Some(http(SIDECAR_DRAIN_PATH)),
-                ..Default::default()
-            });
-        }
-    }
-    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-    let budget = drain.budget_seconds();
-    let short_grace = (!drain.grace_period_covers(grace, 0)).then(|| {
-        format!(
-            "pod terminationGracePeriodSeconds {grace} is shorter than the drain budget of {budget}s: the kubelet may kill the pod mid-drain"
-        )
-    });
-
-    let name = policy.name_any();
-    pod.annotations_mut()
-        .insert(annotations::INJECTED_BY.into(), name.clone());
-    if let Ok(config) = serde_json::to_string(drain) {
-        pod.annotations_mut()
-            .insert(annotations::DRAIN_CONFIG.into(), config);
-    }
-    pod.annotations_mut()
-        .insert(annotations::DRAIN_MODE.into(), mode.as_str().into());
-    pod.annotations_mut().insert(
-        fidelity::annotations::ADMIN_PORT.into(),
-        admin_port.to_string(),
-    );
-    pod.annotations_mut()
-        .insert(fidelity::annotations::APP_PROBE.into(), probe_note);
-    if let Some(message) = not_drained {
-        pod.annotations_mut()
-            .insert(fidelity::annotations::NOT_DRAINED.into(), message);
-    }
-    pod.labels_mut().insert(labels::POLICY.into(), name);
-    Decision::Inject {
-        pod: Box::new(pod),
-        short_grace,
-        notices,
-    }
-}
-
-/// The restricted Pod Security Standard's container security context.
-pub fn restricted_security_context() -> SecurityContext {
-    serde_json::from_value(serde_json::json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }))
-    .expect("static security context")
 }
 
 /// The policy governing the Deployment `deployment` in `namespace`: the oldest one that is not

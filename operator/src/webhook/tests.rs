@@ -2,11 +2,15 @@ use super::*;
 use axum::body::Body;
 use http::Request;
 use http_body_util::BodyExt;
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use quiesce_api::RolloutPolicySpec;
-use quiesce_api::constants::SIDECAR_FAIL_OPEN_ENV;
+use quiesce_api::constants::{
+    INJECT_DISABLED, INJECT_LABEL, READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME,
+    SIDECAR_DRAIN_PATH, SIDECAR_FAIL_OPEN_ENV, annotations,
+};
+use quiesce_api::{DrainMode, RolloutPolicySpec, SidecarProbe};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
