@@ -204,41 +204,53 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: quiesce-
 subjects: [{kind: ServiceAccount, name: default}]
 "#;
 
+/// The quiesce sidecar as a native sidecar container added by hand (no webhook), for the
+/// demo app on port 8080: the pod's identity from the downward API, the app's port and health
+/// path, then `extra_env` (name, value).
+pub fn hand_sidecar(extra_env: &[(&str, &str)]) -> serde_json::Value {
+    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
+    let mut env = vec![
+        serde_json::json!({"name": "POD_NAME", "valueFrom": field("metadata.name")}),
+        serde_json::json!({"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")}),
+        serde_json::json!({"name": "POD_IP", "valueFrom": field("status.podIP")}),
+        serde_json::json!({"name": "QUIESCE_APP_PORTS", "value": "8080"}),
+        serde_json::json!({"name": "QUIESCE_PROBE_PATH", "value": "/healthz"}),
+    ];
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(name, value)| serde_json::json!({"name": name, "value": value})),
+    );
+    serde_json::json!({
+        "name": quiesce_api::constants::SIDECAR_CONTAINER_NAME,
+        "image": harness::image("sidecar"),
+        "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+        "ports": [{"name": "quiesce-admin", "containerPort": quiesce_api::constants::SIDECAR_ADMIN_PORT}],
+        "env": env,
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}},
+    })
+}
+
 /// A pod spec (JSON, which YAML embeds as it is) with the demo app and the sidecar added by
 /// hand behind the readiness gate, as an injected pod whose operator is gone: no policy governs
 /// it, so its sidecar opens the gate itself after `fail_open_after` seconds.
 pub fn hand_injected_pod_spec(fail_open_after: u32) -> serde_json::Value {
-    let restricted = serde_json::json!({"allowPrivilegeEscalation": false,
-        "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true,
-        "seccompProfile": {"type": "RuntimeDefault"}});
-    let field = |path: &str| serde_json::json!({"fieldRef": {"fieldPath": path}});
+    let fail_open = fail_open_after.to_string();
     serde_json::json!({
         "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
             "seccompProfile": {"type": "RuntimeDefault"}},
         "readinessGates": [{"conditionType": quiesce_api::constants::READY_GATE_CONDITION}],
-        "initContainers": [{
-            "name": quiesce_api::constants::SIDECAR_CONTAINER_NAME,
-            "image": harness::image("sidecar"),
-            "imagePullPolicy": "Never",
-            "restartPolicy": "Always",
-            "ports": [{"name": "quiesce-admin", "containerPort": quiesce_api::constants::SIDECAR_ADMIN_PORT}],
-            "env": [
-                {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-                {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-                {"name": "POD_IP", "valueFrom": field("status.podIP")},
-                {"name": "QUIESCE_APP_PORTS", "value": "8080"},
-                {"name": "QUIESCE_PROBE_PATH", "value": "/healthz"},
-                {"name": quiesce_api::constants::SIDECAR_FAIL_OPEN_ENV, "value": fail_open_after.to_string()},
-            ],
-            "securityContext": restricted,
-        }],
+        "initContainers": [hand_sidecar(&[(quiesce_api::constants::SIDECAR_FAIL_OPEN_ENV, &fail_open)])],
         "containers": [{
             "name": "app",
             "image": harness::image("demo-app"),
             "imagePullPolicy": "Never",
             "ports": [{"containerPort": 8080}],
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
-            "securityContext": restricted,
+            "securityContext": {"allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]}},
         }],
     })
 }

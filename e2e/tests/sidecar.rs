@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
+use quiesce_e2e::chart;
 use quiesce_e2e::demo_app::DemoApp;
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
@@ -44,30 +45,17 @@ fn manifests(version: &str, sidecar: bool) -> String {
         .probe(None)
         .grace_seconds(60)
         .pre_stop(json!({"httpGet": {"path": SIDECAR_DRAIN_PATH, "port": SIDECAR_ADMIN_PORT}}));
-    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
     let admin = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "quiesce-admin"}, "periodSeconds": period});
+    let mut sidecar = chart::hand_sidecar(&[
+        ("QUIESCE_PROBE_PERIOD", "500ms"),
+        ("QUIESCE_PROBE_TIMEOUT", "400ms"),
+    ]);
+    sidecar["readinessProbe"] = admin("/readyz", 1);
+    sidecar["livenessProbe"] = admin("/livez", 5);
+    sidecar["resources"] =
+        json!({"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}});
     let mut deployment = app.deployment();
-    deployment["spec"]["template"]["spec"]["initContainers"] = json!([{
-        "name": "quiesce-sidecar",
-        "image": harness::image("sidecar"),
-        "imagePullPolicy": "Never",
-        "restartPolicy": "Always",
-        "env": [
-            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-            {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-            {"name": "POD_IP", "valueFrom": field("status.podIP")},
-            {"name": "QUIESCE_APP_PORTS", "value": "8080"},
-            {"name": "QUIESCE_PROBE_PATH", "value": "/healthz"},
-            {"name": "QUIESCE_PROBE_PERIOD", "value": "500ms"},
-            {"name": "QUIESCE_PROBE_TIMEOUT", "value": "400ms"},
-        ],
-        "ports": [{"containerPort": SIDECAR_ADMIN_PORT, "name": "quiesce-admin"}],
-        "readinessProbe": admin("/readyz", 1),
-        "livenessProbe": admin("/livez", 5),
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]}},
-    }]);
+    deployment["spec"]["template"]["spec"]["initContainers"] = json!([sidecar]);
     format!(
         "{service_account}\n---\n{deployment}\n---\n{}",
         app.service()

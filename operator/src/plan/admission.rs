@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
     /// Pods not of `update` (or every pod without a rollout): admitted once containers are ready.
     pub(super) fn admit_outside_rollout(&mut self, update: Option<&str>) {
         let mut actions = Vec::new();
@@ -70,17 +70,7 @@ impl Planner<'_> {
     ) {
         self.admit_outside_rollout(Some(update));
         let min_healthy = self.spec.readiness.min_healthy();
-        let mut candidates: Vec<&PodView> = self
-            .o
-            .pods
-            .iter()
-            .filter(|p| {
-                p.has_gate
-                    && !p.terminating
-                    && p.revision.as_deref() == Some(update)
-                    && !gate_ready(p)
-            })
-            .collect();
+        let mut candidates: Vec<&PodView> = self.gated_new(update).collect();
         // Oldest-ready first: the pods that waited longest go in first.
         candidates.sort_by(|a, b| {
             (
@@ -160,17 +150,7 @@ impl Planner<'_> {
             Hold::Paused => reasons::PAUSED,
             Hold::Drain => reasons::WAITING_FOR_DRAIN,
         };
-        let pods: Vec<&PodView> = self
-            .o
-            .pods
-            .iter()
-            .filter(|p| {
-                p.has_gate
-                    && !p.terminating
-                    && p.revision.as_deref() == Some(update)
-                    && !gate_ready(p)
-            })
-            .collect();
+        let pods: Vec<&PodView> = self.gated_new(update).collect();
         for pod in pods {
             self.hold_pod(pod, reason, why.to_owned());
         }
@@ -200,6 +180,14 @@ impl Planner<'_> {
             reason,
             message,
         });
+    }
+
+    /// Live new-revision pods whose gate is still closed.
+    fn gated_new<'u>(&self, update: &'u str) -> impl Iterator<Item = &'a PodView> + use<'a, 'u> {
+        let observed: &'a Observed = self.o;
+        observed.pods.iter().filter(move |p| {
+            p.has_gate && !p.terminating && p.revision.as_deref() == Some(update) && !gate_ready(p)
+        })
     }
 
     /// New-revision pods whose gate is already `True`.
