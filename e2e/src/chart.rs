@@ -185,13 +185,17 @@ pub fn image(name: &str) -> String {
 /// exiting at once on SIGTERM (so only quiesce's drain keeps requests from failing), and its
 /// Service. `extra_env` adds env vars (`FAIL_HEALTH`, `CRASH_AFTER_SECS` make bad versions).
 pub fn demo_app(app: &str, replicas: i32, version: &str, extra_env: &[(&str, &str)]) -> String {
+    demo(app, replicas, version, extra_env).yaml()
+}
+
+/// [`demo_app`] as its builder, for a test that changes more of it.
+pub fn demo(app: &str, replicas: i32, version: &str, extra_env: &[(&str, &str)]) -> DemoApp {
     let base = DemoApp::new(app, usize::try_from(replicas).unwrap_or(0), version)
         .env("EXIT_ON_SIGTERM", "immediate")
         .env_field("POD_NAME", "metadata.name");
     extra_env
         .iter()
         .fold(base, |app, (name, value)| app.env(name, value))
-        .yaml()
 }
 
 /// The RoleBinding that lets the `default` service account's sidecars run, for pods that carry

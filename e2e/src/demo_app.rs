@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::harness;
 
 /// A demo-app Deployment (pods labelled `app=<name>`, one container `app` with its port named
-/// `http` on 8080, restricted security settings) and its Service (port 80 to `http`).
+/// `http`, 8080 unless told, restricted security settings) and its Service (port 80 to `http`).
 #[derive(Clone, Debug)]
 pub struct DemoApp {
     name: String,
@@ -19,6 +19,7 @@ pub struct DemoApp {
     resources: Option<Value>,
     service_account: Option<String>,
     service_target_port: Value,
+    app_port: u16,
 }
 
 impl DemoApp {
@@ -36,6 +37,7 @@ impl DemoApp {
             resources: None,
             service_account: None,
             service_target_port: json!("http"),
+            app_port: 8080,
         }
     }
 
@@ -99,6 +101,12 @@ impl DemoApp {
         self
     }
 
+    /// The app's container port (named `http`; the app listens where its `PORT` env says).
+    pub fn app_port(mut self, port: u16) -> Self {
+        self.app_port = port;
+        self
+    }
+
     /// The Deployment.
     pub fn deployment(&self) -> Value {
         let labels = json!({"app": self.name});
@@ -107,7 +115,7 @@ impl DemoApp {
             "image": harness::image("demo-app"),
             "imagePullPolicy": self.pull_policy,
             "env": self.env,
-            "ports": [{"containerPort": 8080, "name": "http"}],
+            "ports": [{"containerPort": self.app_port, "name": "http"}],
             "securityContext": {"allowPrivilegeEscalation": false,
                 "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
         });

@@ -9,7 +9,7 @@ use std::{process::Command, time::Duration};
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart::{self, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 
@@ -42,12 +42,7 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("api-outage", |client, ns| async move {
         // A grace period that covers the drain budget, so the kubelet does not cut it short.
-        let app = |v| {
-            demo_app(APP, REPLICAS, v, &[]).replace(
-                "terminationGracePeriodSeconds: 30",
-                "terminationGracePeriodSeconds: 120",
-            )
-        };
+        let app = |v| chart::demo(APP, REPLICAS, v, &[]).grace_seconds(120).yaml();
         apply_yaml(&client, &ns, &policy(APP, APP, POLICY_SPEC)).await?;
         apply_yaml(&client, &ns, &app("v1")).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;

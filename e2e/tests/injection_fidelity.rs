@@ -8,18 +8,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_api::constants::{SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, conditions, reasons};
-use quiesce_e2e::chart::{self, demo_app, injected, policy, policy_events};
+use quiesce_e2e::chart::{self, injected, policy, policy_events};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 use serde_json::json;
 
 const APP: &str = "web";
-
-/// The demo app with its readiness probe replaced by `probe` (YAML flow mapping).
-fn with_readiness_probe(yaml: &str, probe: &str) -> String {
-    let original = "readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}";
-    assert!(yaml.contains(original), "demo_app changed its probe");
-    yaml.replace(original, &format!("readinessProbe: {probe}"))
-}
 
 fn sidecar(pod: &Pod) -> &Container {
     pod.spec
@@ -92,11 +85,9 @@ async fn an_app_with_an_exec_readiness_probe_becomes_ready_and_rolls_out() {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
         chart::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
-            with_readiness_probe(
-                &demo_app(APP, 2, version, &[]),
-                // The image has nothing but the app: its --help is the command that exists.
-                "{exec: {command: [\"/demo-app\", \"--help\"]}, periodSeconds: 1}",
-            )
+            // The image has nothing but the app: its --help is the command that exists.
+            let probe = json!({"exec": {"command": ["/demo-app", "--help"]}, "periodSeconds": 1});
+            chart::demo(APP, 2, version, &[]).probe(Some(probe)).yaml()
         };
         apply_yaml(&client, &ns, &app("v1")).await?;
         let pods = all_ready_and_injected(&client, &ns, "v1").await?;
@@ -135,12 +126,9 @@ async fn an_app_on_port_9901_gets_the_sidecar_on_9902_and_rolls_out() {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
         chart::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
-            let yaml = demo_app(APP, 2, version, &[("PORT", "9901")]);
-            assert!(
-                yaml.contains("containerPort: 8080"),
-                "demo_app changed its port"
-            );
-            yaml.replace("containerPort: 8080", "containerPort: 9901")
+            chart::demo(APP, 2, version, &[("PORT", "9901")])
+                .app_port(9901)
+                .yaml()
         };
         apply_yaml(&client, &ns, &app("v1")).await?;
         let pods = all_ready_and_injected(&client, &ns, "v1").await?;
@@ -197,16 +185,10 @@ async fn a_host_network_deployment_is_not_injected_and_says_why() {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
         chart::wait_policy_known(&client, &ns, APP).await?;
         // One replica on a port unlikely to be taken on the node.
-        let yaml = demo_app(APP, 1, "v1", &[("PORT", "18431")])
-            .replace("containerPort: 8080", "containerPort: 18431")
-            .replace(
-                "    spec:\n      terminationGracePeriodSeconds",
-                "    spec:\n      hostNetwork: true\n      terminationGracePeriodSeconds",
-            );
-        assert!(
-            yaml.contains("hostNetwork: true"),
-            "demo_app changed its layout"
-        );
+        let app = chart::demo(APP, 1, "v1", &[("PORT", "18431")]).app_port(18431);
+        let mut deployment = app.deployment();
+        deployment["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        let yaml = format!("{deployment}\n---\n{}", app.service());
         apply_yaml(&client, &ns, &yaml).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
         let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
