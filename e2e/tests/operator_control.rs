@@ -39,13 +39,18 @@ async fn pause_promote_and_abort() {
         // spec.paused on top: promote moves the step, but nothing is admitted while paused.
         chart::patch_policy_spec(&client, &ns, APP, json!({"paused": true})).await?;
         chart::annotate_policy(&client, &ns, APP, annotations::PROMOTE, "step").await?;
-        let s = eventually("paused by spec", Duration::from_secs(30), || async {
+        // CI once timed out here at 30 s with the Promoted Event published and no status
+        // seen: the wait is longer and a timeout shows the last status read.
+        let last = std::sync::Mutex::new(None);
+        let s = eventually("paused by spec", Duration::from_secs(60), || async {
             let s = chart::policy_status(&client, &ns, APP).await?;
+            *last.lock().unwrap() = Some(s.clone());
             Ok((chart::condition_reason(&s, conditions::PAUSED).as_deref() == Some(reasons::PAUSED_BY_SPEC)
                 && s.current_step == Some(2))
             .then_some(s))
         })
-        .await?;
+        .await
+        .map_err(|e| e.context(format!("the last status: {:?}", last.lock().unwrap())))?;
         assert_eq!(s.phase, Some(Phase::Paused));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(chart::admitted_new(&client, &ns, APP, APP).await?, 1, "spec.paused holds");
