@@ -631,11 +631,8 @@ impl Context {
         }
         self.count_distrusted(&ns, &name, &observed, &plan);
         if deleting {
-            let released = plan
-                .actions
-                .iter()
-                .filter(|a| matches!(a, Action::SetGate { .. }));
-            info!(policy = %name, namespace = %ns, released = released.count(), "policy deleted; its held pods released");
+            let released = plan.actions.iter().filter_map(Action::admitted_pod).count();
+            info!(policy = %name, namespace = %ns, released, "policy deleted; its held pods released");
             // The finalizer goes next: nothing of this policy is read again.
             self.memory()
                 .policies

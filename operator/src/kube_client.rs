@@ -5,7 +5,7 @@
 //! than `Config::infer` + `ClientBuilder::try_from`: those link kube's kubeconfig reader (a YAML
 //! parser) and its auth plugins (exec, auth-provider with a JSONPath engine and regex) into
 //! every binary, though an operator in a pod uses none of them (docs/benchmarks.md, "The
-//! operator's own client"). What the plugins did for a pod is [`BearerToken`] here: the
+//! sidecar's TLS, features per image, and the operator's own client"). What the plugins did for a pod is [`BearerToken`] here: the
 //! projected token file, re-read as client-go does.
 
 use std::path::{Path, PathBuf};

@@ -62,6 +62,16 @@ pub enum Action {
 }
 
 impl Action {
+    /// The pod whose gate this action opens, if it does.
+    pub fn admitted_pod(&self) -> Option<&str> {
+        match self {
+            Action::SetGate {
+                pod, ready: true, ..
+            } => Some(pod),
+            _ => None,
+        }
+    }
+
     pub(super) fn event(reason: &'static str, note: impl Into<String>) -> Self {
         Action::Event {
             warning: false,

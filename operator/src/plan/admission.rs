@@ -208,12 +208,7 @@ impl<'a> Planner<'a> {
         let admitted_now: Vec<&str> = self
             .actions
             .iter()
-            .filter_map(|a| match a {
-                Action::SetGate {
-                    pod, ready: true, ..
-                } => Some(pod.as_str()),
-                _ => None,
-            })
+            .filter_map(Action::admitted_pod)
             .collect();
         let live = || self.o.pods.iter().filter(|p| !p.terminating);
         let is_in =

@@ -118,15 +118,7 @@ impl World {
 }
 
 fn admitted(p: &Plan) -> Vec<&str> {
-    p.actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::SetGate {
-                pod, ready: true, ..
-            } => Some(pod.as_str()),
-            _ => None,
-        })
-        .collect()
+    p.actions.iter().filter_map(Action::admitted_pod).collect()
 }
 
 fn held(p: &Plan) -> Vec<(&str, &str)> {
