@@ -379,8 +379,11 @@ async fn a_websocket_through_the_proxy_keeps_working_while_its_pod_drains() {
         report.clean(),
         "every message echoed, closed by handshake: {report:?}"
     );
+    // 2 s before the deletion and 5 s after it; the session's clock starts once connected, so
+    // a margin below 7 s (CI once measured 6,997 ms). Closed by the client, every message echoed:
+    // the tunnel was alive when the test stopped it, 5 s into the drain.
     assert!(
-        report.lasted_ms >= 7_000 && report.echoed >= 60,
+        report.lasted_ms >= 6_500 && report.echoed >= 60,
         "the tunnel kept working through the drain: {report:?}"
     );
     assert!(!drained.forced(), "{drained:?}");
