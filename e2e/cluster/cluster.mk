@@ -1,7 +1,7 @@
 # Cluster targets (owned by e2e/cluster). Included by the top-level Makefile.
 CLUSTER ?= e2e/cluster/cluster.sh
 
-.PHONY: cluster-up cluster-down cluster-status images e2e
+.PHONY: cluster-up cluster-down cluster-status images images-push e2e
 cluster-up:
 	$(CLUSTER) up
 cluster-down:
@@ -12,3 +12,9 @@ images:
 	$(CLUSTER) images
 e2e:
 	$(CLUSTER) e2e
+# The images and the chart (an OCI artifact) to a registry, tagged with the workspace version
+# (TAG overrides). REGISTRY=cluster: the development cluster's own registry (plain HTTP).
+images-push:
+	@test -n "$(REGISTRY)" || { echo "usage: make images-push REGISTRY=host[:port][/path]|cluster [TAG=...] [PLAIN_HTTP=1]" >&2; exit 2; }
+	e2e/cluster/images.sh build
+	QUIESCE_REGISTRY_PLAIN_HTTP=$(PLAIN_HTTP) e2e/cluster/images.sh push $(REGISTRY) $(TAG)

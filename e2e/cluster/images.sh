@@ -7,6 +7,11 @@
 #   images.sh binaries              only their static binaries (in $CARGO_TARGET_DIR)
 #   images.sh build-pause BIN REF TAR
 #   images.sh rustflags             the RUSTFLAGS of the static binaries
+#   images.sh version               the release version: the workspace's, the chart's appVersion
+#   images.sh push REGISTRY [TAG]   push the built images and the chart (an OCI artifact) to
+#                                   REGISTRY (host[:port][/path], or "cluster": the development
+#                                   cluster's registry); TAG defaults to the version.
+#                                   QUIESCE_REGISTRY_PLAIN_HTTP=1 for a registry without TLS.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -85,11 +90,58 @@ build_project() {
   done
 }
 
+# The workspace's version (Cargo.toml [workspace.package]): images and chart are released under it.
+workspace_version() {
+  awk '/^\[workspace.package\]/ {p = 1; next} /^\[/ {p = 0}
+       p && $1 == "version" {gsub(/"/, "", $3); print $3; exit}' "$root/Cargo.toml"
+}
+
+# Pushes the images `build` wrote and the chart, packaged so that it installs them: its values
+# name REGISTRY's images at TAG, its appVersion is TAG. No Docker: skopeo copies the archives.
+push_release() { # registry [tag]
+  local registry=${1:?usage: images.sh push REGISTRY [TAG]} tag=${2:-$(workspace_version)}
+  if [ "$registry" = cluster ]; then
+    # The development cluster's registry: reachable only inside the cluster's network.
+    registry=$("$here/cluster.sh" registry-up)
+    exec "$here/cluster.sh" exec env QUIESCE_REGISTRY_PLAIN_HTTP=1 "$0" push "$registry" "$tag"
+  fi
+  local tls=true helm_plain=()
+  if [ -n "${QUIESCE_REGISTRY_PLAIN_HTTP:-}" ]; then tls=false helm_plain=(--plain-http); fi
+  command -v skopeo >/dev/null || "$here/local/install-deps.sh"
+  for spec in "${PROJECT_IMAGES[@]}"; do
+    local name; name=$(cut -d: -f1 <<<"$spec")
+    local tar="$CACHE/images/project/$name.tar"
+    [ -f "$tar" ] || { log "ERROR: $tar missing: run 'images.sh build' first"; exit 1; }
+    skopeo copy --quiet --dest-tls-verify="$tls" "docker-archive:$tar" \
+      "docker://$registry/$name:$tag"
+    log "pushed $registry/$name:$tag"
+  done
+  local helm="$root/.tools/bin/helm" pkg; pkg=$(mktemp -d)
+  cp -r "$root/charts/quiesce" "$pkg/quiesce"
+  # The two image references, rewritten in place (the rest of values.yaml, comments included,
+  # stays as in the repository); `helm template` below proves the rewrite took.
+  sed -i -E "s#^(    repository: )quiesce\.local/(operator|sidecar)\$#\1$registry/\2#;
+    s#^(    tag: )dev\$#\1\"$tag\"#" "$pkg/quiesce/values.yaml"
+  local rendered; rendered=$("$helm" template quiesce "$pkg/quiesce")
+  for image in operator sidecar; do
+    grep -q "$registry/$image:$tag\"" <<<"$rendered" ||
+      { log "ERROR: the packaged chart does not name $registry/$image:$tag"; exit 1; }
+  done
+  local version; version=$(workspace_version)
+  [[ "$tag" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] && version=$tag # a release tag is the chart's version too
+  "$helm" package "$pkg/quiesce" --version "$version" --app-version "$tag" -d "$pkg" >/dev/null
+  "$helm" push "${helm_plain[@]}" "$pkg/quiesce-$version.tgz" "oci://$registry/charts" >&2
+  rm -rf "$pkg"
+  log "pushed oci://$registry/charts/quiesce:$version (images $registry/*:$tag)"
+}
+
 case "${1:-}" in
   build) build_project ;;
   binaries) build_binaries ;;
   build-pause) shift; build_pause "$@" ;;
   list) ls "$CACHE/images/project/"*.tar ;;
   rustflags) echo "$STATIC_RUSTFLAGS" ;;
-  *) echo "usage: $0 build|binaries|build-pause BIN REF TAR|list|rustflags" >&2; exit 2 ;;
+  version) workspace_version ;;
+  push) shift; push_release "$@" ;;
+  *) echo "usage: $0 build|binaries|build-pause BIN REF TAR|list|rustflags|version|push REGISTRY [TAG]" >&2; exit 2 ;;
 esac

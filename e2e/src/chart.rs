@@ -85,31 +85,35 @@ fn image_stamp() -> String {
 /// per process; waits until the operator serves the webhook with its CA in the caBundle.
 pub async fn install(client: &Client) -> Result<()> {
     INSTALLED
-        .get_or_try_init(|| async {
-            let chart = repo_root().join("charts/quiesce");
-            let stamp = format!(
-                "operator.podAnnotations.quiesce\\.dev/image-stamp={}",
-                image_stamp()
-            );
-            helm(&[
-                "upgrade",
-                "--install",
-                RELEASE,
-                chart.to_str().unwrap_or("charts/quiesce"),
-                "--namespace",
-                NAMESPACE,
-                "--create-namespace",
-                "--set-string",
-                &stamp,
-                "--wait",
-                "--timeout",
-                "180s",
-            ])
-            .await?;
-            wait_ready(client).await
-        })
+        .get_or_try_init(|| install_from_tree(client))
         .await
         .copied()
+}
+
+/// What [`install`] does once: `helm upgrade --install` of this tree's chart, then
+/// [`wait_ready`]. For a test that installed another chart and puts this one back.
+pub async fn install_from_tree(client: &Client) -> Result<()> {
+    let chart = repo_root().join("charts/quiesce");
+    let stamp = format!(
+        "operator.podAnnotations.quiesce\\.dev/image-stamp={}",
+        image_stamp()
+    );
+    helm(&[
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart.to_str().unwrap_or("charts/quiesce"),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        "--set-string",
+        &stamp,
+        "--wait",
+        "--timeout",
+        "180s",
+    ])
+    .await?;
+    wait_ready(client).await
 }
 
 /// Waits until the webhook configuration carries a caBundle and a leader holds the Lease.
@@ -472,4 +476,26 @@ pub async fn template_version(client: &Client, ns: &str, app: &str) -> Result<Op
 /// The reason of a policy condition.
 pub fn condition_reason(status: &quiesce_api::RolloutPolicyStatus, type_: &str) -> Option<String> {
     status.condition(type_).map(|c| c.reason.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repo_root;
+
+    /// A release is tagged with the workspace's version (`images.sh push`); the chart in the
+    /// tree says the same, so a chart packaged from it names the images released with it.
+    #[test]
+    fn the_charts_version_and_app_version_are_the_workspaces() {
+        let chart = std::fs::read_to_string(repo_root().join("charts/quiesce/Chart.yaml"))
+            .expect("Chart.yaml");
+        let field = |name: &str| {
+            chart
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.trim().trim_matches('"').to_owned())
+        };
+        let workspace = env!("CARGO_PKG_VERSION");
+        assert_eq!(field("version").as_deref(), Some(workspace));
+        assert_eq!(field("appVersion").as_deref(), Some(workspace));
+    }
 }

@@ -20,6 +20,7 @@ pub struct DemoApp {
     service_account: Option<String>,
     service_target_port: Value,
     app_port: u16,
+    image: String,
 }
 
 impl DemoApp {
@@ -38,6 +39,7 @@ impl DemoApp {
             service_account: None,
             service_target_port: json!("http"),
             app_port: 8080,
+            image: harness::image("demo-app"),
         }
     }
 
@@ -77,6 +79,13 @@ impl DemoApp {
         self
     }
 
+    /// The app's image (a registry's, for a test that pulls), pulled if not present.
+    pub fn image(mut self, reference: &str) -> Self {
+        self.image = reference.to_owned();
+        self.pull_policy = "IfNotPresent";
+        self
+    }
+
     /// `imagePullPolicy` (the benchmark's clusters may pull).
     pub fn pull_policy(mut self, policy: &'static str) -> Self {
         self.pull_policy = policy;
@@ -112,7 +121,7 @@ impl DemoApp {
         let labels = json!({"app": self.name});
         let mut app = json!({
             "name": "app",
-            "image": harness::image("demo-app"),
+            "image": self.image,
             "imagePullPolicy": self.pull_policy,
             "env": self.env,
             "ports": [{"containerPort": self.app_port, "name": "http"}],

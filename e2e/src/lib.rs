@@ -14,6 +14,7 @@ pub mod hey;
 pub mod loadgen;
 pub mod node;
 pub mod prometheus;
+pub mod provider;
 pub mod reuse;
 pub mod scale;
 pub mod scenario;

@@ -5,13 +5,14 @@
 //!
 //! Its own test binary: freezing the apiserver would stall any test running beside it.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 
 use quiesce_e2e::chart::{self, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
+use quiesce_e2e::provider;
 
 const APP: &str = "outage";
 const REPLICAS: i32 = 3;
@@ -22,17 +23,14 @@ const OUTAGE: Duration = Duration::from_secs(30);
 const POLICY_SPEC: &str =
     r#"    drain: {endpointTimeoutSeconds: 10, quietPeriodMillis: 1000, timeoutSeconds: 90}"#;
 
-/// Freezes the kube-apiserver for `d` through the cluster provider (blocks meanwhile).
-fn pause_apiserver(d: Duration) -> anyhow::Result<()> {
-    let script = chart::repo_root().join("e2e/cluster/cluster.sh");
-    let st = Command::new(script)
-        .args(["pause-apiserver", &d.as_secs().to_string()])
-        .env(
-            "QUIESCE_CLUSTER_PROVIDER",
-            std::env::var("QUIESCE_E2E_PROVIDER").unwrap_or_else(|_| "local".into()),
-        )
-        .status()?;
-    anyhow::ensure!(st.success(), "cluster.sh pause-apiserver failed: {st}");
+/// Freezes the kube-apiserver for `d` through the cluster provider (returns when it is back).
+async fn pause_apiserver(d: Duration) -> anyhow::Result<()> {
+    provider::run(
+        "cluster.sh",
+        &["pause-apiserver", &d.as_secs().to_string()],
+        &[],
+    )
+    .await?;
     Ok(())
 }
 
@@ -69,7 +67,7 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
         )
         .await?;
         println!("{draining} is terminating: freezing the apiserver for {OUTAGE:?}");
-        tokio::task::spawn_blocking(|| pause_apiserver(OUTAGE)).await??;
+        pause_apiserver(OUTAGE).await?;
         println!("apiserver answers again");
 
         let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);

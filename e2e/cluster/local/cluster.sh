@@ -38,6 +38,9 @@ BRIDGE=qz-cni0
 NODE_LINK=qz-node
 NODE_PEER=qz-peer
 PAUSE_IMAGE=registry.k8s.io/pause:3.10
+# The image registry `registry-up` starts (Debian's docker-registry, plain HTTP), on the node's
+# address: containerd, skopeo and helm reach it from inside the namespace, nothing outside can.
+REGISTRY_ADDR="$NODE_IP:5000"
 
 RUN="$STATE/run"
 LOGS="$STATE/logs"
@@ -171,6 +174,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
+  # Per-registry settings (hosts.toml), read at each pull: registry-up adds its own there.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$STATE/containerd/certs.d"
 EOF
   cat >"$STATE/cni/net.d/10-quiesce.conflist" <<EOF
 {
@@ -302,6 +308,36 @@ ensure_pause_image() {
   return 0
 }
 
+# --- registry -------------------------------------------------------------------------------
+
+# Starts an image registry inside the namespace (a component like the others: `down` stops it)
+# and tells containerd to pull from it over plain HTTP. Prints its address.
+cmd_registry_up() {
+  alive kube-apiserver || die "the cluster is not up"
+  if ! alive registry; then
+    mkdir -p "$STATE/registry/data"
+    cat >"$STATE/registry/config.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $STATE/registry/data}
+  delete: {enabled: true}
+http:
+  addr: $REGISTRY_ADDR
+EOF
+    start registry /usr/bin/docker-registry serve "$STATE/registry/config.yml"
+    wait_for "registry at $REGISTRY_ADDR" 30 in_ns curl -sf "http://$REGISTRY_ADDR/v2/"
+  fi
+  local hosts="$STATE/containerd/certs.d/$REGISTRY_ADDR"
+  mkdir -p "$hosts"
+  cat >"$hosts/hosts.toml" <<EOF
+server = "http://$REGISTRY_ADDR"
+[host."http://$REGISTRY_ADDR"]
+  capabilities = ["pull", "resolve"]
+EOF
+  echo "$REGISTRY_ADDR"
+}
+
 # --- commands -------------------------------------------------------------------------------
 
 cmd_up() {
@@ -400,6 +436,7 @@ cmd_up() {
 cmd_down() {
   [ -d "$STATE" ] || [ -e "/run/netns/$NETNS" ] || { log "nothing to tear down"; return 0; }
   log "tearing down"
+  stop_pid registry
   stop_pid kube-proxy
   stop_pid kubelet
   # Containers outlive the kubelet (runc shims): kill them through containerd, which knows them.
@@ -462,10 +499,12 @@ case "${1:-}" in
   exec) shift; export PATH="$ROOT/.tools/bin:$PATH"; in_ns "$@" ;;
   load-image) [ -n "${2:-}" ] || die "usage: $0 load-image TAR"; import_image "$2" ;;
   check-isolation) check_isolation && echo "isolated" ;;
+  registry-up) cmd_registry_up ;;
+  registry-address) echo "$REGISTRY_ADDR" ;;
   pause-apiserver) # SECONDS: freeze the kube-apiserver (SIGSTOP), as an outage looks to clients
     [ -n "${2:-}" ] || die "usage: $0 pause-apiserver SECONDS"
     pid=$(cat "$PIDS/kube-apiserver.pid")
     trap 'kill -CONT "$pid" 2>/dev/null || true' EXIT
     kill -STOP "$pid"; sleep "$2" ;;
-  *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR|check-isolation" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|kubeconfig|exec CMD...|load-image TAR|check-isolation|registry-up|registry-address" >&2; exit 2 ;;
 esac
