@@ -21,7 +21,7 @@ use std::{
 };
 
 use quiesce_api::constants::SIDECAR_DRAIN_PATH;
-use quiesce_e2e::loadgen::{self, LoadConfig, SlowMix, Summary, Targets};
+use quiesce_loadgen::{self as loadgen, LoadConfig, SlowMix, Summary, Targets};
 use serde_json::Value;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -29,7 +29,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use quiesce_api::constants::SIDECAR_DRAIN_PATH;
-use quiesce_e2e::loadgen::{self, LoadConfig, SlowMix, Targets};
+use quiesce_loadgen::{self as loadgen, LoadConfig, SlowMix, Targets};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use tokio::{net::TcpStream, sync::Mutex};
 
 use crate::{
+    Outcome, classify,
     h2frames::{ConnWatch, Sniffed},
-    loadgen::{Outcome, classify},
 };
 
 /// Connection counters of one or more channels, shared.

@@ -182,7 +182,7 @@ mod tests {
     /// connection is lost; with it each is sent again once, on a new connection, and answered.
     #[tokio::test]
     async fn the_load_generator_sends_again_only_what_a_reused_connection_dropped() {
-        use crate::loadgen::{LoadConfig, Protocol, run};
+        use crate::{LoadConfig, Protocol, run};
         let addr = answers_once().await;
         let cfg = |retry_reused| LoadConfig {
             protocol: Protocol::KeepAlive,

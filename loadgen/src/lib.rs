@@ -17,6 +17,10 @@
 //! GOAWAY. For HTTP/2 the summary also counts connections opened, ended and sent a GOAWAY, so a
 //! test can tell "no loss because the drain was graceful" from "no loss because nothing happened".
 
+pub mod h2chan;
+pub mod h2frames;
+mod reuse;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
