@@ -20,8 +20,10 @@ use kube::{Api, ResourceExt};
 use quiesce_api::constants::{SIDECAR_ADMIN_PORT, SIDECAR_CONTAINER_NAME};
 use quiesce_e2e::chaos;
 use quiesce_e2e::chart;
+use quiesce_e2e::fixtures;
 use quiesce_e2e::harness::{self, cluster_ip, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
+use quiesce_e2e::rollout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -97,7 +99,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn ready(pod: &Pod) -> bool {
-    chart::condition(pod, "Ready") == Some("True")
+    rollout::condition(pod, "Ready") == Some("True")
 }
 
 fn sidecar_restarts(pod: &Pod) -> i32 {
@@ -126,10 +128,10 @@ async fn a_flood_of_the_admin_port_from_another_peer_costs_nothing() {
     let client = harness::client().await.expect("cluster");
     chart::install(&client).await.expect("chart installed");
     with_namespace("admin-flood", |client, ns| async move {
-        chart::demo_app_with_policy(&client, &ns, APP, "    steps: [{admit: \"100%\"}]", 1)
+        fixtures::demo_app_with_policy(&client, &ns, APP, "    steps: [{admit: \"100%\"}]", 1)
             .await?;
         let pod = harness::pods(&client, &ns, &format!("app={APP}")).await?.remove(0);
-        anyhow::ensure!(chart::injected(&pod), "the pod is injected");
+        anyhow::ensure!(rollout::injected(&pod), "the pod is injected");
         let pod_ip: IpAddr = pod
             .status
             .as_ref()

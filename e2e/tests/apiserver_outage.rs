@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-use quiesce_e2e::chart::{self, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 use quiesce_e2e::provider;
+use quiesce_e2e::rollout;
 
 const APP: &str = "outage";
 const REPLICAS: i32 = 3;
@@ -40,7 +42,11 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("api-outage", |client, ns| async move {
         // A grace period that covers the drain budget, so the kubelet does not cut it short.
-        let app = |v| chart::demo(APP, REPLICAS, v, &[]).grace_seconds(120).yaml();
+        let app = |v| {
+            fixtures::demo(APP, REPLICAS, v, &[])
+                .grace_seconds(120)
+                .yaml()
+        };
         apply_yaml(&client, &ns, &policy(APP, APP, POLICY_SPEC)).await?;
         apply_yaml(&client, &ns, &app("v1")).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
@@ -130,7 +136,7 @@ async fn drains_survive_an_apiserver_outage_and_report_afterwards() {
             "the operator to count drains",
             Duration::from_secs(60),
             || async {
-                let d = chart::policy_status(&client, &ns, APP)
+                let d = rollout::policy_status(&client, &ns, APP)
                     .await?
                     .drains
                     .unwrap_or_default();

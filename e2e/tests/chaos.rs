@@ -18,9 +18,11 @@ use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_api::constants::SIDECAR_CONTAINER_NAME;
 use quiesce_e2e::chaos;
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig, LoadHandle};
+use quiesce_e2e::rollout;
 
 const APP: &str = "web";
 const REPLICAS: i32 = 3;
@@ -48,7 +50,7 @@ async fn serving_v1(client: &kube::Client, ns: &str) -> anyhow::Result<LoadHandl
 async fn paused_rollout_to(client: &kube::Client, ns: &str, version: &str) -> anyhow::Result<()> {
     apply_yaml(client, ns, &demo_app(APP, REPLICAS, version, &[])).await?;
     eventually("the pause step", Duration::from_secs(120), || async {
-        let s = chart::policy_status(client, ns, APP).await?;
+        let s = rollout::policy_status(client, ns, APP).await?;
         Ok((s.current_step == Some(1)).then_some(()))
     })
     .await
@@ -82,7 +84,7 @@ async fn settled_on(
 /// Waits up to `secs` for the policy to report the rollout Completed.
 async fn completed(client: &kube::Client, ns: &str, secs: u64) -> anyhow::Result<()> {
     let done = Duration::from_secs(secs);
-    chart::wait_phase(client, ns, APP, quiesce_api::Phase::Completed, done).await?;
+    rollout::wait_phase(client, ns, APP, quiesce_api::Phase::Completed, done).await?;
     Ok(())
 }
 
@@ -101,7 +103,7 @@ fn pod_version(p: &Pod) -> Option<String> {
 }
 
 fn ready(p: &Pod) -> bool {
-    chart::condition(p, "Ready") == Some("True")
+    rollout::condition(p, "Ready") == Some("True")
 }
 
 /// Stops the load and asserts that no request failed and `version` was served.
@@ -274,7 +276,7 @@ async fn rollout_undo_mid_rollout() {
         println!("{}", String::from_utf8_lossy(&out.stdout).trim());
         settled_on(&client, &ns, "v1", REPLICAS as usize).await?;
         no_request_failed(load, "v1").await?;
-        let s = chart::policy_status(&client, &ns, APP).await?;
+        let s = rollout::policy_status(&client, &ns, APP).await?;
         assert_ne!(
             s.phase,
             Some(quiesce_api::Phase::Progressing),

@@ -18,6 +18,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use quiesce_e2e::chart::{self, NAMESPACE, RELEASE, WEBHOOK_CONFIGURATION};
+use quiesce_e2e::fixtures;
 use quiesce_e2e::harness::{apply_yaml, eventually, with_namespace};
 
 /// Names of the objects of kind `K` that belong to quiesce: chart-labelled, or named after it
@@ -105,8 +106,8 @@ async fn install_upgrade_and_uninstall_leave_nothing_behind() {
     with_namespace("chart", |client, ns| async move {
         chart::install(&client).await?;
         // A policy makes the operator create its own objects: the sidecar RoleBinding here.
-        apply_yaml(&client, &ns, &chart::demo_app("web", 1, "v1", &[])).await?;
-        apply_yaml(&client, &ns, &chart::policy("web", "web", "")).await?;
+        apply_yaml(&client, &ns, &fixtures::demo_app("web", 1, "v1", &[])).await?;
+        apply_yaml(&client, &ns, &fixtures::policy("web", "web", "")).await?;
         eventually("the operator's sidecar RoleBinding", Duration::from_secs(60), || async {
             let bindings = quiesce_objects::<RoleBinding>(Api::namespaced(client.clone(), &ns)).await?;
             Ok((!bindings.is_empty()).then_some(()))

@@ -8,8 +8,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_api::constants::{SIDECAR_CONTAINER_NAME, SIDECAR_DRAIN_PATH, conditions, reasons};
-use quiesce_e2e::chart::{self, injected, policy, policy_events};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout::{self, injected, policy_events};
 use serde_json::json;
 
 const APP: &str = "web";
@@ -39,7 +41,7 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 }
 
 fn ready(pod: &Pod) -> bool {
-    chart::condition(pod, "Ready") == Some("True")
+    rollout::condition(pod, "Ready") == Some("True")
 }
 
 /// Every live pod of the app runs `version`, is injected and Ready.
@@ -83,11 +85,13 @@ async fn an_app_with_an_exec_readiness_probe_becomes_ready_and_rolls_out() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("fidelity-exec", |client, ns| async move {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
+        rollout::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
             // The image has nothing but the app: its --help is the command that exists.
             let probe = json!({"exec": {"command": ["/demo-app", "--help"]}, "periodSeconds": 1});
-            chart::demo(APP, 2, version, &[]).probe(Some(probe)).yaml()
+            fixtures::demo(APP, 2, version, &[])
+                .probe(Some(probe))
+                .yaml()
         };
         apply_yaml(&client, &ns, &app("v1")).await?;
         let pods = all_ready_and_injected(&client, &ns, "v1").await?;
@@ -124,9 +128,9 @@ async fn an_app_on_port_9901_gets_the_sidecar_on_9902_and_rolls_out() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("fidelity-9901", |client, ns| async move {
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
+        rollout::wait_policy_known(&client, &ns, APP).await?;
         let app = |version: &str| {
-            chart::demo(APP, 2, version, &[("PORT", "9901")])
+            fixtures::demo(APP, 2, version, &[("PORT", "9901")])
                 .app_port(9901)
                 .yaml()
         };
@@ -183,9 +187,9 @@ async fn a_host_network_deployment_is_not_injected_and_says_why() {
             )
             .await?;
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
+        rollout::wait_policy_known(&client, &ns, APP).await?;
         // One replica on a port unlikely to be taken on the node.
-        let app = chart::demo(APP, 1, "v1", &[("PORT", "18431")]).app_port(18431);
+        let app = fixtures::demo(APP, 1, "v1", &[("PORT", "18431")]).app_port(18431);
         let mut deployment = app.deployment();
         deployment["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
         let yaml = format!("{deployment}\n---\n{}", app.service());
@@ -214,7 +218,7 @@ async fn a_host_network_deployment_is_not_injected_and_says_why() {
         println!("reported: {note}");
         assert!(note.contains("hostNetwork pods are not injected"), "{note}");
         eventually("Injected=False", Duration::from_secs(60), || async {
-            let s = chart::policy_status(&client, &ns, APP).await?;
+            let s = rollout::policy_status(&client, &ns, APP).await?;
             Ok(s.condition(conditions::INJECTED)
                 .filter(|c| c.status == "False" && c.reason == reasons::PODS_NOT_INJECTED)
                 .cloned())

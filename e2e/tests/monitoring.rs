@@ -19,9 +19,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use kube::api::{Api, DeleteParams};
 use quiesce_api::Phase;
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 use quiesce_e2e::prometheus::{self, Prometheus, Series};
+use quiesce_e2e::rollout;
 
 const APP: &str = "shop";
 /// The ungoverned Deployment whose pod meets the failing webhook and opens its own gate.
@@ -135,7 +137,7 @@ async fn every_dashboard_query_parses() {
 /// A Deployment no policy targets, its pod carrying the sidecar by hand (as an injected pod
 /// whose operator is gone) and the label the failing webhook selects.
 fn lonely_deployment(fail_open_after: u32) -> String {
-    let spec = chart::hand_injected_pod_spec(fail_open_after);
+    let spec = fixtures::hand_injected_pod_spec(fail_open_after);
     format!(
         r#"{binding}---
 apiVersion: apps/v1
@@ -148,7 +150,7 @@ spec:
     metadata: {{labels: {{app: {LONELY}, e2e-failopen: "true"}}}}
     spec: {spec}
 "#,
-        binding = chart::SIDECAR_BINDING_FOR_DEFAULT
+        binding = fixtures::SIDECAR_BINDING_FOR_DEFAULT
     )
 }
 
@@ -286,7 +288,7 @@ async fn scenario(client: &kube::Client, ns: &str) -> Result<()> {
     apply_yaml(client, ns, &demo_app(APP, 2, "v1", &[])).await?;
     harness::wait_rollout(client, ns, APP, Duration::from_secs(120)).await?;
     apply_yaml(client, ns, &policy(APP, APP, &spec)).await?;
-    chart::wait_policy_known(client, ns, APP).await?;
+    rollout::wait_policy_known(client, ns, APP).await?;
     let selector = format!(r#"namespace="{ns}", policy="{APP}""#);
     wait_series(
         &prom,
@@ -303,7 +305,7 @@ async fn scenario(client: &kube::Client, ns: &str) -> Result<()> {
 
     // The rollout injects every new pod.
     apply_yaml(client, ns, &demo_app(APP, 2, "v2", &[])).await?;
-    chart::wait_phase(client, ns, APP, Phase::Completed, Duration::from_secs(120)).await?;
+    rollout::wait_phase(client, ns, APP, Phase::Completed, Duration::from_secs(120)).await?;
     wait_series(
         &prom,
         "every pod runs the sidecar",
@@ -317,7 +319,7 @@ async fn scenario(client: &kube::Client, ns: &str) -> Result<()> {
     let held = harness::pods(client, ns, &format!("app={APP}"))
         .await?
         .into_iter()
-        .filter(|p| chart::injected(p) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| rollout::injected(p) && p.metadata.deletion_timestamp.is_none())
         .find_map(|p| p.status?.pod_ip)
         .context("an injected pod's IP")?;
     let stale_client = tokio::spawn(async move {
@@ -330,7 +332,7 @@ async fn scenario(client: &kube::Client, ns: &str) -> Result<()> {
     // The phase is Completed once every new pod is admitted; the last old pod may still be
     // draining, so the client keeps at it until the forced drain is counted.
     let forced = async {
-        chart::wait_phase(client, ns, APP, Phase::Completed, Duration::from_secs(120)).await?;
+        rollout::wait_phase(client, ns, APP, Phase::Completed, Duration::from_secs(120)).await?;
         wait_series(
             &prom,
             "the forced drain counted",
@@ -350,13 +352,13 @@ async fn scenario(client: &kube::Client, ns: &str) -> Result<()> {
         &demo_app(APP, 2, "bad", &[("FAIL_HEALTH", "true")]),
     )
     .await?;
-    chart::wait_phase(client, ns, APP, Phase::RolledBack, Duration::from_secs(150)).await?;
+    rollout::wait_phase(client, ns, APP, Phase::RolledBack, Duration::from_secs(150)).await?;
     // The lonely pod was admitted by its sidecar meanwhile.
     let lonely = harness::pods(client, ns, &format!("app={LONELY}")).await?;
     ensure!(
         lonely
             .iter()
-            .any(|p| chart::condition(p, "quiesce.dev/ready") == Some("True")),
+            .any(|p| rollout::condition(p, "quiesce.dev/ready") == Some("True")),
         "the lonely pod's sidecar did not open its gate: {:?}",
         lonely.iter().map(|p| &p.status).collect::<Vec<_>>()
     );

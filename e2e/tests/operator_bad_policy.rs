@@ -10,8 +10,10 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::{conditions, reasons};
-use quiesce_e2e::chart::{self, demo_app, gate_open, injected, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout::{self, gate_open, injected};
 
 /// Condition and Event reason of a policy the operator cannot decode.
 const UNDECODABLE: &str = "Undecodable";
@@ -56,14 +58,14 @@ async fn an_undecodable_policy_is_reported_and_does_not_stall_the_others() {
         )
         .await?;
         assert!(message.contains("3000000000"), "{message}");
-        let events = chart::policy_events(&client, &ns, "bad").await?;
+        let events = rollout::policy_events(&client, &ns, "bad").await?;
         assert!(events.iter().any(|(r, _)| r == UNDECODABLE), "{events:?}");
 
         // The others go on: a good policy is accepted, its pods injected and admitted.
         apply_yaml(&client, &ns, &policy("web", "web", "    steps: []")).await?;
         apply_yaml(&client, &ns, &demo_app("web", 2, "v1", &[])).await?;
         eventually("web Accepted", Duration::from_secs(60), || async {
-            let s = chart::policy_status(&client, &ns, "web").await?;
+            let s = rollout::policy_status(&client, &ns, "web").await?;
             Ok(s.condition(conditions::ACCEPTED)
                 .filter(|c| c.reason == reasons::ACCEPTED)
                 .map(|_| ()))

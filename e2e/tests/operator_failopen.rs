@@ -9,14 +9,16 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use quiesce_api::Phase;
 use quiesce_api::constants::{READY_GATE_CONDITION, reasons};
-use quiesce_e2e::chart::{self, demo_app, gate_open, policy, revision};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout::{self, gate_open, revision};
 
 fn lonely_pod(fail_open_after: u32) -> String {
-    let spec = chart::hand_injected_pod_spec(fail_open_after);
+    let spec = fixtures::hand_injected_pod_spec(fail_open_after);
     format!(
         "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: lonely, labels: {{app: lonely}}}}\nspec: {spec}\n",
-        chart::SIDECAR_BINDING_FOR_DEFAULT
+        fixtures::SIDECAR_BINDING_FOR_DEFAULT
     )
 }
 
@@ -63,7 +65,7 @@ async fn an_undecided_pod_is_admitted_by_its_sidecar() {
             Duration::from_secs(10),
             || async {
                 let p = pods.get("lonely").await?;
-                Ok((chart::condition(&p, "Ready") == Some("True")).then_some(()))
+                Ok((rollout::condition(&p, "Ready") == Some("True")).then_some(()))
             },
         )
         .await?;
@@ -83,7 +85,7 @@ async fn a_pod_the_operator_holds_is_not_failed_open() {
         harness::wait_rollout(&client, &ns, "web", Duration::from_secs(120)).await?;
         apply_yaml(&client, &ns, &demo_app("web", 2, "v2", &[])).await?;
         let s = eventually("the pause step", Duration::from_secs(120), || async {
-            let s = chart::policy_status(&client, &ns, "web").await?;
+            let s = rollout::policy_status(&client, &ns, "web").await?;
             Ok((s.phase == Some(Phase::Paused) && s.current_step == Some(1)).then_some(s))
         })
         .await?;

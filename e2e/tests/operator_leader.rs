@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use quiesce_api::Phase;
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
+use quiesce_e2e::rollout;
 
 const APP: &str = "web";
 const REPLICAS: i32 = 3;
@@ -30,7 +32,7 @@ async fn the_other_replica_takes_over_mid_rollout() {
         let started = Instant::now();
         apply_yaml(&client, &ns, &demo_app(APP, REPLICAS, "v2", &[])).await?;
         eventually("the pause step", Duration::from_secs(120), || async {
-            let s = chart::policy_status(&client, &ns, APP).await?;
+            let s = rollout::policy_status(&client, &ns, APP).await?;
             Ok((s.current_step == Some(1)).then_some(()))
         })
         .await?;
@@ -47,7 +49,7 @@ async fn the_other_replica_takes_over_mid_rollout() {
         .await?;
         println!("leader {old_leader} deleted; {new_leader} leads after {:.1}s", killed.elapsed().as_secs_f64());
 
-        chart::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(240)).await?;
+        rollout::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(240)).await?;
         let took = started.elapsed();
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(60)).await?;
         eventually("old pods to exit", Duration::from_secs(90), || async {

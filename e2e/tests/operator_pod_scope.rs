@@ -9,8 +9,10 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
-use quiesce_e2e::chart::{self, demo_app, injected, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout::{self, injected};
 
 const APP: &str = "web";
 const WATCHED: &str = "quiesce_operator_pod_watch_namespaces";
@@ -58,7 +60,7 @@ async fn pods_are_watched_only_in_namespaces_that_hold_a_policy() {
         // The first policy of the namespace: its pods are listed, the two that predate it
         // (not injected, so only the namespace watch sees them) included.
         apply_yaml(&client, &ns, &policy(APP, APP, "    steps: []")).await?;
-        let s = chart::wait_pods_not_injected(&client, &ns, APP).await?;
+        let s = rollout::wait_pods_not_injected(&client, &ns, APP).await?;
         assert!(
             s.message
                 .starts_with("2 of 2 pods run without the quiesce sidecar"),

@@ -7,8 +7,10 @@ use std::time::Duration;
 use kube::api::{Api, DeleteParams};
 use quiesce_api::constants::{conditions, reasons};
 use quiesce_api::{RolloutPolicy, messages};
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout;
 
 async fn accepted(
     client: &kube::Client,
@@ -20,7 +22,7 @@ async fn accepted(
         &format!("{name} Accepted reason {reason}"),
         Duration::from_secs(60),
         || async {
-            let s = chart::policy_status(client, ns, name).await?;
+            let s = rollout::policy_status(client, ns, name).await?;
             Ok(s.condition(conditions::ACCEPTED)
                 .filter(|c| c.reason == reason)
                 .map(|c| c.message.clone()))
@@ -68,7 +70,7 @@ async fn invalid_missing_and_conflicting_policies_are_reported() {
             msg.contains("RolloutPolicy first already targets Deployment web"),
             "{msg}"
         );
-        let reasons_seen: Vec<String> = chart::policy_events(&client, &ns, "second")
+        let reasons_seen: Vec<String> = rollout::policy_events(&client, &ns, "second")
             .await?
             .into_iter()
             .map(|(r, _)| r)
@@ -105,11 +107,11 @@ async fn deleting_a_policy_mid_rollout_releases_every_held_pod() {
         harness::wait_rollout(&client, &ns, "web", Duration::from_secs(120)).await?;
         apply_yaml(&client, &ns, &demo_app("web", 2, "v2", &[])).await?;
         eventually("a held v2 pod", Duration::from_secs(120), || async {
-            let s = chart::policy_status(&client, &ns, "web").await?;
+            let s = rollout::policy_status(&client, &ns, "web").await?;
             let pods = harness::pods(&client, &ns, "app=web").await?;
             let held = pods.iter().any(|p| {
-                chart::revision(p) == s.update_revision.as_deref()
-                    && chart::condition(p, quiesce_api::constants::READY_GATE_CONDITION)
+                rollout::revision(p) == s.update_revision.as_deref()
+                    && rollout::condition(p, quiesce_api::constants::READY_GATE_CONDITION)
                         == Some("False")
             });
             Ok((s.current_step == Some(1) && held).then_some(()))
@@ -127,7 +129,7 @@ async fn deleting_a_policy_mid_rollout_releases_every_held_pod() {
         assert!(
             pods.iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .all(chart::gate_open)
+                .all(rollout::gate_open)
         );
         Ok(())
     })

@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, Step};
-use quiesce_e2e::chart::{self, demo_app, gate_open, injected, policy, revision};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
+use quiesce_e2e::rollout::{self, gate_open, injected, revision};
 
 const APP: &str = "web";
 const REPLICAS: i32 = 4;
@@ -61,7 +63,7 @@ async fn stepped_rollout_under_load_loses_no_request() {
             },
         )
         .await?;
-        let status = chart::policy_status(&client, &ns, APP).await?;
+        let status = rollout::policy_status(&client, &ns, APP).await?;
         assert_eq!(status.phase, Some(Phase::Idle), "{status:?}");
 
         let url = format!("http://{}:80", cluster_ip(&client, &ns, APP).await?);
@@ -161,7 +163,7 @@ async fn stepped_rollout_under_load_loses_no_request() {
         }
 
         // Status, Events and metrics.
-        let status = chart::policy_status(&client, &ns, APP).await?;
+        let status = rollout::policy_status(&client, &ns, APP).await?;
         assert_eq!(status.admitted_replicas, Some(REPLICAS));
         assert!(
             status
@@ -173,7 +175,7 @@ async fn stepped_rollout_under_load_loses_no_request() {
         );
         let drains = status.drains.clone().unwrap_or_default();
         println!("drains: {drains:?}");
-        let reasons: Vec<String> = chart::policy_events(&client, &ns, APP)
+        let reasons: Vec<String> = rollout::policy_events(&client, &ns, APP)
             .await?
             .into_iter()
             .map(|(r, _)| r)

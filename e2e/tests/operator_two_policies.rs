@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use kube::{Api, Client};
 use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, Step};
-use quiesce_e2e::chart::{self, demo_app, gate_open, injected, policy, revision};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
+use quiesce_e2e::rollout::{self, gate_open, injected, revision};
 
 const APPS: [&str; 2] = ["web", "api"];
 const REPLICAS: i32 = 4;
@@ -174,7 +176,7 @@ async fn two_policies_rolled_at_once_under_load_lose_no_request_and_keep_their_s
                 samples.iter().any(|s| s.app == app && s.step == Some(1)),
                 "{app}: the pause step was observed"
             );
-            let status = chart::policy_status(&client, &ns, app).await?;
+            let status = rollout::policy_status(&client, &ns, app).await?;
             assert_eq!(
                 status.admitted_replicas,
                 Some(REPLICAS),

@@ -7,8 +7,10 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_api::constants::conditions;
-use quiesce_e2e::chart::{self, demo_app, injected, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout::{self, injected};
 use serde_json::json;
 
 const APP: &str = "web";
@@ -41,7 +43,7 @@ async fn pods_are_created_without_the_webhook_and_reported() {
                 pods.iter().all(|p| !injected(p)),
                 "pods created without the sidecar"
             );
-            let s = chart::wait_pods_not_injected(&client, &ns, APP).await?;
+            let s = rollout::wait_pods_not_injected(&client, &ns, APP).await?;
             println!("reported: {}", s.message);
             assert!(
                 s.message
@@ -59,7 +61,7 @@ async fn pods_are_created_without_the_webhook_and_reported() {
         apply_yaml(&client, &ns, &demo_app(APP, 2, "v2", &[])).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
         eventually("Injected=True", Duration::from_secs(90), || async {
-            let s = chart::policy_status(&client, &ns, APP).await?;
+            let s = rollout::policy_status(&client, &ns, APP).await?;
             let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
             Ok((pods
                 .iter()

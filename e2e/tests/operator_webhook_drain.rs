@@ -18,8 +18,10 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use quiesce_e2e::chart::{self, demo_app, injected, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, with_namespace};
+use quiesce_e2e::rollout::injected;
 
 const APP: &str = "churn";
 

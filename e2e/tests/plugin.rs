@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use quiesce_api::Phase;
-use quiesce_e2e::chart::{self, demo_app};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, demo_app};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
+use quiesce_e2e::rollout;
 
 const APP: &str = "web";
 
@@ -61,7 +63,7 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
     chart::install(&client).await.expect("chart installed");
     with_namespace("plugin", |client, ns| async move {
         let spec = "    steps: [{admit: 1}, {pause: {}}, {admit: \"100%\"}]\n    drain: {endpointTimeoutSeconds: 5, quietPeriodMillis: 1000, timeoutSeconds: 10}";
-        chart::demo_app_with_policy(&client, &ns, APP, spec, 3).await?;
+        fixtures::demo_app_with_policy(&client, &ns, APP, spec, 3).await?;
         let q = |args: &'static [&'static str]| quiesce(&client, &ns, args);
 
         // The dry run of injection runs the webhook's own code on the template.
@@ -105,7 +107,7 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
 
         apply_yaml(&client, &ns, &demo_app(APP, 3, "v2", &[])).await?;
         eventually("the pause step", Duration::from_secs(120), || async {
-            let s = chart::policy_status(&client, &ns, APP).await?;
+            let s = rollout::policy_status(&client, &ns, APP).await?;
             Ok((s.phase == Some(Phase::Paused) && s.current_step == Some(1)
                 && s.admitted_replicas == Some(1))
             .then_some(()))
@@ -174,7 +176,7 @@ async fn a_person_follows_and_steers_a_rollout_with_kubectl_quiesce() {
 
         let out = q(&["promote", APP, "--full"]).await.map_err(anyhow::Error::msg)?;
         assert!(out.contains("promoted fully"), "{out}");
-        chart::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(180)).await?;
+        rollout::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(180)).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(60)).await?;
 
         // Each old pod's drain, with where its time went.

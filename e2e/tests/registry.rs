@@ -10,10 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Pod;
 use quiesce_api::Phase;
-use quiesce_e2e::chart::{self, NAMESPACE, RELEASE, injected, policy};
+use quiesce_e2e::chart::{self, NAMESPACE, RELEASE};
+use quiesce_e2e::fixtures::{self, policy};
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, eventually, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig};
 use quiesce_e2e::provider;
+use quiesce_e2e::rollout::{self, injected};
 
 const APP: &str = "pulled";
 const REPLICAS: i32 = 3;
@@ -137,12 +139,12 @@ async fn a_release_pushed_to_a_registry_installs_with_helm_and_rolls_without_los
     with_namespace("registry", |client, ns| async move {
         let (registry, tag) = (registry_, tag_);
         let app = |version| {
-            chart::demo(APP, REPLICAS, version, &[])
+            fixtures::demo(APP, REPLICAS, version, &[])
                 .image(&format!("{registry}/demo-app:{tag}"))
                 .yaml()
         };
         apply_yaml(&client, &ns, &policy(APP, APP, POLICY_SPEC)).await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
+        rollout::wait_policy_known(&client, &ns, APP).await?;
         apply_yaml(&client, &ns, &app("v1")).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(120)).await?;
         let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
@@ -167,7 +169,7 @@ async fn a_release_pushed_to_a_registry_installs_with_helm_and_rolls_without_los
         tokio::time::sleep(Duration::from_secs(2)).await;
         apply_yaml(&client, &ns, &app("v2")).await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(180)).await?;
-        chart::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(60)).await?;
+        rollout::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(60)).await?;
         eventually("old pods to exit", Duration::from_secs(90), || async {
             let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
             Ok((pods.len() == REPLICAS as usize

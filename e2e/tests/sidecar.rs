@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use quiesce_api::constants::{DRAINED_CONDITION, SIDECAR_ADMIN_PORT, SIDECAR_DRAIN_PATH};
-use quiesce_e2e::chart;
 use quiesce_e2e::demo_app::DemoApp;
+use quiesce_e2e::fixtures;
 use quiesce_e2e::harness::{self, apply_yaml, cluster_ip, http_get, with_namespace};
 use quiesce_e2e::loadgen::{self, LoadConfig, Summary};
 use serde_json::json;
@@ -46,7 +46,7 @@ fn manifests(version: &str, sidecar: bool) -> String {
         .grace_seconds(60)
         .pre_stop(json!({"httpGet": {"path": SIDECAR_DRAIN_PATH, "port": SIDECAR_ADMIN_PORT}}));
     let admin = |path: &str, period: u32| json!({"httpGet": {"path": path, "port": "quiesce-admin"}, "periodSeconds": period});
-    let mut sidecar = chart::hand_sidecar(&[
+    let mut sidecar = fixtures::hand_sidecar(&[
         ("QUIESCE_PROBE_PERIOD", "500ms"),
         ("QUIESCE_PROBE_TIMEOUT", "400ms"),
     ]);

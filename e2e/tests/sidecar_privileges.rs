@@ -20,7 +20,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{self, demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, eventually, with_namespace};
 use serde_json::json;
 
@@ -97,7 +98,7 @@ async fn the_sidecar_account_is_held_to_its_own_pod_and_bound_only_where_needed(
 }
 
 async fn privileges(client: &Client, ns: &str, off: &str) -> Result<()> {
-    chart::demo_app_with_policy(client, ns, APP, POLICY_SPEC, 2).await?;
+    fixtures::demo_app_with_policy(client, ns, APP, POLICY_SPEC, 2).await?;
     let bound = eventually("the sidecar binding", Duration::from_secs(60), || async {
         binding(client, ns).await
     })

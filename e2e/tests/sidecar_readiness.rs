@@ -8,8 +8,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams};
 use quiesce_api::constants::SIDECAR_ADMIN_PORT;
-use quiesce_e2e::chart::{self, demo_app, policy};
+use quiesce_e2e::chart;
+use quiesce_e2e::fixtures::{demo_app, policy};
 use quiesce_e2e::harness::{self, apply_yaml, with_namespace};
+use quiesce_e2e::rollout;
 
 const APP: &str = "warming";
 
@@ -24,7 +26,7 @@ async fn a_warming_app_is_ready_through_a_held_probe_that_never_times_out() {
             &policy(APP, APP, "    steps: [{admit: \"100%\"}]"),
         )
         .await?;
-        chart::wait_policy_known(&client, &ns, APP).await?;
+        rollout::wait_policy_known(&client, &ns, APP).await?;
         // Not a whole number of probe periods: the app turns healthy between two probes.
         let yaml = demo_app(APP, 1, "v1", &[("HEALTHY_AFTER_MS", "2500")]);
         apply_yaml(&client, &ns, &yaml).await?;
@@ -38,8 +40,8 @@ async fn a_warming_app_is_ready_through_a_held_probe_that_never_times_out() {
             .into_iter()
             .next()
             .expect("one pod");
-        assert!(chart::injected(&pod), "the webhook injected the pod");
-        assert_eq!(chart::condition(&pod, "Ready"), Some("True"));
+        assert!(rollout::injected(&pod), "the webhook injected the pod");
+        assert_eq!(rollout::condition(&pod, "Ready"), Some("True"));
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
         let metrics = harness::http_get(&format!("http://{ip}:{SIDECAR_ADMIN_PORT}/metrics"))
             .await?

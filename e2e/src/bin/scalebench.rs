@@ -28,6 +28,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::READY_GATE_CONDITION;
+use quiesce_e2e::rollout;
 use quiesce_e2e::scale::{
     bucket_delta, histogram_buckets_where, histogram_quantile, kwok_deployment, kwok_node,
     kwok_policy, quantile,
@@ -84,7 +85,7 @@ struct Pods {
 impl Pods {
     fn observe(&mut self, pod: &Pod, now: Instant) {
         let Some(uid) = pod.uid() else { return };
-        let condition = |t: &str| chart::condition(pod, t) == Some("True");
+        let condition = |t: &str| rollout::condition(pod, t) == Some("True");
         let seen = self.by_uid.entry(uid).or_default();
         seen.gated = pod
             .spec
@@ -297,7 +298,7 @@ async fn measure_unmanaged(args: &Args, client: &Client, ns: &str) -> Result<Unm
         let ready = list
             .items
             .iter()
-            .filter(|p| chart::condition(p, "Ready") == Some("True"))
+            .filter(|p| rollout::condition(p, "Ready") == Some("True"))
             .count();
         if ready >= want {
             break;
