@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -14,11 +15,15 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use quiesce_api::constants::{conditions, reasons};
+use quiesce_api::constants::{
+    DRAINED_CONDITION, READY_GATE_CONDITION, SIDECAR_CONTAINER_NAME, annotations, conditions,
+    reasons,
+};
 use quiesce_api::{Phase, RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus};
 use serde_json::{Value, json};
 
 use super::*;
+use crate::plan::SidecarView;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
