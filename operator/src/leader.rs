@@ -7,7 +7,12 @@
 //! apiserver rejects the second with 409 Conflict. A holder that cannot renew within the
 //! lease duration steps down before anyone else may take over (it stops at
 //! `renew deadline < lease duration`).
+//!
+//! [`lead`] is the leader's loop around the election: wait to lead, run the controller for
+//! the term, stop it within 5 s, release the Lease on the way out.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -17,6 +22,8 @@ use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::metrics::Metrics;
 
 /// Lease settings.
 #[derive(Clone, Debug)]
@@ -171,6 +178,64 @@ pub async fn release(client: Client, cfg: &LeaseConfig) {
             Err(err) => warn!(error = %err, "releasing the lease failed"),
         }
     }
+}
+
+/// Resolves when a leadership term ends: the Lease lost or the process stopping.
+pub type TermEnd = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+/// Runs the election ([`spawn`]) and, in every term this replica leads, the future
+/// `controller` makes (spawned; given the [`TermEnd`] to stop on), until `stop` is `true`;
+/// then releases the Lease. A stop waits for the controller's running reconciles at most 5 s:
+/// the Lease must be released before the kubelet's SIGKILL. Fails only if the election task
+/// is gone (then the Lease is not released).
+pub async fn lead<F>(
+    client: Client,
+    lease: LeaseConfig,
+    metrics: &Metrics,
+    stop: watch::Receiver<bool>,
+    mut controller: impl FnMut(TermEnd) -> F,
+) -> Result<(), watch::error::RecvError>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (mut leading, election) = spawn(client.clone(), lease.clone());
+    let mut stop_wait = stop.clone();
+    loop {
+        tokio::select! {
+            r = leading.wait_for(|l| *l) => { r?; }
+            _ = stop_wait.wait_for(|s| *s) => break,
+        }
+        metrics.leader.set(1);
+        let mut lost = leading.clone();
+        let mut stopping = stop.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = lost.wait_for(|l| !*l) => {}
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        };
+        info!("starting the controller");
+        let mut ctrl = tokio::spawn(controller(Box::pin(shutdown)));
+        // A graceful stop waits for running reconciles, but never longer than 5 s: the Lease
+        // must be released before the kubelet's SIGKILL.
+        let mut stopping = stop.clone();
+        tokio::select! {
+            _ = &mut ctrl => {}
+            () = async {
+                let _ = stopping.wait_for(|s| *s).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            } => ctrl.abort(),
+        }
+        metrics.leader.set(0);
+        info!("controller stopped");
+        if *stop.borrow() {
+            break;
+        }
+    }
+    election.abort();
+    let _ = election.await;
+    release(client, &lease).await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! - [`webhook`]: the mutating admission webhook that injects the sidecar.
 //! - [`bindings`]: the sidecar's RoleBindings, exactly where a sidecar runs.
 //! - [`certs`]: the webhook's self-managed CA and serving certificate.
-//! - [`leader`]: Lease-based leader election (only the leader reconciles).
+//! - [`leader`]: Lease-based leader election (only the leader reconciles) and the leader's loop.
+//! - [`args`] and [`shutdown`]: the command line and the stop signal, for `main`.
 //! - [`kube_client`]: the in-cluster Kubernetes client (without kubeconfig and auth plugins).
 //! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 
@@ -18,8 +19,10 @@ pub mod plan;
 pub use error::{Error, Result};
 pub mod admin;
 pub mod api_timing;
+pub mod args;
 pub mod bindings;
 pub mod certs;
 pub mod kube_client;
 pub mod leader;
+pub mod shutdown;
 pub mod webhook;
