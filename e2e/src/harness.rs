@@ -15,8 +15,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, pinned_kind};
+use kube::runtime::wait::{Condition, await_condition};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// Field manager of everything the e2e suite applies.
 pub const FIELD_MANAGER: &str = "quiesce-e2e";
@@ -221,8 +223,29 @@ where
     }
 }
 
+/// Waits until the object `name` meets `condition`, watching it (kube's `await_condition`: no
+/// polling, woken by each change); fails with `what` after `timeout`.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl Condition<K>,
+) -> Result<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + DeserializeOwned + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, condition)).await {
+        Ok(Ok(Some(obj))) => Ok(obj),
+        Ok(Ok(None)) => bail!("{what}: {name} is gone"),
+        Ok(Err(e)) => Err(e).with_context(|| format!("waiting for {what}")),
+        Err(_) => bail!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
 /// Waits until a Deployment's rollout is complete, like `kubectl rollout status`: the newest
-/// generation observed, every replica updated and available, no old replica left.
+/// generation observed, every replica updated and available, no old replica left. A timeout
+/// says how far it got.
 pub async fn wait_rollout(
     client: &Client,
     namespace: &str,
@@ -230,15 +253,20 @@ pub async fn wait_rollout(
     timeout: Duration,
 ) -> Result<Deployment> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    eventually(
-        &format!("rollout of deployment {name}"),
-        timeout,
-        || async {
-            let d = api.get(name).await?;
-            Ok(rollout_complete(&d).then_some(d))
-        },
-    )
-    .await
+    let complete = |d: Option<&Deployment>| d.is_some_and(rollout_complete);
+    let what = format!("rollout of deployment {name}");
+    match wait_for(&api, name, &what, timeout, complete).await {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            let status = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|d| d.status);
+            Err(e.context(format!("its last status: {status:?}")))
+        }
+    }
 }
 
 /// Whether a Deployment has finished rolling out (the `kubectl rollout status` rule).

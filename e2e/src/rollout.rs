@@ -7,6 +7,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::Api;
+use quiesce_api::RolloutPolicy;
 
 use crate::harness::{self, eventually};
 
@@ -14,15 +15,27 @@ use crate::harness::{self, eventually};
 /// too: the Deployment may not exist yet), then 2 s more: the webhook injects only pods of
 /// policies its own cache knows, and a pod created before would start without the sidecar.
 pub async fn wait_policy_known(client: &Client, ns: &str, name: &str) -> Result<()> {
-    harness::eventually("the policy reconciled", Duration::from_secs(60), || async {
-        let s = policy_status(client, ns, name).await?;
-        Ok(s.condition(quiesce_api::constants::conditions::ACCEPTED)
-            .is_some()
-            .then_some(()))
-    })
+    use quiesce_api::constants::conditions::ACCEPTED;
+    let accepted = |p: Option<&RolloutPolicy>| {
+        p.and_then(|p| p.status.as_ref())
+            .is_some_and(|s| s.condition(ACCEPTED).is_some())
+    };
+    let what = "the policy reconciled";
+    harness::wait_for(
+        &policies(client, ns),
+        name,
+        what,
+        Duration::from_secs(60),
+        accepted,
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// The RolloutPolicies of namespace `ns`.
+fn policies(client: &Client, ns: &str) -> Api<RolloutPolicy> {
+    Api::namespaced(client.clone(), ns)
 }
 
 /// The status of a policy (default when it has none yet).
@@ -31,7 +44,7 @@ pub async fn policy_status(
     ns: &str,
     name: &str,
 ) -> Result<quiesce_api::RolloutPolicyStatus> {
-    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
+    let api = policies(client, ns);
     Ok(api.get(name).await?.status.unwrap_or_default())
 }
 
@@ -52,7 +65,7 @@ pub async fn wait_pods_not_injected(
     .await
 }
 
-/// Waits until the policy's phase is `phase`.
+/// Waits until the policy's phase is `phase`; a timeout names the phase it was in.
 pub async fn wait_phase(
     client: &Client,
     ns: &str,
@@ -60,15 +73,18 @@ pub async fn wait_phase(
     phase: quiesce_api::Phase,
     timeout: Duration,
 ) -> Result<quiesce_api::RolloutPolicyStatus> {
-    eventually(
-        &format!("policy {name} in phase {phase}"),
-        timeout,
-        || async {
-            let s = policy_status(client, ns, name).await?;
-            Ok((s.phase == Some(phase)).then_some(s))
-        },
-    )
-    .await
+    let api = policies(client, ns);
+    let in_phase =
+        |p: Option<&RolloutPolicy>| p.and_then(|p| p.status.as_ref()?.phase) == Some(phase);
+    let what = format!("policy {name} in phase {phase}");
+    match harness::wait_for(&api, name, &what, timeout, in_phase).await {
+        Ok(p) => Ok(p.status.unwrap_or_default()),
+        Err(e) => {
+            let last = policy_status(client, ns, name).await.ok();
+            let seen = last.as_ref().map(|s| (s.phase, s.message.clone()));
+            Err(e.context(format!("its last phase and message: {seen:?}")))
+        }
+    }
 }
 
 /// Whether a pod's readiness gate `quiesce.dev/ready` is True.
