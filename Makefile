@@ -27,6 +27,7 @@ help:
 	@echo "make crd-check     fail when the committed CRD YAML differs from the types"
 	@echo "make crd-validate  the apiserver's own validation of the CRD and examples (needs Go)"
 	@echo "make cluster-up | cluster-down | cluster-status | images | e2e"
+	@echo "make e2e-kind      the smoke, sidecar, operator and registry tests on a kind cluster"
 	@echo "make images-push   REGISTRY=host[/path]|cluster [TAG=]: images and chart to a registry"
 	@echo "make demo          a rolling update under load without and with quiesce (e2e/demo.sh)"
 	@echo "make bench         the benchmark table (markdown) of docs/benchmarks.md"

@@ -32,10 +32,16 @@ run_e2e() {
   "$p" up
   load_project_images
   "$here/../../e2e/cluster/tools.sh" prometheus
+  # E2E_TESTS="cluster_smoke sidecar": only those test binaries (default: all of them).
+  local targets=(--tests)
+  if [ -n "${E2E_TESTS:-}" ]; then
+    targets=()
+    for t in $E2E_TESTS; do targets+=(--test "$t"); done
+  fi
   # Build outside the cluster's namespace (it has no route to crates.io), run inside it.
-  (cd "$root" && cargo test --locked -p quiesce-e2e --features cluster --tests --no-run)
+  (cd "$root" && cargo test --locked -p quiesce-e2e --features cluster "${targets[@]}" --no-run)
   (cd "$root" && "$p" exec env QUIESCE_E2E_PROVIDER="$provider" \
-    cargo test --offline --locked --no-fail-fast -p quiesce-e2e --features cluster --tests -- --test-threads "${E2E_THREADS:-2}" "$@")
+    cargo test --offline --locked --no-fail-fast -p quiesce-e2e --features cluster "${targets[@]}" -- --test-threads "${E2E_THREADS:-2}" "$@")
 }
 
 case "${1:-}" in

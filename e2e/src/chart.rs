@@ -16,7 +16,7 @@ use kube::api::Api;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
-use crate::harness::eventually;
+use crate::harness::{self, eventually};
 
 /// Helm release name.
 pub const RELEASE: &str = "quiesce";
@@ -26,6 +26,8 @@ pub const NAMESPACE: &str = "quiesce-system";
 pub const OPERATOR: &str = "quiesce-operator";
 /// Name of the MutatingWebhookConfiguration.
 pub const WEBHOOK_CONFIGURATION: &str = "quiesce-sidecar-injector";
+/// Service in front of the webhook (port 443).
+pub const WEBHOOK_SERVICE: &str = "quiesce-webhook";
 /// Admin port of the operator (`/metrics`).
 pub const ADMIN_PORT: u16 = 8080;
 
@@ -132,7 +134,32 @@ pub async fn wait_ready(client: &Client) -> Result<()> {
             .then_some(()))
     })
     .await?;
-    leader(client).await.map(|_| ())
+    leader(client).await?;
+    webhook_reachable(client).await
+}
+
+/// Waits until the webhook's Service answers a TCP connect at its ClusterIP from here, 3 times
+/// in a row: its endpoints are ready and kube-proxy has programmed them, so the apiserver's call
+/// reaches a replica (the webhook fails open: a pod created before would start uninjected;
+/// kind's kube-proxy is seconds slower than the local cluster's).
+async fn webhook_reachable(client: &Client) -> Result<()> {
+    let ip = harness::cluster_ip(client, NAMESPACE, WEBHOOK_SERVICE).await?;
+    let addr = format!("{ip}:443");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut in_a_row = 0;
+    while in_a_row < 3 {
+        let connect = tokio::net::TcpStream::connect(&addr);
+        let connected = matches!(
+            tokio::time::timeout(Duration::from_secs(1), connect).await,
+            Ok(Ok(_))
+        );
+        in_a_row = if connected { in_a_row + 1 } else { 0 };
+        if tokio::time::Instant::now() > deadline {
+            bail!("the webhook Service {addr} did not answer within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// The operator pod holding the leader Lease.

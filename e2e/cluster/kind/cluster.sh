@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # The "kind" cluster provider: same contract as local/cluster.sh, backed by `kind` on Docker.
+#
+# With a Docker engine (the user's, at DOCKER_HOST or the default socket): kind's own node image
+# (kindest/node, pulled). Without one, or with QUIESCE_KIND_OFFLINE=1: offline.sh, a private
+# Docker engine confined to its own network namespace and a node image built here from Debian's
+# packages and the project's Kubernetes binaries (no registry needed; e2e/cluster/README.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+if [ -n "${QUIESCE_KIND_OFFLINE:-}" ] || ! docker info >/dev/null 2>&1; then
+  exec "$here/offline.sh" "$@"
+fi
 root=$(cd "$here/../../.." && pwd)
 NAME="${QUIESCE_KIND_NAME:-quiesce}"
 STATE="${QUIESCE_STATE:-$HOME/.cache/quiesce/kind}"
