@@ -226,8 +226,6 @@ pub struct Bindings {
 
 /// Bindings are checked at least this often, even without a change seen.
 const RESYNC: Duration = Duration::from_secs(60);
-/// A failed change is tried again after this.
-const RETRY: Duration = Duration::from_secs(5);
 
 impl Bindings {
     /// Keeps the bindings as wanted (until aborted).
@@ -270,9 +268,16 @@ impl Bindings {
             if !synced.await {
                 return;
             }
+            // A failed change is tried again with the operator's retry policy.
+            let mut backoff = crate::retry::Backoff::default();
             loop {
                 let pending = self.sync(&namespaces, &bindings).await;
-                let wait = if pending { RETRY } else { RESYNC };
+                let wait = if pending {
+                    backoff.next_wait()
+                } else {
+                    backoff.reset();
+                    RESYNC
+                };
                 tokio::select! {
                     () = self.changed.notified() => {}
                     () = tokio::time::sleep(wait) => {}

@@ -357,14 +357,20 @@ async fn sync_ca_bundle(client: &Client, cfg: &CertConfig, ca_pem: &str) -> Resu
     Ok(())
 }
 
-/// Runs [`ensure`] now and then every `check_every`, forever.
+/// Runs [`ensure`] now and then every `check_every`, forever; a failed check is tried again
+/// with the operator's retry policy ([`crate::retry`]).
 pub async fn maintain(client: Client, cfg: CertConfig, store: Arc<CertStore>) {
+    let mut backoff = crate::retry::Backoff::default();
     loop {
         let wait = match ensure(&client, &cfg, &store).await {
-            Ok(_) => cfg.check_every,
+            Ok(_) => {
+                backoff.reset();
+                cfg.check_every
+            }
             Err(err) => {
-                warn!(error = %err, "webhook certificate check failed; retrying");
-                Duration::from_secs(5)
+                let wait = backoff.next_wait();
+                warn!(error = %err, retry_in = ?wait, "webhook certificate check failed");
+                wait
             }
         };
         tokio::time::sleep(wait).await;

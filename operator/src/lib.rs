@@ -9,6 +9,7 @@
 //! - [`leader`]: Lease-based leader election (only the leader reconciles) and the leader's loop.
 //! - [`args`] and [`shutdown`]: the command line and the stop signal, for `main`.
 //! - [`kube_client`]: the in-cluster Kubernetes client (without kubeconfig and auth plugins).
+//! - [`retry`]: the one retry policy of the background work (backon).
 //! - [`admin`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 
 pub mod controller;
@@ -24,5 +25,6 @@ pub mod bindings;
 pub mod certs;
 pub mod kube_client;
 pub mod leader;
+pub mod retry;
 pub mod shutdown;
 pub mod webhook;
