@@ -12,10 +12,10 @@ use std::time::Instant;
 use http::{Method, Request};
 use prometheus_client::metrics::{family::Family, histogram::Histogram};
 
-use crate::metrics::Labels;
+use crate::metrics::ApiCall;
 
 /// The histogram family requests are recorded in.
-pub type ApiDurations = Family<Labels, Histogram, fn() -> Histogram>;
+pub type ApiDurations = Family<ApiCall, Histogram, fn() -> Histogram>;
 
 /// Buckets of API request durations (seconds).
 pub fn api_histogram() -> Histogram {
@@ -117,7 +117,7 @@ where
             let res = fut.await;
             if let Some((verb, resource)) = labels {
                 durations
-                    .get_or_create(&vec![("verb", verb), ("resource", resource)])
+                    .get_or_create(&ApiCall { verb, resource })
                     .observe(start.elapsed().as_secs_f64());
             }
             res

@@ -457,7 +457,7 @@ impl Context {
     /// Counts what the plan would not trust: invalid drain reports and gates someone else
     /// opened on a held pod (reset by the plan's actions, just applied).
     fn count_distrusted(&self, ns: &str, name: &str, observed: &Observed, plan: &Plan) {
-        let labels = vec![("namespace", ns.to_owned()), ("policy", name.to_owned())];
+        let labels = crate::metrics::Policy::new(ns, name);
         let invalid = observed.new_drains.iter().filter(|d| d.invalid).count();
         if invalid > 0 {
             warn!(policy = %name, namespace = %ns, invalid, "drain reports not plausible; their numbers are ignored");

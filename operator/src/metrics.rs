@@ -31,23 +31,98 @@ use crate::api_timing::{ApiDurations, api_histogram};
 use prometheus_client::encoding::text::encode;
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
 };
 use prometheus_client::registry::Registry;
 use quiesce_api::{Phase, RolloutPolicyStatus};
 
-/// Label set of a metric: `(name, value)` pairs.
-pub type Labels = Vec<(&'static str, String)>;
+// The label set of each metric, as a type: a series cannot be made with a label missing,
+// misspelt or in another order.
+
+/// `result` of a reconcile (`ok`, `error`) or a webhook request (`injected`, `skipped`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub result: &'static str,
+}
+
+/// `error`: what a reconcile failed on ([`crate::Error::metric_label`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKind {
+    pub error: &'static str,
+}
+
+/// `verb`, `resource` of an apiserver request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCall {
+    pub verb: String,
+    pub resource: String,
+}
+
+/// `watch`: one of the leader's watches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Watch {
+    pub watch: &'static str,
+}
+
+/// `namespace`, `policy`: a RolloutPolicy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Policy {
+    pub namespace: String,
+    pub policy: String,
+}
+
+impl Policy {
+    /// The labels of policy `policy` in `namespace`.
+    pub fn new(namespace: &str, policy: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            policy: policy.to_owned(),
+        }
+    }
+}
+
+/// A policy and its `phase`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyPhase {
+    #[prometheus(flatten)]
+    pub policy: Policy,
+    pub phase: &'static str,
+}
+
+/// A policy and a `state` of its replicas (`desired`, `updated`, `admitted`, `ready`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyReplicas {
+    #[prometheus(flatten)]
+    pub policy: Policy,
+    pub state: &'static str,
+}
+
+/// A policy and the `result` of a drain (`completed`, `forced`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyDrain {
+    #[prometheus(flatten)]
+    pub policy: Policy,
+    pub result: &'static str,
+}
+
+/// A policy and the `reason` a pod was admitted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyAdmission {
+    #[prometheus(flatten)]
+    pub policy: Policy,
+    pub reason: &'static str,
+}
 
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Reconciles by result.
-    pub reconciles: Family<Labels, Counter>,
+    pub reconciles: Family<Outcome, Counter>,
     /// Failed reconciles by error kind.
-    pub reconcile_errors: Family<Labels, Counter>,
+    pub reconcile_errors: Family<ErrorKind, Counter>,
     /// Reconcile durations.
     pub reconcile_duration: Histogram,
     /// The reconcile's own time: observing the caches and planning, without API calls.
@@ -55,29 +130,29 @@ pub struct Metrics {
     /// Requests to the apiserver until their response headers, by verb and resource.
     pub api_request_duration: Arc<ApiDurations>,
     /// 1 for each policy's current phase, 0 for the others.
-    pub policy_phase: Family<Labels, Gauge>,
+    pub policy_phase: Family<PolicyPhase, Gauge>,
     /// Replica counts of each policy's status, by `state`.
-    pub policy_replicas: Family<Labels, Gauge>,
+    pub policy_replicas: Family<PolicyReplicas, Gauge>,
     /// Length of each policy's `spec.steps`.
-    pub policy_steps: Family<Labels, Gauge>,
+    pub policy_steps: Family<Policy, Gauge>,
     /// Steps done in each policy's current or last rollout.
-    pub policy_steps_completed: Family<Labels, Gauge>,
+    pub policy_steps_completed: Family<Policy, Gauge>,
     /// Live pods of each policy's target that run without the sidecar.
-    pub pods_without_sidecar: Family<Labels, Gauge>,
+    pub pods_without_sidecar: Family<Policy, Gauge>,
     /// When each policy's rollout last made progress (unix seconds).
-    pub last_progress: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub last_progress: Family<Policy, Gauge<f64, AtomicU64>>,
     /// Pods admitted (readiness gate set True).
-    pub admissions: Family<Labels, Counter>,
+    pub admissions: Family<PolicyAdmission, Counter>,
     /// Drains reported by the sidecars.
-    pub drains: Family<Labels, Counter>,
+    pub drains: Family<PolicyDrain, Counter>,
     /// Durations of the drains reported by the sidecars.
-    pub drain_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    pub drain_duration: Family<PolicyDrain, Histogram, fn() -> Histogram>,
     /// Drain reports whose numbers were not plausible (counted as drains without them).
-    pub invalid_drain_reports: Family<Labels, Counter>,
+    pub invalid_drain_reports: Family<Policy, Counter>,
     /// Gates set `True` by someone else while the operator held the pod, reset to `False`.
-    pub gate_resets: Family<Labels, Counter>,
+    pub gate_resets: Family<Policy, Counter>,
     /// Admission webhook requests by result.
-    pub webhook_requests: Family<Labels, Counter>,
+    pub webhook_requests: Family<Outcome, Counter>,
     /// Admission webhook latency.
     pub webhook_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
@@ -86,10 +161,10 @@ pub struct Metrics {
     pub pod_watch_namespaces: Gauge,
     /// Objects delivered by each of the leader's watches, by `watch`: a watch that goes quiet
     /// while the cluster changes shows here.
-    pub watch_events: Family<Labels, Counter>,
+    pub watch_events: Family<Watch, Counter>,
     /// Errors of each of the leader's watches, by `watch` (each is retried with backoff; a
     /// watch the apiserver closed for being too slow resumes or lists again).
-    pub watch_errors: Family<Labels, Counter>,
+    pub watch_errors: Family<Watch, Counter>,
     phases: Mutex<std::collections::HashMap<(String, String), Phase>>,
 }
 
@@ -297,9 +372,7 @@ impl Default for Metrics {
         );
         // Every result from 0, so that `increase()` sees the first error.
         for result in WEBHOOK_RESULTS {
-            let _ = m
-                .webhook_requests
-                .get_or_create(&vec![("result", result.to_owned())]);
+            let _ = m.webhook_requests.get_or_create(&Outcome { result });
         }
         Metrics { registry, ..m }
     }
@@ -322,82 +395,74 @@ impl Metrics {
     }
 
     /// Records a reconcile's result.
-    pub fn reconciled(&self, error: Option<&str>) {
+    pub fn reconciled(&self, error: Option<&'static str>) {
         let result = if error.is_some() { "error" } else { "ok" };
-        self.reconciles
-            .get_or_create(&vec![("result", result.to_owned())])
-            .inc();
-        if let Some(label) = error {
+        self.reconciles.get_or_create(&Outcome { result }).inc();
+        if let Some(error) = error {
             self.reconcile_errors
-                .get_or_create(&vec![("error", label.to_owned())])
+                .get_or_create(&ErrorKind { error })
                 .inc();
         }
     }
 
     /// Sets the gauges of a policy (`None`: the policy is gone, its series are removed).
     pub fn set_policy(&self, namespace: &str, policy: &str, gauges: Option<&PolicyGauges>) {
-        let labels = |extra: Option<(&'static str, &str)>| {
-            let mut l = vec![
-                ("namespace", namespace.to_owned()),
-                ("policy", policy.to_owned()),
-            ];
-            l.extend(extra.map(|(k, v)| (k, v.to_owned())));
-            l
+        let labels = Policy::new(namespace, policy);
+        let drain = |result| PolicyDrain {
+            policy: labels.clone(),
+            result,
+        };
+        let replicas = |state| PolicyReplicas {
+            policy: labels.clone(),
+            state,
         };
         self.set_phase(namespace, policy, gauges.and_then(|g| g.phase));
         let Some(g) = gauges else {
             for result in DRAIN_RESULTS {
-                self.drains.remove(&labels(Some(("result", result))));
-                self.drain_duration
-                    .remove(&labels(Some(("result", result))));
+                self.drains.remove(&drain(result));
+                self.drain_duration.remove(&drain(result));
             }
             for state in REPLICA_STATES {
-                self.policy_replicas.remove(&labels(Some(("state", state))));
+                self.policy_replicas.remove(&replicas(state));
             }
-            self.policy_steps.remove(&labels(None));
-            self.policy_steps_completed.remove(&labels(None));
-            self.pods_without_sidecar.remove(&labels(None));
-            self.last_progress.remove(&labels(None));
+            self.policy_steps.remove(&labels);
+            self.policy_steps_completed.remove(&labels);
+            self.pods_without_sidecar.remove(&labels);
+            self.last_progress.remove(&labels);
             return;
         };
         // Both drain results exist from the first reconcile at 0, so that `increase()` sees
         // the first forced drain of a policy (a series born at 1 shows no increase).
         for result in DRAIN_RESULTS {
-            let _ = self.drains.get_or_create(&labels(Some(("result", result))));
-            let _ = self
-                .drain_duration
-                .get_or_create(&labels(Some(("result", result))));
+            let _ = self.drains.get_or_create(&drain(result));
+            let _ = self.drain_duration.get_or_create(&drain(result));
         }
         for (state, n) in REPLICA_STATES.into_iter().zip(g.replicas) {
-            self.policy_replicas
-                .get_or_create(&labels(Some(("state", state))))
-                .set(n);
+            self.policy_replicas.get_or_create(&replicas(state)).set(n);
         }
-        self.policy_steps.get_or_create(&labels(None)).set(g.steps);
+        self.policy_steps.get_or_create(&labels).set(g.steps);
         self.policy_steps_completed
-            .get_or_create(&labels(None))
+            .get_or_create(&labels)
             .set(g.steps_completed);
         self.pods_without_sidecar
-            .get_or_create(&labels(None))
+            .get_or_create(&labels)
             .set(g.pods_without_sidecar);
         match g.last_progress {
             Some(t) => {
-                self.last_progress.get_or_create(&labels(None)).set(t);
+                self.last_progress.get_or_create(&labels).set(t);
             }
             None => {
-                self.last_progress.remove(&labels(None));
+                self.last_progress.remove(&labels);
             }
         }
     }
 
     /// Counts one drain a sidecar reported, with its duration when it reported one.
     pub fn drained(&self, namespace: &str, policy: &str, forced: bool, seconds: Option<f64>) {
-        let result = DRAIN_RESULTS[usize::from(forced)];
-        let labels = vec![
-            ("namespace", namespace.to_owned()),
-            ("policy", policy.to_owned()),
-            ("result", result.to_owned()),
-        ];
+        let labels = PolicyDrain {
+            policy: Policy::new(namespace, policy),
+            result: DRAIN_RESULTS[usize::from(forced)],
+        };
         self.drains.get_or_create(&labels).inc();
         if let Some(s) = seconds {
             self.drain_duration.get_or_create(&labels).observe(s);
@@ -409,11 +474,10 @@ impl Metrics {
         let key = (namespace.to_owned(), policy.to_owned());
         let mut phases = self.phases.lock().expect("metrics lock");
         for p in PHASES {
-            let labels = vec![
-                ("namespace", namespace.to_owned()),
-                ("policy", policy.to_owned()),
-                ("phase", p.as_str().to_owned()),
-            ];
+            let labels = PolicyPhase {
+                policy: Policy::new(namespace, policy),
+                phase: p.as_str(),
+            };
             if phase == Some(p) {
                 self.policy_phase.get_or_create(&labels).set(1);
             } else if phases.contains_key(&key) || phase.is_none() {
@@ -432,22 +496,18 @@ impl Metrics {
 
     /// Counts one object delivered by the leader's watch `watch`.
     pub fn watch_event(&self, watch: &'static str) {
-        self.watch_events
-            .get_or_create(&vec![("watch", watch.to_owned())])
-            .inc();
+        self.watch_events.get_or_create(&Watch { watch }).inc();
     }
 
     /// Counts one error of the leader's watch `watch`.
     pub fn watch_error(&self, watch: &'static str) {
-        self.watch_errors
-            .get_or_create(&vec![("watch", watch.to_owned())])
-            .inc();
+        self.watch_errors.get_or_create(&Watch { watch }).inc();
     }
 
     /// Counts one webhook request and its latency.
-    pub fn webhook(&self, result: &str, seconds: f64) {
+    pub fn webhook(&self, result: &'static str, seconds: f64) {
         self.webhook_requests
-            .get_or_create(&vec![("result", result.to_owned())])
+            .get_or_create(&Outcome { result })
             .inc();
         self.webhook_duration.observe(seconds);
     }

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::{CachedPod, Context, in_namespace, pod_condition};
 use crate::error::{Result, RollbackError};
+use crate::metrics::{Policy, PolicyAdmission};
 use crate::plan::{Action, GateView, Observed, Plan};
 
 /// Gate writes in flight at once, across all reconciles: each holds a connection to the
@@ -90,11 +91,10 @@ impl Context {
                 if *ready {
                     self.metrics
                         .admissions
-                        .get_or_create(&vec![
-                            ("namespace", ns.clone()),
-                            ("policy", policy.name_any()),
-                            ("reason", (*reason).to_owned()),
-                        ])
+                        .get_or_create(&PolicyAdmission {
+                            policy: Policy::new(&ns, &policy.name_any()),
+                            reason,
+                        })
                         .inc();
                     // Debug, one line per pod (as the webhook's injections): the admission is
                     // in the pod's gate condition and in `admissions_total`.
