@@ -11,6 +11,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 # shellcheck source=../versions.env
 source "$here/../versions.env"
+# shellcheck source=../registry.sh
+source "$here/../registry.sh"
 NAME="${QUIESCE_KIND_NAME:-quiesce-kind}"
 NETNS="${QUIESCE_KIND_NETNS:-quiesce-kind}"
 STATE="${QUIESCE_KIND_STATE:-/var/lib/quiesce-kind}"
@@ -75,15 +77,7 @@ cmd_registry_up() {
   if ! { [ -f "$REGISTRY_PID" ] && kill -0 "$(cat "$REGISTRY_PID")" 2>/dev/null; }; then
     command -v docker-registry >/dev/null || "$here/../local/install-deps.sh"
     mkdir -p "$STATE/registry/data"
-    cat >"$STATE/registry/config.yml" <<EOF
-version: 0.1
-log: {level: warn}
-storage:
-  filesystem: {rootdirectory: $STATE/registry/data}
-  delete: {enabled: true}
-http:
-  addr: $REGISTRY_ADDR
-EOF
+    registry_config "$REGISTRY_ADDR" "$STATE/registry/data" >"$STATE/registry/config.yml"
     setsid nsenter --net="/run/netns/$NETNS" -- docker-registry serve "$STATE/registry/config.yml" \
       >>"$STATE/registry.log" 2>&1 </dev/null &
     echo $! >"$REGISTRY_PID"
@@ -94,11 +88,8 @@ EOF
     done
   fi
   local dir="/etc/containerd/certs.d/$REGISTRY_ADDR"
-  docker exec -i "$NAME-control-plane" sh -c "mkdir -p '$dir' && cat >'$dir/hosts.toml'" <<EOF
-server = "http://$REGISTRY_ADDR"
-[host."http://$REGISTRY_ADDR"]
-  capabilities = ["pull", "resolve"]
-EOF
+  registry_hosts_toml "$REGISTRY_ADDR" |
+    docker exec -i "$NAME-control-plane" sh -c "mkdir -p '$dir' && cat >'$dir/hosts.toml'"
   echo "$REGISTRY_ADDR"
 }
 

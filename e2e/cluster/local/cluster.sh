@@ -13,6 +13,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/../versions.env"
+# shellcheck source=../registry.sh
+source "$here/../registry.sh"
 CACHE="${QUIESCE_CACHE:-$HOME/.cache/quiesce}"
 STATE="${QUIESCE_STATE:-/var/lib/quiesce-local}"
 NETNS="${QUIESCE_NETNS:-quiesce}"
@@ -316,25 +318,13 @@ cmd_registry_up() {
   alive kube-apiserver || die "the cluster is not up"
   if ! alive registry; then
     mkdir -p "$STATE/registry/data"
-    cat >"$STATE/registry/config.yml" <<EOF
-version: 0.1
-log: {level: warn}
-storage:
-  filesystem: {rootdirectory: $STATE/registry/data}
-  delete: {enabled: true}
-http:
-  addr: $REGISTRY_ADDR
-EOF
+    registry_config "$REGISTRY_ADDR" "$STATE/registry/data" >"$STATE/registry/config.yml"
     start registry /usr/bin/docker-registry serve "$STATE/registry/config.yml"
     wait_for "registry at $REGISTRY_ADDR" 30 in_ns curl -sf "http://$REGISTRY_ADDR/v2/"
   fi
   local hosts="$STATE/containerd/certs.d/$REGISTRY_ADDR"
   mkdir -p "$hosts"
-  cat >"$hosts/hosts.toml" <<EOF
-server = "http://$REGISTRY_ADDR"
-[host."http://$REGISTRY_ADDR"]
-  capabilities = ["pull", "resolve"]
-EOF
+  registry_hosts_toml "$REGISTRY_ADDR" >"$hosts/hosts.toml"
   echo "$REGISTRY_ADDR"
 }
 
