@@ -153,15 +153,8 @@ pub async fn annotate_policy(
     key: &str,
     value: &str,
 ) -> Result<()> {
-    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
     let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
-    api.patch(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    merge_patch_policy(client, ns, name, &patch).await
 }
 
 /// Merges `spec` into a policy's spec (e.g. `{"paused": true}`).
@@ -171,14 +164,20 @@ pub async fn patch_policy_spec(
     name: &str,
     spec: serde_json::Value,
 ) -> Result<()> {
-    let api: Api<quiesce_api::RolloutPolicy> = Api::namespaced(client.clone(), ns);
-    let patch = serde_json::json!({ "spec": spec });
-    api.patch(
-        name,
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
-    )
-    .await?;
+    merge_patch_policy(client, ns, name, &serde_json::json!({ "spec": spec })).await
+}
+
+/// Applies a JSON merge patch to policy `name`.
+async fn merge_patch_policy(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<()> {
+    let params = kube::api::PatchParams::default();
+    policies(client, ns)
+        .patch(name, &params, &kube::api::Patch::Merge(patch))
+        .await?;
     Ok(())
 }
 
