@@ -4,6 +4,8 @@
 //! - [`plan`]: the pure decisions (`plan(observed, now) -> Plan`).
 //! - [`controller`]: the I/O shell around it (watches, pod and status patches, Events).
 //! - [`webhook`]: the mutating admission webhook that injects the sidecar.
+//! - [`shared_watch`]: the policy and ReplicaSet watches every replica keeps, shared by the
+//!   webhook and the leader's controller.
 //! - [`bindings`]: the sidecar's RoleBindings, exactly where a sidecar runs.
 //! - [`certs`]: the webhook's self-managed CA and serving certificate.
 //! - [`leader`]: Lease-based leader election (only the leader reconciles) and the leader's loop.
@@ -26,5 +28,6 @@ pub mod certs;
 pub mod kube_client;
 pub mod leader;
 pub mod retry;
+pub mod shared_watch;
 pub mod shutdown;
 pub mod webhook;

@@ -6,17 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector};
-use quiesce_api::RolloutPolicy;
 use quiesce_api::constants::OPERATOR_FIELD_MANAGER;
 use quiesce_operator::args::{Args, log_filter};
 use quiesce_operator::{
-    admin, api_timing::ApiTimingLayer, certs, controller, leader, metrics::Metrics, shutdown,
-    webhook,
+    admin, api_timing::ApiTimingLayer, certs, controller, leader, metrics::Metrics,
+    shared_watch::SharedCaches, shutdown, webhook,
 };
 use tracing::info;
 use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
@@ -68,25 +64,13 @@ async fn main() -> anyhow::Result<()> {
         },
     );
 
-    // Caches the webhook reads on every replica.
-    let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
-    let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
-    tokio::spawn(
-        controller::policy_events(client.clone(), None)
-            .default_backoff()
-            .reflect(policy_writer)
-            .for_each(|_| async {}),
-    );
-    tokio::spawn(
-        controller::replicaset_events(client.clone())
-            .reflect(rs_writer)
-            .for_each(|_| async {}),
-    );
+    // Caches the webhook reads on every replica; the leader's controller subscribes to them.
+    let shared = SharedCaches::spawn(&client, &metrics);
     let caches_synced = Arc::new(AtomicBool::new(false));
     {
-        let (p, r, flag) = (policies.clone(), replicasets.clone(), caches_synced.clone());
+        let (shared, flag) = (shared.clone(), caches_synced.clone());
         tokio::spawn(async move {
-            if p.wait_until_ready().await.is_ok() && r.wait_until_ready().await.is_ok() {
+            if shared.wait_listed().await {
                 flag.store(true, Ordering::Relaxed);
             }
         });
@@ -120,8 +104,8 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
 
     let webhook_app = webhook::router(webhook::WebhookState {
-        policies,
-        replicasets,
+        policies: shared.policies.store(),
+        replicasets: shared.replicasets.store(),
         settings: Arc::new(args.sidecar_settings()),
         metrics: metrics.clone(),
         recorder: Some(recorder.clone()),
@@ -156,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             metrics.clone(),
             recorder.clone(),
+            shared.clone(),
             args.bindings_settings(binding_owner.clone()),
             args.concurrent_reconciles,
             term_end,

@@ -7,8 +7,13 @@
 //! line, a Warning Event and an `Accepted=False` condition on that object; the others go on.
 //! A status that does not decode (only the operator writes it) is dropped instead: the policy is
 //! reconciled and its status written anew.
+//!
+//! Every replica's watch keeps the set of policies that do not decode now ([`Undecodables`]);
+//! the leader reports them ([`report_undecodable`]), once per object version and term, and not
+//! again when the object already says so (a previous leader reported it).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,6 +29,45 @@ use tracing::warn;
 
 /// Condition reason and Event reason: the object does not decode as a RolloutPolicy.
 pub const UNDECODABLE: &str = "Undecodable";
+
+/// The policies that do not decode now, by UID (filled by the policy watch).
+#[derive(Default)]
+pub struct Undecodables {
+    now: Mutex<HashMap<String, Undecodable>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Undecodables {
+    /// Records `bad` (`true` when it is news: a new object or version, logged then).
+    pub fn insert(&self, bad: Undecodable) -> bool {
+        let uid = bad.object.uid().unwrap_or_else(|| bad.object.name_any());
+        let mut now = self.now.lock().expect("undecodables lock");
+        let news = now.get(&uid).map(|b| b.object.resource_version())
+            != Some(bad.object.resource_version());
+        if news {
+            warn!(policy = %bad.object.name_any(), namespace = ?bad.object.namespace(), error = %bad.error, "RolloutPolicy does not decode; skipped");
+            now.insert(uid, bad);
+            self.changed.notify_one();
+        }
+        news
+    }
+
+    /// The object `uid` decodes now, or is gone.
+    pub fn remove(&self, uid: &str) {
+        self.now.lock().expect("undecodables lock").remove(uid);
+    }
+
+    /// Forgets everything (a relist follows and brings back what still does not decode).
+    pub fn clear(&self) {
+        self.now.lock().expect("undecodables lock").clear();
+    }
+
+    /// The policies that do not decode now.
+    pub fn snapshot(&self) -> Vec<Undecodable> {
+        let now = self.now.lock().expect("undecodables lock");
+        now.values().cloned().collect()
+    }
+}
 
 /// A policy object left out because it does not decode.
 #[derive(Clone, Debug)]
@@ -88,7 +132,10 @@ pub fn decode_event(
             (true, p) => watcher::Event::Apply(p),
             (false, stand_in) => watcher::Event::Delete(stand_in),
         },
-        watcher::Event::Delete(o) => watcher::Event::Delete(typed(o).1),
+        // Gone: whether it decoded no longer matters.
+        watcher::Event::Delete(o) => {
+            watcher::Event::Delete(decode(&o).unwrap_or_else(|_| placeholder(&o)))
+        }
     })
 }
 
@@ -98,76 +145,115 @@ fn resource() -> ApiResource {
 }
 
 /// Watches every RolloutPolicy as raw JSON and yields the ones that decode (see the module
-/// docs). Undecodable objects are logged here and sent to `report`, when given.
+/// docs); `undecodable` holds the others.
 pub fn policy_events(
     client: Client,
-    report: Option<futures::channel::mpsc::UnboundedSender<Undecodable>>,
+    undecodable: Arc<Undecodables>,
 ) -> impl Stream<Item = Result<watcher::Event<RolloutPolicy>, watcher::Error>> + Send {
     let api = Api::<DynamicObject>::all_with(client, &resource());
     watcher(api, watcher::Config::default()).filter_map(move |event| {
-        let report = report.clone();
-        async move {
-            let mut bad = Vec::new();
-            let typed = match event {
-                Ok(event) => decode_event(event, &mut bad).map(Ok),
-                Err(e) => Some(Err(e)),
-            };
-            for b in bad {
-                if let Some(tx) = &report {
-                    let _ = tx.unbounded_send(b);
-                } else {
-                    warn!(policy = %b.object.name_any(), namespace = ?b.object.namespace(), error = %b.error, "RolloutPolicy does not decode; skipped");
-                }
-            }
-            typed
-        }
+        futures::future::ready(match event {
+            Ok(event) => decode_tracked(event, &undecodable).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
     })
 }
 
-/// Reports undecodable policies (once per object version): a log line, a Warning Event on the
-/// object and `Accepted=False` on its status, by a JSON merge patch that needs no decoding.
+/// [`decode_event`], keeping `undecodable` current: what decodes or is gone leaves it (a bad
+/// change arrives here as a deletion), what does not decode enters it.
+pub(super) fn decode_tracked(
+    event: watcher::Event<DynamicObject>,
+    undecodable: &Undecodables,
+) -> Option<watcher::Event<RolloutPolicy>> {
+    if matches!(event, watcher::Event::Init) {
+        undecodable.clear();
+    }
+    let mut bad = Vec::new();
+    let typed = decode_event(event, &mut bad);
+    if let Some(
+        watcher::Event::InitApply(p) | watcher::Event::Apply(p) | watcher::Event::Delete(p),
+    ) = &typed
+    {
+        undecodable.remove(&p.uid().unwrap_or_else(|| p.name_any()));
+    }
+    for b in bad {
+        undecodable.insert(b);
+    }
+    typed
+}
+
+/// Reports the policies that do not decode, for as long as this replica leads: a Warning Event
+/// on the object and `Accepted=False` on its status, by a JSON merge patch that needs no
+/// decoding. Each object version once a term; not at all when the object already carries that
+/// condition (a previous leader wrote it).
 pub async fn report_undecodable(
     client: Client,
     recorder: Recorder,
-    mut bad: futures::channel::mpsc::UnboundedReceiver<Undecodable>,
+    undecodable: Arc<Undecodables>,
 ) {
     let mut reported: HashMap<String, String> = HashMap::new();
-    while let Some(b) = bad.next().await {
-        let (uid, version) = (b.object.uid(), b.object.resource_version());
-        if let (Some(uid), Some(version)) = (&uid, &version) {
-            if reported.get(uid) == Some(version) {
-                continue;
+    loop {
+        // Taken before the snapshot: a change while reporting wakes the next pass.
+        let changed = undecodable.changed.notified();
+        for b in undecodable.snapshot() {
+            let (uid, version) = (b.object.uid(), b.object.resource_version());
+            if let (Some(uid), Some(version)) = (&uid, &version) {
+                if reported.get(uid) == Some(version) {
+                    continue;
+                }
+                reported.insert(uid.clone(), version.clone());
             }
-            reported.insert(uid.clone(), version.clone());
+            report(&client, &recorder, &b).await;
         }
-        let (name, ns) = (
-            b.object.name_any(),
-            b.object.namespace().unwrap_or_default(),
-        );
-        warn!(policy = %name, namespace = %ns, error = %b.error, "RolloutPolicy does not decode; skipped");
-        let note = undecodable_note(&b.error);
-        let event = Event {
-            type_: EventType::Warning,
-            reason: UNDECODABLE.to_owned(),
-            note: Some(note.clone()),
-            action: "Decode".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = recorder
-            .publish(&event, &b.object.object_ref(&resource()))
-            .await
-        {
-            warn!(error = %e, "publishing event failed");
-        }
-        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource());
-        let patch = status_patch(&b.object, &note, Timestamp::now());
-        if let Err(e) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            warn!(policy = %name, namespace = %ns, error = %e, "setting Accepted=False failed");
-        }
+        changed.await;
     }
+}
+
+/// One undecodable policy's Event and condition, unless the object says so already.
+async fn report(client: &Client, recorder: &Recorder, bad: &Undecodable) {
+    let note = undecodable_note(&bad.error);
+    if already_reported(&bad.object, &note) {
+        return;
+    }
+    let (name, ns) = (
+        bad.object.name_any(),
+        bad.object.namespace().unwrap_or_default(),
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: UNDECODABLE.to_owned(),
+        note: Some(note.clone()),
+        action: "Decode".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = recorder
+        .publish(&event, &bad.object.object_ref(&resource()))
+        .await
+    {
+        warn!(error = %e, "publishing event failed");
+    }
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource());
+    let patch = status_patch(&bad.object, &note, Timestamp::now());
+    if let Err(e) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        warn!(policy = %name, namespace = %ns, error = %e, "setting Accepted=False failed");
+    }
+}
+
+/// Whether `object` already carries the `Accepted=False` condition [`status_patch`] writes
+/// with `note`, for its current generation. Its own status write makes a new version of the
+/// object, which must not be reported again.
+pub fn already_reported(object: &DynamicObject, note: &str) -> bool {
+    let conditions = object.data["status"]["conditions"].as_array();
+    conditions.into_iter().flatten().any(|c| {
+        c["type"] == conditions::ACCEPTED
+            && c["status"] == "False"
+            && c["reason"] == UNDECODABLE
+            && c["message"] == note
+            && c["observedGeneration"].as_i64() == object.meta().generation
+    })
 }
 
 /// The message of an undecodable policy's Event and condition.

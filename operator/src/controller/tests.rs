@@ -1249,8 +1249,8 @@ async fn one_undecodable_policy_does_not_stall_the_policy_watch() {
         )
         .await;
     });
-    let (tx, mut rx) = futures::channel::mpsc::unbounded();
-    let mut events = Box::pin(policy_events(client, Some(tx)));
+    let undecodable = Arc::new(Undecodables::default());
+    let mut events = Box::pin(policy_events(client, undecodable.clone()));
     let mut listed = Vec::new();
     loop {
         match events.next().await.unwrap().unwrap() {
@@ -1260,9 +1260,34 @@ async fn one_undecodable_policy_does_not_stall_the_policy_watch() {
         }
     }
     assert_eq!(listed, vec!["web"]);
-    let bad = rx.try_recv().unwrap();
-    assert_eq!(bad.object.name_any(), "bad");
+    let bad = undecodable.snapshot();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].object.name_any(), "bad");
     server.await.unwrap();
+}
+
+/// The set the leader reports follows the watch: a fixed policy leaves it, a broken one enters
+/// it, a deleted one leaves it, a relist starts it afresh.
+#[test]
+fn the_undecodable_set_follows_the_watch() {
+    let undecodable = Undecodables::default();
+    let bad = dynamic(raw_policy("bad", undecodable_spec()));
+    let fixed = dynamic(raw_policy("bad", json!({"targetRef": {"name": "web"}})));
+    let names = |u: &Undecodables| -> Vec<String> {
+        u.snapshot().iter().map(|b| b.object.name_any()).collect()
+    };
+    policies::decode_tracked(watcher::Event::InitApply(bad.clone()), &undecodable);
+    assert_eq!(names(&undecodable), ["bad"]);
+    policies::decode_tracked(watcher::Event::Apply(fixed.clone()), &undecodable);
+    assert!(names(&undecodable).is_empty());
+    policies::decode_tracked(watcher::Event::Apply(bad.clone()), &undecodable);
+    assert_eq!(names(&undecodable), ["bad"]);
+    let gone = policies::decode_tracked(watcher::Event::Delete(bad.clone()), &undecodable);
+    assert!(matches!(gone, Some(watcher::Event::Delete(p)) if p.name_any() == "bad"));
+    assert!(names(&undecodable).is_empty());
+    policies::decode_tracked(watcher::Event::Apply(bad), &undecodable);
+    policies::decode_tracked(watcher::Event::Init, &undecodable);
+    assert!(names(&undecodable).is_empty());
 }
 
 #[tokio::test]
@@ -1275,16 +1300,19 @@ async fn an_undecodable_policy_gets_a_warning_and_accepted_false() {
             instance: Some("test".into()),
         },
     );
-    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let undecodable = Arc::new(Undecodables::default());
     let bad = Undecodable {
         object: dynamic(raw_policy("bad", undecodable_spec())),
         error: "spec: invalid value: integer `3000000000`, expected i32".into(),
     };
     // The same version twice (a relist): reported once.
-    tx.unbounded_send(bad.clone()).unwrap();
-    tx.unbounded_send(bad).unwrap();
-    drop(tx);
-    let reporter = tokio::spawn(policies::report_undecodable(client, recorder, rx));
+    assert!(undecodable.insert(bad.clone()));
+    assert!(!undecodable.insert(bad.clone()));
+    let reporter = tokio::spawn(policies::report_undecodable(
+        client,
+        recorder,
+        undecodable.clone(),
+    ));
     let event = expect_event(&mut handle).await;
     assert_eq!(
         (event["type"].as_str(), event["reason"].as_str()),
@@ -1305,8 +1333,36 @@ async fn an_undecodable_policy_gets_a_warning_and_accepted_false() {
         (Some("Accepted"), Some("False"))
     );
     assert_eq!(c["reason"], policies::UNDECODABLE);
-    reporter.await.unwrap();
+    // That status write made a new version of the object, which says so already: not again
+    // (nor by a new leader that finds it so).
+    let mut written = raw_policy("bad", undecodable_spec());
+    written["metadata"]["resourceVersion"] = json!("8");
+    written["status"] = patch["status"].clone();
+    assert!(undecodable.insert(Undecodable {
+        object: dynamic(written),
+        error: bad.error.clone(),
+    }));
     no_more_calls(&mut handle).await;
+    // A new version with another spec (and so another generation) is reported again.
+    let mut changed = raw_policy("bad", undecodable_spec());
+    changed["metadata"]["resourceVersion"] = json!("9");
+    changed["metadata"]["generation"] = json!(2);
+    changed["status"] = patch["status"].clone();
+    assert!(undecodable.insert(Undecodable {
+        object: dynamic(changed),
+        error: bad.error,
+    }));
+    // The recorder counts it into the same Event's series.
+    let event = expect(
+        &mut handle,
+        Method::PATCH,
+        "/apis/events.k8s.io/v1/namespaces/shop/events/bad.",
+        event_reply(),
+    )
+    .await;
+    assert_eq!(event["reason"], policies::UNDECODABLE);
+    assert_eq!(event["series"]["count"], 2);
+    reporter.abort();
 }
 
 #[test]

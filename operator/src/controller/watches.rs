@@ -1,7 +1,8 @@
 //! The leader's watches and the kube `Controller` over them ([`run`]): the streams that fill
-//! the caches (Deployments, ReplicaSet metadata, pods, Services, policies), which policies an
-//! event on each requeues, the one task that marks the caches synced, and the count and log
-//! line of every watch event and error ([`counted`]).
+//! the term's caches (Deployments, pods, Services) and its subscriptions to the shared ones
+//! (policies, ReplicaSet metadata: [`crate::shared_watch`]), which policies an event on each
+//! requeues, the one task that marks the caches synced, and the count and log line of every
+//! watch event and error ([`counted`]).
 
 use std::sync::Arc;
 
@@ -19,10 +20,11 @@ use tracing::{debug, warn};
 
 use super::{
     CachedDeployment, CachedPod, Context, PodCache, deployment_of, error_policy, pod_cache,
-    pod_event, policies, policies_for, policy_events, reconcile, service_event, system_clock,
+    pod_event, policies, policies_for, reconcile, service_event, system_clock,
 };
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::shared_watch::{SharedCaches, SharedWatch, Touched};
 
 /// The metadata of every Deployment-owned ReplicaSet (label `pod-template-hash`), without
 /// `managedFields`: what the controller and the webhook map a pod to its Deployment with.
@@ -53,17 +55,20 @@ fn counted<T, S: Stream<Item = Result<T, watcher::Error>>>(
     })
 }
 
-/// Counts and logs one error of the leader's watch `watch` (retried with backoff).
-fn watch_failed(metrics: &Metrics, watch: &'static str, err: &watcher::Error) {
+/// Counts and logs one error of the watch `watch` (retried with backoff).
+pub(crate) fn watch_failed(metrics: &Metrics, watch: &'static str, err: &watcher::Error) {
     metrics.watch_error(watch);
     warn!(watch, error = %err, "watch failed; retrying");
 }
 
-/// Runs the controller until `shutdown` resolves (leadership lost or process stopping).
+/// Runs the controller until `shutdown` resolves (leadership lost or process stopping). The
+/// policy and ReplicaSet caches are `shared` with the webhook and outlive the term; the
+/// Deployment, pod and Service watches are the term's own.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     recorder: Recorder,
+    shared: SharedCaches,
     bindings: Option<crate::bindings::Settings>,
     concurrency: u16,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -71,7 +76,6 @@ pub async fn run(
     // Woken on every change of the caches the sidecar bindings are computed from.
     let changed = Arc::new(tokio::sync::Notify::new());
     let (deployments, deploy_writer) = reflector::store::<CachedDeployment>();
-    let (replicasets, rs_writer) = reflector::store::<PartialObjectMeta<ReplicaSet>>();
     let (services, svc_writer) = reflector::store::<Service>();
     let deploy_stream = counted(
         &metrics,
@@ -83,13 +87,6 @@ pub async fn run(
         .default_backoff()
         .reflect(deploy_writer)
         .touched_objects(),
-    );
-    let rs_stream = counted(
-        &metrics,
-        "replicasets",
-        replicaset_events(client.clone())
-            .reflect(rs_writer)
-            .touched_objects(),
     );
     let (pods, pod_stream) = PodCache::watch(client.clone());
     let pod_stream = counted(&metrics, "pods", pod_stream);
@@ -111,42 +108,40 @@ pub async fn run(
         .touched_objects(),
     );
 
-    // Policies are decoded one by one: one that does not decode is reported, not a stall.
-    let (policies, policy_writer) = reflector::store::<RolloutPolicy>();
-    let (undecodable_tx, undecodable_rx) = futures::channel::mpsc::unbounded();
-    tokio::spawn(policies::report_undecodable(
+    let (policies, replicasets) = (shared.policies.store(), shared.replicasets.store());
+    // Subscribed before the first reconcile of everything, so that nothing falls in between.
+    let (lagged_tx, lagged) = futures::channel::mpsc::unbounded();
+    let policy_stream = shared
+        .policies
+        .subscribe("policies", lagged_tx.clone())
+        .filter_map(|touched| {
+            futures::future::ready(match touched {
+                Touched::Applied(policy) => Some(policy),
+                Touched::Deleted(_) => None,
+            })
+        });
+    let rs_stream = shared
+        .replicasets
+        .subscribe("replicasets", lagged_tx)
+        .map(Touched::object);
+    // Every policy once the cache has listed (what the watch delivered before this term
+    // started is not replayed), and again whenever a subscription fell behind.
+    let listed = shared.policies.clone();
+    let reconcile_everything = futures::stream::once(async move { listed.wait_listed().await })
+        .map(|_| ())
+        .chain(lagged);
+    let reporter = tokio::spawn(policies::report_undecodable(
         client.clone(),
         recorder.clone(),
-        undecodable_rx,
+        shared.undecodable.clone(),
     ));
-    let policy_changed = changed.clone();
-    let (pod_cache, policy_store, watch_metrics) =
-        (pods.clone(), policies.clone(), metrics.clone());
-    // The policy store's one waiter is the Controller itself: its listing is told apart here.
-    let (policies_listed_tx, policies_listed) = tokio::sync::watch::channel(false);
-    let policy_stream = policy_events(client.clone(), Some(undecodable_tx))
-        .default_backoff()
-        .reflect(policy_writer)
-        .inspect(move |event| {
-            use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
-            match event {
-                Ok(InitDone) => {
-                    policies_listed_tx.send_replace(true);
-                }
-                Ok(InitApply(_) | Apply(_) | Delete(_)) => watch_metrics.watch_event("policies"),
-                Ok(Init) => {}
-                Err(err) => watch_failed(&watch_metrics, "policies", err),
-            }
-            // The store changes on Apply and Delete, and on InitDone for a whole (re)list.
-            if matches!(event, Ok(InitDone | Apply(_) | Delete(_))) {
-                let namespaces = pod_cache::policy_namespaces(&policy_store.state());
-                let watched = pod_cache.watch_namespaces(&namespaces);
-                watch_metrics.pod_watch_namespaces.set(watched as i64);
-            }
-            policy_changed.notify_one();
-        })
-        .applied_objects();
-    let controller = Controller::for_stream(policy_stream, policies.clone())
+    let scope = tokio::spawn(watch_policy_namespaces(
+        shared.policies.clone(),
+        pods.clone(),
+        metrics.clone(),
+        changed.clone(),
+    ));
+    let controller = Controller::for_shared_stream(policy_stream, policies.clone())
         .with_config(ControllerConfig::default().concurrency(concurrency));
     let (p1, p2, p3, p4) = (
         policies.clone(),
@@ -158,16 +153,16 @@ pub async fn run(
     let (retrigger, retriggered) = futures::channel::mpsc::unbounded();
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
     {
-        // The single waiter on the stores (see `Context::ready`).
-        let (d, r, p, s) = (
+        // The single waiter on the term's own stores (see `Context::ready`).
+        let (d, p, s, shared_rs) = (
             deployments.clone(),
-            replicasets.clone(),
             pods.injected().clone(),
             services.clone(),
+            shared.replicasets.clone(),
         );
         tokio::spawn(async move {
             if d.wait_until_ready().await.is_ok()
-                && r.wait_until_ready().await.is_ok()
+                && shared_rs.wait_listed().await
                 && p.wait_until_ready().await.is_ok()
                 && s.wait_until_ready().await.is_ok()
             {
@@ -200,7 +195,7 @@ pub async fn run(
                 pods: ctx.pods.clone(),
                 changed: changed.clone(),
                 synced: ready_rx,
-                policies_listed,
+                policies_listed: shared.policies.listed(),
             }
             .run(),
         )
@@ -208,18 +203,18 @@ pub async fn run(
     let (inbox, clock) = (ctx.drain_inbox.clone(), ctx.clock.clone());
     let (deploy_changed, pod_changed) = (changed.clone(), changed);
     controller
+        .reconcile_all_on(reconcile_everything)
         .reconcile_on(retriggered)
         .watches_stream(deploy_stream, move |d: CachedDeployment| {
             deploy_changed.notify_one();
             policies_for(&p1, &d.namespace().unwrap_or_default(), &d.name_any())
         })
-        .watches_stream(
-            rs_stream,
-            move |rs: PartialObjectMeta<ReplicaSet>| match deployment_of(&rs.metadata) {
+        .watches_shared_stream(rs_stream, move |rs: Arc<PartialObjectMeta<ReplicaSet>>| {
+            match deployment_of(&rs.metadata) {
                 Some(name) => policies_for(&p2, &rs.namespace().unwrap_or_default(), &name),
                 None => Vec::new(),
-            },
-        )
+            }
+        })
         .watches_stream(pod_stream, move |pod: CachedPod| {
             pod_changed.notify_one();
             pod_event(&pod, &p3, &rs_for_pods, &inbox, clock())
@@ -234,8 +229,35 @@ pub async fn run(
             }
         })
         .await;
-    // Leadership ends: the bindings are the next leader's to keep.
+    // Leadership ends: the bindings and reports are the next leader's to keep.
+    reporter.abort();
+    scope.abort();
     if let Some(binder) = binder {
         binder.abort();
+    }
+}
+
+/// Keeps the pod cache's namespace watches on the namespaces that hold a policy, and wakes the
+/// bindings on every change of the policies (until aborted at the end of the term).
+async fn watch_policy_namespaces(
+    policies: SharedWatch<RolloutPolicy>,
+    pods: PodCache,
+    metrics: Arc<Metrics>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    let mut changes = policies.changes();
+    if !policies.wait_listed().await {
+        return;
+    }
+    loop {
+        changes.mark_unchanged();
+        let namespaces = pod_cache::policy_namespaces(&policies.store().state());
+        metrics
+            .pod_watch_namespaces
+            .set(pods.watch_namespaces(&namespaces) as i64);
+        changed.notify_one();
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
