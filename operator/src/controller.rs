@@ -326,7 +326,12 @@ pub fn gone_is_done(
     }
 }
 
-/// One reconcile of one policy: finalizer handling around [`Context::apply`].
+/// One reconcile of one policy: finalizer handling around [`Context::apply`]. Its span names the
+/// policy, so the lines logged inside do not repeat it.
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    policy = %policy.name_any(),
+    namespace = %policy.namespace().unwrap_or_default(),
+))]
 pub async fn reconcile(policy: Arc<RolloutPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile_timer();
     // The triggers are polled while this waits; a closed channel means shutdown.
@@ -385,8 +390,7 @@ impl Context {
             return Err(err);
         }
         if !deleting && plan.status.message != observed.policy.status.message {
-            info!(policy = %name, namespace = %ns, phase = ?plan.status.phase,
-                step = ?plan.status.current_step, message = plan.status.message.as_deref().unwrap_or(""),
+            info!(phase = ?plan.status.phase, step = ?plan.status.current_step, message = plan.status.message.as_deref().unwrap_or(""),
                 "policy status");
         }
         for d in &observed.new_drains {
@@ -411,7 +415,7 @@ impl Context {
         self.count_distrusted(&ns, &name, &observed, &plan);
         if deleting {
             let released = plan.actions.iter().filter_map(Action::admitted_pod).count();
-            info!(policy = %name, namespace = %ns, released, "policy deleted; its held pods released");
+            info!(released, "policy deleted; its held pods released");
             // The finalizer goes next: nothing of this policy is read again.
             self.memory()
                 .policies
@@ -461,14 +465,14 @@ impl Context {
         let labels = crate::metrics::Policy::new(ns, name);
         let invalid = observed.new_drains.iter().filter(|d| d.invalid).count();
         if invalid > 0 {
-            warn!(policy = %name, namespace = %ns, invalid, "drain reports not plausible; their numbers are ignored");
+            warn!(invalid, "drain reports not plausible; their numbers are ignored");
             self.metrics
                 .invalid_drain_reports
                 .get_or_create(&labels)
                 .inc_by(invalid as u64);
         }
         for pod in &plan.gate_resets {
-            warn!(policy = %name, namespace = %ns, pod = %pod, "readiness gate opened by someone else while held; reset");
+            warn!(pod = %pod, "readiness gate opened by someone else while held; reset");
             self.metrics.gate_resets.get_or_create(&labels).inc();
         }
     }

@@ -9,7 +9,7 @@ use clap::Parser;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use quiesce_api::constants::OPERATOR_FIELD_MANAGER;
-use quiesce_operator::args::{Args, log_filter};
+use quiesce_operator::args::{Args, json_logs, log_filter};
 use quiesce_operator::{
     admin, api_timing::ApiTimingLayer, certs, controller, leader, metrics::Metrics,
     shared_watch::SharedCaches, shutdown, webhook,
@@ -43,13 +43,7 @@ async fn main() -> anyhow::Result<()> {
     if args.log_format == "plain" {
         tracing_subscriber::fmt().finish().with(filter).init();
     } else {
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .finish()
-            .with(filter)
-            .init();
+        json_logs(std::io::stdout).with(filter).init();
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
 

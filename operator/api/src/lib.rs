@@ -7,11 +7,13 @@
 //! - [`crd`]: the generated CustomResourceDefinition and where its YAML is committed.
 //! - [`DrainReport`]: the sidecar's drain report, the drained condition's message.
 //! - [`sidecar`]: the environment the webhook writes and the sidecar reads ([`SidecarEnv`]).
+//! - [`log_line`]: the JSON log line both binaries write.
 
 pub mod constants;
 pub mod crd;
 pub mod defaults;
 mod drain_report;
+pub mod log_line;
 mod rollout_policy;
 pub mod sidecar;
 

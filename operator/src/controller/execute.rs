@@ -98,7 +98,7 @@ impl Context {
                         .inc();
                     // Debug, one line per pod (as the webhook's injections): the admission is
                     // in the pod's gate condition and in `admissions_total`.
-                    debug!(pod = %pod, namespace = %ns, reason, "pod admitted");
+                    debug!(pod = %pod, reason, "pod admitted");
                 }
                 let pod_uid = current.uid().unwrap_or_default();
                 let mut memory = self.memory();
@@ -192,7 +192,7 @@ impl Context {
         Api::<Deployment>::namespaced(self.client.clone(), &ns)
             .patch(target, &PatchParams::default(), &Patch::Json::<()>(patch))
             .await?;
-        warn!(deployment = %target, namespace = %ns, revision, "rolled back to the stable revision");
+        warn!(deployment = %target, revision, "rolled back to the stable revision");
         Ok(())
     }
 
