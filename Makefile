@@ -96,7 +96,7 @@ bench-scale:
 
 # The "Proxy overhead" tables of docs/benchmarks.md: on loopback, no cluster. Installs hey
 # (tools.sh), nginx and HAProxy (Debian packages), builds the release binaries as
-# e2e/cluster/images.sh does (`images.sh binaries`), then runs e2e/src/bin/proxybench.rs; ARGS go to
+# e2e/cluster/images.sh does (`images.sh binaries`), then runs e2e/src/bin/proxybench/; ARGS go to
 # it (`make bench-proxy ARGS="--rounds 1 --hey-only"`). Markdown on stdout, progress on stderr.
 BENCH_TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/quiesce/cargo-target)
 bench-proxy:
