@@ -1,4 +1,4 @@
-//! The pure parts of the scale benchmark (`make bench-scale`, `src/bin/scalebench.rs`):
+//! The pure parts of the scale benchmark (`make bench-scale`, `src/bin/scalebench/`):
 //! quantiles of Prometheus histograms between two scrapes and of measured latencies, and the
 //! objects it creates on kwok's simulated nodes.
 
