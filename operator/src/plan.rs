@@ -30,7 +30,7 @@
 //! Deployment several target), `failure.rs`
 //! (progress deadline, restarts, rollback or pause), `report.rs` (drains, injection, grace
 //! period, proxy takeover, sidecar health), `status.rs` (conditions, message, phase Events);
-//! this file holds the entry point and the order of the passes ([`Planner::run`]).
+//! this file holds the entry point and the order of the passes (`Planner::run`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

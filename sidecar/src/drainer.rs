@@ -16,6 +16,7 @@ use std::{
 
 use serde::Serialize;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::{
     config::{AppShutdown, DrainConfig, NewConnectionSignal},
@@ -54,6 +55,8 @@ pub enum DrainState {
 pub struct KubeDrain {
     /// Client for the EndpointSlice watch.
     pub client: crate::apiserver::ApiClient,
+    /// Own name (the drain's log span).
+    pub name: String,
     /// Own namespace.
     pub namespace: String,
     /// Own IP.
@@ -176,7 +179,6 @@ impl Drainer {
     /// Starts the drain if none started, then waits for it; every caller gets the same report.
     pub async fn drain(&self, trigger: &str) -> DrainReport {
         if !self.inner.started.swap(true, Ordering::SeqCst) {
-            tracing::info!(trigger, "drain starting");
             self.inner.state.send_replace(DrainState::Running {
                 phase: if self.inner.kube.is_some() {
                     Phase::Endpoints
@@ -186,31 +188,7 @@ impl Drainer {
                 trigger: trigger.to_string(),
             });
             self.inner.metrics.draining.set(1);
-            let this = self.clone();
-            let trigger = trigger.to_string();
-            tokio::spawn(async move {
-                let worker = tokio::spawn(run(this.clone(), trigger.clone()));
-                let bound = this.hard_bound();
-                let report = match tokio::time::timeout(bound, worker).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "drain task failed; releasing callers");
-                        failed_report()
-                    }
-                    Err(_) => {
-                        tracing::error!(?bound, "drain overran its bounds; releasing callers");
-                        failed_report()
-                    }
-                };
-                this.inner.state.send_if_modified(|s| {
-                    if matches!(s, DrainState::Done { .. }) {
-                        false
-                    } else {
-                        *s = DrainState::Done { report, trigger };
-                        true
-                    }
-                });
-            });
+            tokio::spawn(bounded(self.clone(), trigger.to_string()));
         }
         let mut rx = self.inner.state.subscribe();
         let state = rx
@@ -303,6 +281,38 @@ impl Observer {
             None => (direct, arrived_direct),
         }
     }
+}
+
+/// One drain, its callers released after [`Drainer::hard_bound`] whatever happens. Its span
+/// names the trigger and, in a pod, the pod, so the lines logged inside do not repeat them.
+#[tracing::instrument(name = "drain", skip_all, fields(
+    %trigger,
+    pod = this.inner.kube.as_ref().map(|k| k.name.as_str()),
+    namespace = this.inner.kube.as_ref().map(|k| k.namespace.as_str()),
+))]
+async fn bounded(this: Drainer, trigger: String) {
+    tracing::info!("drain starting");
+    let worker = tokio::spawn(run(this.clone(), trigger.clone()).in_current_span());
+    let bound = this.hard_bound();
+    let report = match tokio::time::timeout(bound, worker).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "drain task failed; releasing callers");
+            failed_report()
+        }
+        Err(_) => {
+            tracing::error!(?bound, "drain overran its bounds; releasing callers");
+            failed_report()
+        }
+    };
+    this.inner.state.send_if_modified(|s| {
+        if matches!(s, DrainState::Done { .. }) {
+            false
+        } else {
+            *s = DrainState::Done { report, trigger };
+            true
+        }
+    });
 }
 
 async fn run(d: Drainer, trigger: String) -> DrainReport {
@@ -424,7 +434,7 @@ async fn run(d: Drainer, trigger: String) -> DrainReport {
         tracing::warn!("drained condition not written in time; answering anyway (still retrying)");
     }
     if report.handed_to_app.is_some() {
-        tokio::spawn(follow_app_shutdown(d.clone(), report.clone()));
+        tokio::spawn(follow_app_shutdown(d.clone(), report.clone()).in_current_span());
     }
     report
 }

@@ -25,6 +25,42 @@ use tokio::net::TcpStream;
 
 use crate::config::{ProbeConfig, ProbeKind};
 
+/// Why one check of the app failed: logged when the app's health changes and shown by
+/// `/readyz` as `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// No answer within the probe's timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Connecting failed.
+    #[error("{0}")]
+    Connect(#[source] std::io::Error),
+    /// The HTTPS probe's TLS handshake failed.
+    #[error("TLS: {0}")]
+    Tls(#[source] std::io::Error),
+    /// The request could not be built from the probe's path and headers.
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    /// The HTTP exchange failed.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The HTTP probe's answer is outside the healthy range.
+    #[error("HTTP status {code}, expected {}-{}", .expected.0, .expected.1)]
+    Status { code: u16, expected: (u16, u16) },
+    /// The gRPC health service answered with an HTTP error.
+    #[error("HTTP status {0}")]
+    GrpcHttp(http::StatusCode),
+    /// The gRPC call failed (`grpc-status` other than 0, or none).
+    #[error("grpc-status {}", .0.as_deref().unwrap_or("missing"))]
+    GrpcStatus(Option<String>),
+    /// The app's health service says it is not serving.
+    #[error("health status {0}, not SERVING")]
+    NotServing(u64),
+    /// The answer is not a `HealthCheckResponse`.
+    #[error("malformed HealthCheckResponse")]
+    Malformed,
+}
+
 /// Consecutive-result thresholds, like the kubelet's: starts unhealthy.
 #[derive(Debug, Clone)]
 pub struct HealthTracker {
@@ -91,8 +127,8 @@ impl HealthTracker {
     }
 }
 
-/// Runs one probe, bounded by the configured timeout. `Err` carries a short reason.
-pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), String> {
+/// Runs one probe, bounded by the configured timeout.
+pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), ProbeError> {
     let addr = SocketAddr::new(cfg.host, cfg.port);
     let fut = async {
         match cfg.kind {
@@ -100,14 +136,14 @@ pub async fn probe_once(cfg: &ProbeConfig) -> Result<(), String> {
             ProbeKind::Tcp => TcpStream::connect(addr)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(ProbeError::Connect),
             ProbeKind::Http => http_probe(addr, cfg).await,
             ProbeKind::Grpc => grpc_probe(addr, &cfg.grpc_service).await,
         }
     };
     match tokio::time::timeout(cfg.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {:?}", cfg.timeout)),
+        Err(_) => Err(ProbeError::Timeout(cfg.timeout)),
     }
 }
 
@@ -118,17 +154,16 @@ pub fn http_request(
     addr: SocketAddr,
     path: &str,
     headers: &[(String, String)],
-) -> Result<http::Request<Empty<Bytes>>, String> {
+) -> Result<http::Request<Empty<Bytes>>, http::Error> {
     let mut req = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, "quiesce-sidecar")
         .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+        .body(Empty::<Bytes>::new())?;
     let mut replaced: Vec<http::HeaderName> = Vec::new();
     for (name, value) in headers {
-        let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        let value = http::HeaderValue::from_str(value).map_err(|e| e.to_string())?;
+        let name = http::HeaderName::from_bytes(name.as_bytes())?;
+        let value = http::HeaderValue::from_str(value)?;
         if replaced.contains(&name) {
             req.headers_mut().append(name, value);
         } else {
@@ -139,14 +174,16 @@ pub fn http_request(
     Ok(req)
 }
 
-async fn http_probe(addr: SocketAddr, cfg: &ProbeConfig) -> Result<(), String> {
+async fn http_probe(addr: SocketAddr, cfg: &ProbeConfig) -> Result<(), ProbeError> {
     let req = http_request(addr, &cfg.path, &cfg.headers)?;
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
     let code = if cfg.https {
         let tls = tokio_rustls::TlsConnector::from(insecure_tls_config())
             .connect(ServerName::from(addr.ip()), stream)
             .await
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(ProbeError::Tls)?;
         send_get(tls, req).await?
     } else {
         send_get(stream, req).await?
@@ -155,22 +192,20 @@ async fn http_probe(addr: SocketAddr, cfg: &ProbeConfig) -> Result<(), String> {
     if (status.0..=status.1).contains(&code) {
         Ok(())
     } else {
-        Err(format!(
-            "HTTP status {code}, expected {}-{}",
-            status.0, status.1
-        ))
+        Err(ProbeError::Status {
+            code,
+            expected: status,
+        })
     }
 }
 
-async fn send_get<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<u16, String>
+async fn send_get<S>(io: S, req: http::Request<Empty<Bytes>>) -> Result<u16, ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let conn = tokio::spawn(conn);
-    let res = send.send_request(req).await.map_err(|e| e.to_string());
+    let res = send.send_request(req).await;
     conn.abort();
     Ok(res?.status().as_u16())
 }
@@ -306,39 +341,37 @@ fn read_varint(b: &[u8]) -> Option<(u64, &[u8])> {
     None
 }
 
-async fn grpc_probe(addr: SocketAddr, service: &str) -> Result<(), String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn grpc_probe(addr: SocketAddr, service: &str) -> Result<(), ProbeError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
     let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
         .header(http::header::USER_AGENT, "quiesce-sidecar")
-        .body(Full::new(Bytes::from(grpc_health_request(service))))
-        .map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(grpc_health_request(service))))?;
     let result = async {
-        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let res = send.send_request(req).await?;
         if res.status() != http::StatusCode::OK {
-            return Err(format!("HTTP status {}", res.status()));
+            return Err(ProbeError::GrpcHttp(res.status()));
         }
         let header_status = res.headers().get("grpc-status").cloned();
-        let collected = res.into_body().collect().await.map_err(|e| e.to_string())?;
+        let collected = res.into_body().collect().await?;
         let grpc_status = collected
             .trailers()
             .and_then(|t| t.get("grpc-status").cloned())
             .or(header_status);
         match grpc_status.as_ref().and_then(|v| v.to_str().ok()) {
             Some("0") => {}
-            Some(other) => return Err(format!("grpc-status {other}")),
-            None => return Err("no grpc-status".to_string()),
+            other => return Err(ProbeError::GrpcStatus(other.map(str::to_owned))),
         }
         match grpc_health_status(&collected.to_bytes()) {
             Some(1) => Ok(()),
-            Some(s) => Err(format!("health status {s}, not SERVING")),
-            None => Err("malformed HealthCheckResponse".to_string()),
+            Some(s) => Err(ProbeError::NotServing(s)),
+            None => Err(ProbeError::Malformed),
         }
     }
     .await;
@@ -463,11 +496,13 @@ mod tests {
             success_threshold: 1,
             failure_threshold: 1,
         };
-        assert_eq!(probe_once(&cfg).await, Ok(()));
+        assert!(probe_once(&cfg).await.is_ok());
         cfg.path = "/bad".into();
-        assert!(probe_once(&cfg).await.unwrap_err().contains("503"));
+        let err = probe_once(&cfg).await.unwrap_err();
+        assert!(matches!(err, ProbeError::Status { code: 503, .. }), "{err}");
+        assert_eq!(err.to_string(), "HTTP status 503, expected 200-399");
         cfg.kind = ProbeKind::Tcp;
-        assert_eq!(probe_once(&cfg).await, Ok(()));
+        assert!(probe_once(&cfg).await.is_ok());
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -60,6 +60,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 let kube = KubeDrain {
                     client,
+                    name: pod.name.clone(),
                     namespace: pod.namespace.clone(),
                     pod_ip: pod.ip.to_string(),
                     reporter: Reporter::spawn(own.clone()),
@@ -224,12 +225,13 @@ async fn probe_loop(
         metrics.probes.get_or_create(&vec![("result", label)]).inc();
         metrics.app_healthy.set(i64::from(healthy));
         if was != healthy {
-            tracing::info!(healthy, error = result.as_ref().err(), "app health changed");
+            let error = result.as_ref().err().map(tracing::field::display);
+            tracing::info!(healthy, error, "app health changed");
         }
         ever_healthy |= healthy;
         tx.send_replace(Health {
             healthy,
-            last_error: result.err(),
+            last_error: result.err().map(|e| e.to_string()),
             probes: count,
             ever_healthy,
         });

@@ -167,11 +167,12 @@ fn sidecar(app: &Proc, extra: &[&str]) -> Proc {
     .args(extra)
     .env("RUST_LOG", "info");
     let p = start(cmd, |l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        if v["fields"]["message"] != "admin server listening" {
+        // Every line in the shared shape (quiesce_api::log_line), the address at the top.
+        let v: Value = quiesce_api::log_line::check(l).ok()?;
+        if v["message"] != "admin server listening" {
             return None;
         }
-        v["fields"]["addr"].as_str()?.parse().ok()
+        v["addr"].as_str()?.parse().ok()
     });
     wait_until(Duration::from_secs(10), || get(p.addr, "/readyz").0 == 200);
     p

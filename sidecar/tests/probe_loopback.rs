@@ -99,10 +99,10 @@ async fn https_with_a_self_signed_certificate_and_headers_is_healthy() {
     let addr = https_app().await;
     // The certificate names localhost, is self-signed, and the probe goes to 127.0.0.1: the
     // kubelet accepts all three, and so does the sidecar.
-    assert_eq!(probe_once(&probe(addr, true, HEADERS)).await, Ok(()));
+    assert!(probe_once(&probe(addr, true, HEADERS)).await.is_ok());
     // Without the probe's headers the app answers 503: the headers reached it.
     let err = probe_once(&probe(addr, true, &[])).await.unwrap_err();
-    assert!(err.contains("503"), "{err}");
+    assert!(err.to_string().contains("503"), "{err}");
     // Plain HTTP to a TLS port fails (as the kubelet's copy as HTTP used to).
     assert!(probe_once(&probe(addr, false, HEADERS)).await.is_err());
 }
@@ -119,7 +119,7 @@ async fn an_app_that_speaks_only_tls_1_2_with_a_p384_certificate_is_healthy() {
         signing_key: key,
     };
     let addr = https_app_with(certified, &[&rustls::version::TLS12]).await;
-    assert_eq!(probe_once(&probe(addr, true, HEADERS)).await, Ok(()));
+    assert!(probe_once(&probe(addr, true, HEADERS)).await.is_ok());
 }
 
 #[tokio::test]
@@ -132,7 +132,7 @@ async fn http_probe_headers_on_the_wire() {
             tokio::spawn(answer(tcp));
         }
     });
-    assert_eq!(probe_once(&probe(addr, false, HEADERS)).await, Ok(()));
+    assert!(probe_once(&probe(addr, false, HEADERS)).await.is_ok());
     assert!(
         probe_once(&probe(addr, false, &[("X-Probe", "yes")]))
             .await

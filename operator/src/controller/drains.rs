@@ -45,7 +45,7 @@ const GRACE_SLACK_MILLIS: u64 = 5_000;
 /// not a report (an older sidecar's prose) still counts as a drain, forced as its reason says,
 /// without a duration. The app container shares the pod's token and can write the condition:
 /// a JSON message that does not parse, or whose numbers are not plausible for the pod (see
-/// [`longest_drain_millis`]), is an invalid report — the drain counts, none of its numbers do.
+/// `longest_drain_millis`), is an invalid report — the drain counts, none of its numbers do.
 pub fn drain_report(pod: &CachedPod) -> Option<DrainReport> {
     let c = pod
         .status
