@@ -156,11 +156,11 @@ pub fn start_quiesce(bin_dir: &Path, app: u16) -> Result<Target> {
         "quiesce-sidecar",
         cmd,
         Some(|l: &str| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v["fields"]["message"] != "admin server listening" {
+            let v = quiesce_api::log_line::check(l).ok()?;
+            if v["message"] != "admin server listening" {
                 return None;
             }
-            v["fields"]["addr"].as_str()?.parse::<SocketAddr>().ok()
+            v["addr"].as_str()?.parse::<SocketAddr>().ok()
         }),
     )?;
     let admin = admin.context("sidecar admin address")?;
