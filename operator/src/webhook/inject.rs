@@ -4,6 +4,9 @@
 //! preStop hooks, the grace period check and the marks on the pod. Each is a pure function
 //! (those taking a `&mut PodSpec` change only it), tested alone below and together in
 //! `webhook::tests` and `tests/inject_prop.rs`.
+//!
+//! One file: [`inject`] lists these decisions and the file defines them in that order, each
+//! with its helpers; split, the order the mutation follows would be spread over files.
 
 use std::collections::BTreeMap;
 
