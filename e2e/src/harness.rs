@@ -292,6 +292,32 @@ pub async fn cluster_ip(client: &Client, namespace: &str, service: &str) -> Resu
         .with_context(|| format!("service {service} has no ClusterIP"))
 }
 
+/// Cluster-wide watches of `resource` the apiserver holds open now: the sum of its
+/// `apiserver_longrunning_requests{verb="WATCH",scope="cluster",resource}` gauges (each
+/// watching client counts once; a test's own namespaced watches are not counted).
+pub async fn apiserver_watches(client: &Client, resource: &str) -> Result<u64> {
+    let text = client
+        .request_text(hyper::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    Ok(watch_gauges(&text, resource))
+}
+
+/// The sum over the `apiserver_longrunning_requests` lines of cluster-wide WATCHes of
+/// `resource` (pure: the exposition text in).
+pub fn watch_gauges(exposition: &str, resource: &str) -> u64 {
+    let wanted = [
+        "verb=\"WATCH\"".to_owned(),
+        "scope=\"cluster\"".to_owned(),
+        format!("resource=\"{resource}\""),
+    ];
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("apiserver_longrunning_requests{"))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Pods matching a label selector.
 pub async fn pods(client: &Client, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -385,5 +411,23 @@ impl DrainWatch {
 impl Drop for DrainWatch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_gauges_count_cluster_wide_watches_of_one_resource() {
+        let exposition = r#"# TYPE apiserver_longrunning_requests gauge
+apiserver_longrunning_requests{component="apiserver",group="quiesce.dev",resource="rolloutpolicies",scope="cluster",subresource="",verb="WATCH",version="v1alpha1"} 2
+apiserver_longrunning_requests{component="apiserver",group="quiesce.dev",resource="rolloutpolicies",scope="namespace",subresource="",verb="WATCH",version="v1alpha1"} 1
+apiserver_longrunning_requests{component="apiserver",group="apps",resource="replicasets",scope="cluster",subresource="",verb="WATCH",version="v1"} 3
+apiserver_request_total{resource="rolloutpolicies",scope="cluster",verb="WATCH"} 40
+"#;
+        assert_eq!(watch_gauges(exposition, "rolloutpolicies"), 2);
+        assert_eq!(watch_gauges(exposition, "replicasets"), 3);
+        assert_eq!(watch_gauges(exposition, "pods"), 0);
     }
 }

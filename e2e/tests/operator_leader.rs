@@ -14,6 +14,8 @@ use quiesce_e2e::rollout;
 
 const APP: &str = "web";
 const REPLICAS: i32 = 3;
+/// The chart's operator replicas.
+const OPERATOR_REPLICAS: u64 = 2;
 
 #[tokio::test]
 async fn the_other_replica_takes_over_mid_rollout() {
@@ -51,6 +53,14 @@ async fn the_other_replica_takes_over_mid_rollout() {
 
         rollout::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(240)).await?;
         let took = started.elapsed();
+        // One policy watch per replica (the chart's 2, the replacement included), the leader's
+        // too: its controller subscribes to the watch its webhook reads (it used to open two).
+        eventually("one policy watch per operator replica", Duration::from_secs(60), || async {
+            let open = harness::apiserver_watches(&client, "rolloutpolicies").await?;
+            println!("cluster-wide RolloutPolicy watches open: {open}");
+            Ok((open == OPERATOR_REPLICAS).then_some(()))
+        })
+        .await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(60)).await?;
         eventually("old pods to exit", Duration::from_secs(90), || async {
             let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;

@@ -433,6 +433,28 @@ async fn drain_hitting_its_timeout_is_reported_as_forced() {
         m.contains("quiesce_sidecar_drains_total{result=\"forced\"} 1"),
         "{m}"
     );
+    // Every line the binary wrote has the shared shape; the drain's lines carry its span.
+    let lines: Vec<Value> = side
+        .output
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| quiesce_api::log_line::check(l).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let in_drain = |message: &str| {
+        lines.iter().any(|l| {
+            l["message"].as_str().is_some_and(|m| m.contains(message))
+                && l["span"]["name"] == "drain"
+                && l["span"]["trigger"] == "prestop"
+        })
+    };
+    for message in ["drain starting", "drain phase", "forced (in_flight timeout"] {
+        assert!(
+            in_drain(message),
+            "no {message:?} line in the drain's span:\n{}",
+            side.output()
+        );
+    }
 }
 
 /// Kept-alive clients that never stop sending (a client pool reaching the pod through a
