@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use quiesce_api::Phase;
 use quiesce_e2e::chart;
 use quiesce_e2e::fixtures::{demo_app, policy};
@@ -14,8 +15,9 @@ use quiesce_e2e::rollout;
 
 const APP: &str = "web";
 const REPLICAS: i32 = 3;
-/// The chart's operator replicas.
+/// The chart's operator replicas, and their pods' labels.
 const OPERATOR_REPLICAS: u64 = 2;
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=quiesce,app.kubernetes.io/component=operator";
 
 #[tokio::test]
 async fn the_other_replica_takes_over_mid_rollout() {
@@ -53,14 +55,6 @@ async fn the_other_replica_takes_over_mid_rollout() {
 
         rollout::wait_phase(&client, &ns, APP, Phase::Completed, Duration::from_secs(240)).await?;
         let took = started.elapsed();
-        // One policy watch per replica (the chart's 2, the replacement included), the leader's
-        // too: its controller subscribes to the watch its webhook reads (it used to open two).
-        eventually("one policy watch per operator replica", Duration::from_secs(60), || async {
-            let open = harness::apiserver_watches(&client, "rolloutpolicies").await?;
-            println!("cluster-wide RolloutPolicy watches open: {open}");
-            Ok((open == OPERATOR_REPLICAS).then_some(()))
-        })
-        .await?;
         harness::wait_rollout(&client, &ns, APP, Duration::from_secs(60)).await?;
         eventually("old pods to exit", Duration::from_secs(90), || async {
             let pods = harness::pods(&client, &ns, &format!("app={APP}")).await?;
@@ -75,7 +69,53 @@ async fn the_other_replica_takes_over_mid_rollout() {
         assert_eq!(summary.failed(), 0, "{summary:?}");
         // Let the operator Deployment heal before the next test.
         harness::wait_rollout(&client, chart::NAMESPACE, chart::OPERATOR, Duration::from_secs(120)).await?;
-        Ok(())
+        one_policy_watch_per_replica(&client).await
     })
     .await;
+}
+
+/// Every operator replica, the leader included, holds one cluster-wide RolloutPolicy watch:
+/// the leader's controller subscribes to the watch its webhook reads (it used to open its own).
+/// Counted on the apiserver's gauge against the operator scaled to 0, as other clients (the
+/// garbage collector) watch policies too. Leaves the operator at the chart's replicas, ready.
+async fn one_policy_watch_per_replica(client: &kube::Client) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), chart::NAMESPACE);
+    let scale = |replicas: u64| {
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .patch_scale(chart::OPERATOR, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    // The count once two reads 3 s apart agree.
+    let steady = || async {
+        let mut last = harness::apiserver_watches(client, "rolloutpolicies").await?;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = harness::apiserver_watches(client, "rolloutpolicies").await?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+        anyhow::bail!("the policy watch count did not settle (last {last})")
+    };
+    scale(0).await?;
+    // Gone, not terminating: a stopping replica serves (and watches) until it exits.
+    eventually("no operator pod left", Duration::from_secs(120), || async {
+        let left = harness::pods(client, chart::NAMESPACE, OPERATOR_SELECTOR).await?;
+        Ok(left.is_empty().then_some(()))
+    })
+    .await?;
+    let others = steady().await?;
+    scale(OPERATOR_REPLICAS).await?;
+    harness::wait_rollout(client, chart::NAMESPACE, chart::OPERATOR, Duration::from_secs(120)).await?;
+    chart::wait_ready(client).await?;
+    chart::leader(client).await?;
+    let open = steady().await?;
+    println!("cluster-wide RolloutPolicy watches: {others} without the operator, {open} with {OPERATOR_REPLICAS} replicas");
+    assert_eq!(open, others + OPERATOR_REPLICAS, "one policy watch per operator replica");
+    Ok(())
 }
