@@ -198,60 +198,10 @@ pub fn log_filter(rust_log: Option<&str>) -> Targets {
     })
 }
 
-/// The JSON log lines (`--log-format json`) written to `writer`, in the sidecar's shape
-/// ([`quiesce_api::log_line`]): the event's fields at the top level, the span it was logged in
-/// (a reconcile: its policy and namespace) as `span`.
-pub fn json_logs<W>(writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(writer)
-        .finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tracing::Level;
-
-    /// What the logging setup writes, kept for the test to read.
-    #[derive(Clone, Default)]
-    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn json_lines_have_the_shared_shape_with_the_reconcile_span() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        tracing::subscriber::with_default(json_logs(move || writer.clone()), || {
-            let span = tracing::info_span!("reconcile", policy = "web", namespace = "shop");
-            let _in = span.enter();
-            tracing::info!(released = 2, "policy deleted; its held pods released");
-        });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let line = quiesce_api::log_line::check(text.trim()).unwrap();
-        assert_eq!(line["message"], "policy deleted; its held pods released");
-        assert_eq!(line["released"], 2);
-        assert_eq!(line["span"]["name"], "reconcile");
-        assert_eq!(
-            (&line["span"]["policy"], &line["span"]["namespace"]),
-            (&serde_json::json!("web"), &serde_json::json!("shop"))
-        );
-    }
 
     #[test]
     fn concurrent_reconciles_default_and_bounds() {

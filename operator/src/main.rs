@@ -9,7 +9,8 @@ use clap::Parser;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use quiesce_api::constants::OPERATOR_FIELD_MANAGER;
-use quiesce_operator::args::{Args, json_logs, log_filter};
+use quiesce_api::log_line::json_logs;
+use quiesce_operator::args::{Args, log_filter};
 use quiesce_operator::{
     admin, api_timing::ApiTimingLayer, certs, controller, leader, metrics::Metrics,
     shared_watch::SharedCaches, shutdown, webhook,

@@ -1,6 +1,7 @@
 //! `quiesce-sidecar` binary: parse and validate the configuration, set up logging, run.
 
 use clap::Parser;
+use quiesce_api::log_line::json_logs;
 use quiesce_sidecar::config::{Args, LogFormat};
 use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -22,23 +23,6 @@ fn main() -> anyhow::Result<()> {
             .init(),
     }
     runtime(cfg.worker_threads)?.block_on(quiesce_sidecar::run::run(cfg))
-}
-
-/// The JSON log lines written to `writer`, in the operator's shape
-/// ([`quiesce_api::log_line`]): the event's fields at the top level, the span it was logged in
-/// (a drain: its trigger and pod) as `span`. `tests/drain_loopback.rs` reads the binary's lines
-/// through that check.
-fn json_logs<W>(writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_writer(writer)
-        .finish()
 }
 
 /// `RUST_LOG` as `level` or `target=level,...` (info when unset or unparsable). Not

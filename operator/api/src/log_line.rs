@@ -6,6 +6,22 @@
 
 use serde_json::Value;
 
+/// The JSON log lines written to `writer` in that shape: what the operator and the sidecar
+/// install (with their own filter) when logging JSON.
+#[cfg(feature = "logging")]
+pub fn json_logs<W>(writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(writer)
+        .finish()
+}
+
 /// `line` parsed, when it has that shape; else what is off. Each binary's test runs its own
 /// logging setup through this.
 pub fn check(line: &str) -> Result<Value, String> {
@@ -47,5 +63,43 @@ mod tests {
         let nameless = r#"{"timestamp":"t","level":"INFO","target":"x","message":"m","span":{}}"#;
         assert!(check(nameless).is_err());
         assert!(check("drain starting").is_err());
+    }
+
+    /// What the logging setup writes, kept for the test to read.
+    #[cfg(feature = "logging")]
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    #[cfg(feature = "logging")]
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The setup both binaries install writes the shape, with the span as the operator's
+    /// reconcile opens it (the sidecar's drain lines are read from the real binary in its
+    /// loopback tests).
+    #[cfg(feature = "logging")]
+    #[test]
+    fn json_logs_write_the_shape_with_the_current_span() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        tracing::subscriber::with_default(json_logs(move || writer.clone()), || {
+            let span = tracing::info_span!("reconcile", policy = "web", namespace = "shop");
+            let _in = span.enter();
+            tracing::info!(released = 2, "policy deleted; its held pods released");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line = check(text.trim()).unwrap();
+        assert_eq!(line["message"], "policy deleted; its held pods released");
+        assert_eq!(line["released"], 2);
+        assert_eq!(line["span"]["name"], "reconcile");
+        assert_eq!(line["span"]["policy"], "web");
+        assert_eq!(line["span"]["namespace"], "shop");
     }
 }
