@@ -21,7 +21,7 @@ include e2e/cluster/cluster.mk
 help:
 	@echo "make test          lint + unit + crd-validate, then the e2e suite (CI: .ci/run)"
 	@echo "make fmt           cargo fmt"
-	@echo "make lint          cargo fmt --check; cargo clippy --workspace --all-targets (cluster tests too) -D warnings"
+	@echo "make lint          cargo fmt --check; cargo clippy --workspace --all-targets (cluster tests too) -D warnings; cargo doc -D warnings"
 	@echo "make unit          unit and loopback integration tests (no cluster)"
 	@echo "make crds          regenerate $(CRD) and the chart's copy from the Rust types"
 	@echo "make crd-check     fail when the committed CRD YAML differs from the types"
@@ -54,6 +54,7 @@ plugin:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --features quiesce-e2e/cluster -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 # The e2e crate's cluster tests are built only with its `cluster` feature (`make e2e`); its
 # library (load generator) and binaries are unit-tested here.

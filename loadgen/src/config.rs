@@ -62,7 +62,7 @@ pub struct LoadConfig {
     /// Requests per second.
     pub rate: f64,
     /// Stop launching after this long (`None`: until the count or
-    /// [`LoadHandle::stop`](crate::LoadHandle::stop)).
+    /// [`Running::stop`](crate::Running::stop)).
     pub duration: Option<Duration>,
     /// Stop after this many requests.
     pub count: Option<u64>,

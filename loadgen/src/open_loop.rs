@@ -9,6 +9,7 @@ use std::{
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::outcome::{Outcome, Record};
+use crate::running::{Running, to_the_end};
 use crate::transport::{Transport, one_request};
 use crate::{Latency, LoadConfig, Summary};
 
@@ -17,39 +18,17 @@ pub fn is_slow(i: u64, fraction: f64) -> bool {
     fraction > 0.0 && ((i + 1) as f64 * fraction).floor() > (i as f64 * fraction).floor()
 }
 
-/// A running load.
-#[derive(Debug)]
-pub struct LoadHandle {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Summary>,
-}
-
-impl LoadHandle {
-    /// Stops launching new requests; in-flight ones still complete.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Stops and waits for every launched request.
-    pub async fn finish(self) -> Summary {
-        self.stop();
-        self.task.await.unwrap_or_default()
-    }
-}
+/// A running load (stop it, then wait for every launched request).
+pub type LoadHandle = Running<Summary>;
 
 /// Starts the load in the background.
 pub fn spawn(cfg: LoadConfig) -> LoadHandle {
-    let (stop, rx) = watch::channel(false);
-    LoadHandle {
-        stop,
-        task: tokio::spawn(run_until(cfg, rx)),
-    }
+    Running::spawn(|stop| run_until(cfg, stop))
 }
 
 /// Runs until the duration or count is reached; waits for every request.
 pub async fn run(cfg: LoadConfig) -> Summary {
-    let (_stop, rx) = watch::channel(false);
-    run_until(cfg, rx).await
+    to_the_end(|stop| run_until(cfg, stop)).await
 }
 
 async fn run_until(cfg: LoadConfig, stop: watch::Receiver<bool>) -> Summary {

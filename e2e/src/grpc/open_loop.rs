@@ -14,7 +14,7 @@ use tokio::{sync::watch, task::JoinSet};
 use super::{GrpcSummary, RpcOutcome, echo, stream};
 use crate::{
     h2chan::{ChannelStats, H2Channel},
-    loadgen::{Outcome, Targets, authority},
+    loadgen::{Outcome, Running, Targets, authority, to_the_end},
 };
 
 /// Pause after a failed stream before the next one.
@@ -27,7 +27,7 @@ pub struct GrpcConfig {
     pub targets: Targets,
     /// Unary calls per second (open loop); 0 for streams only.
     pub rate: f64,
-    /// Stop starting calls after this long (`None`: until the count or [`GrpcHandle::stop`]).
+    /// Stop starting calls after this long (`None`: until the count or [`Running::stop`](crate::loadgen::Running::stop)).
     pub duration: Option<Duration>,
     /// Stop after this many unary calls.
     pub count: Option<u64>,
@@ -95,39 +95,17 @@ struct Done {
     target: String,
 }
 
-/// A running gRPC load.
-#[derive(Debug)]
-pub struct GrpcHandle {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<GrpcSummary>,
-}
-
-impl GrpcHandle {
-    /// Stops starting calls; calls in flight (streams too) still complete.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Stops and waits for every call.
-    pub async fn finish(self) -> GrpcSummary {
-        self.stop();
-        self.task.await.unwrap_or_default()
-    }
-}
+/// A running gRPC load (stop it: no new calls; calls in flight, streams too, complete).
+pub type GrpcHandle = Running<GrpcSummary>;
 
 /// Starts the load in the background.
 pub fn spawn(cfg: GrpcConfig) -> GrpcHandle {
-    let (stop, rx) = watch::channel(false);
-    GrpcHandle {
-        stop,
-        task: tokio::spawn(run_until(cfg, rx)),
-    }
+    Running::spawn(|stop| run_until(cfg, stop))
 }
 
 /// Runs until the duration or count is reached; waits for every call.
 pub async fn run(cfg: GrpcConfig) -> GrpcSummary {
-    let (_stop, rx) = watch::channel(false);
-    run_until(cfg, rx).await
+    to_the_end(|stop| run_until(cfg, stop)).await
 }
 
 async fn run_until(cfg: GrpcConfig, stop: watch::Receiver<bool>) -> GrpcSummary {

@@ -50,8 +50,8 @@ pub const SIDECAR_FAIL_OPEN_ENV: &str = "QUIESCE_FAIL_OPEN_AFTER_SECONDS";
 /// Condition types of a `RolloutPolicy`'s `status.conditions` (a list-map keyed by `type`).
 ///
 /// Pod condition types (the readiness gate and the drain report) are
-/// [`READY_GATE_CONDITION`](super::READY_GATE_CONDITION) and
-/// [`DRAINED_CONDITION`](super::DRAINED_CONDITION).
+/// [`READY_GATE_CONDITION`] and
+/// [`DRAINED_CONDITION`].
 pub mod conditions {
     /// `True` when the policy is usable: its spec is valid beyond what the schema checks, its
     /// target exists and no other policy targets the same Deployment. `False` reasons:

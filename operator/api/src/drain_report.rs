@@ -116,7 +116,7 @@ impl DrainReport {
     }
 
     /// Whether every number is plausible for a drain that could last at most `max_ms`
-    /// milliseconds: each duration at most `max_ms`, each count at most [`MAX_COUNT`]. The
+    /// milliseconds: each duration at most `max_ms`, each count at most `MAX_COUNT`. The
     /// app container can write the condition too, so a reader checks this before taking any
     /// number from a report.
     pub fn is_plausible(&self, max_ms: u64) -> bool {

@@ -1,5 +1,5 @@
 //! The contract between the webhook and the sidecar it injects: the environment variables the
-//! webhook writes and the sidecar reads, as names ([`env`]) and as one typed value
+//! webhook writes and the sidecar reads, as names ([`env`](mod@env)) and as one typed value
 //! ([`SidecarEnv`]).
 //!
 //! The webhook builds a [`SidecarEnv`] and writes [`SidecarEnv::to_env`]; the sidecar's flags

@@ -242,7 +242,7 @@ async fn report(client: &Client, recorder: &Recorder, bad: &Undecodable) {
     }
 }
 
-/// Whether `object` already carries the `Accepted=False` condition [`status_patch`] writes
+/// Whether `object` already carries the `Accepted=False` condition `status_patch` writes
 /// with `note`, for its current generation. Its own status write makes a new version of the
 /// object, which must not be reported again.
 pub fn already_reported(object: &DynamicObject, note: &str) -> bool {
