@@ -17,7 +17,8 @@ const APP: &str = "web";
 const REPLICAS: i32 = 3;
 /// The chart's operator replicas, and their pods' labels.
 const OPERATOR_REPLICAS: u64 = 2;
-const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=quiesce,app.kubernetes.io/component=operator";
+const OPERATOR_SELECTOR: &str =
+    "app.kubernetes.io/name=quiesce,app.kubernetes.io/component=operator";
 
 #[tokio::test]
 async fn the_other_replica_takes_over_mid_rollout() {
@@ -85,7 +86,11 @@ async fn one_policy_watch_per_replica(client: &kube::Client) -> anyhow::Result<(
         let deployments = deployments.clone();
         async move {
             deployments
-                .patch_scale(chart::OPERATOR, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_scale(
+                    chart::OPERATOR,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await
         }
     };
@@ -111,11 +116,23 @@ async fn one_policy_watch_per_replica(client: &kube::Client) -> anyhow::Result<(
     .await?;
     let others = steady().await?;
     scale(OPERATOR_REPLICAS).await?;
-    harness::wait_rollout(client, chart::NAMESPACE, chart::OPERATOR, Duration::from_secs(120)).await?;
+    harness::wait_rollout(
+        client,
+        chart::NAMESPACE,
+        chart::OPERATOR,
+        Duration::from_secs(120),
+    )
+    .await?;
     chart::wait_ready(client).await?;
     chart::leader(client).await?;
     let open = steady().await?;
-    println!("cluster-wide RolloutPolicy watches: {others} without the operator, {open} with {OPERATOR_REPLICAS} replicas");
-    assert_eq!(open, others + OPERATOR_REPLICAS, "one policy watch per operator replica");
+    println!(
+        "cluster-wide RolloutPolicy watches: {others} without the operator, {open} with {OPERATOR_REPLICAS} replicas"
+    );
+    assert_eq!(
+        open,
+        others + OPERATOR_REPLICAS,
+        "one policy watch per operator replica"
+    );
     Ok(())
 }

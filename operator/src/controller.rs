@@ -465,7 +465,10 @@ impl Context {
         let labels = crate::metrics::Policy::new(ns, name);
         let invalid = observed.new_drains.iter().filter(|d| d.invalid).count();
         if invalid > 0 {
-            warn!(invalid, "drain reports not plausible; their numbers are ignored");
+            warn!(
+                invalid,
+                "drain reports not plausible; their numbers are ignored"
+            );
             self.metrics
                 .invalid_drain_reports
                 .get_or_create(&labels)
