@@ -37,7 +37,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use quiesce_api::constants::{POD_TEMPLATE_HASH_LABEL, POLICY_FINALIZER};
 use quiesce_api::{DrainMode, RolloutPolicy, RolloutPolicyStatus};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, PolicyGauges};
@@ -307,9 +307,18 @@ pub fn pod_deployment(
 }
 
 fn error_policy(policy: Arc<RolloutPolicy>, err: &Error, _ctx: Arc<Context>) -> Requeue {
-    warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), error = %err, "reconcile failed; retrying");
+    let (name, ns) = (policy.name_any(), policy.namespace().unwrap_or_default());
+    if err.is_stale_cache() {
+        debug!(policy = %name, namespace = %ns, error = %err, "cache behind the last write; retrying");
+        return Requeue::requeue(STALE_CACHE_RETRY);
+    }
+    warn!(policy = %name, namespace = %ns, error = %err, "reconcile failed; retrying");
     Requeue::requeue(Duration::from_secs(5))
 }
+
+/// A pass that failed on a cache behind the operator's own write runs again this soon: the
+/// watch delivers that write within milliseconds.
+const STALE_CACHE_RETRY: Duration = Duration::from_millis(500);
 
 /// The finalizer helper's outcome as the reconcile's. Removing the finalizer of a policy that
 /// is already gone (deleted with its namespace, whose deletion does not wait for the patch) is

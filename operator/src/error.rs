@@ -41,6 +41,22 @@ impl Error {
             Error::PodsNotListed(_) => "pods_not_listed",
         }
     }
+
+    /// Whether the pass failed only because the cache had not yet seen the operator's own
+    /// last write: kube's finalizer helper patches the finalizer list with a JSON-patch `test`
+    /// of the cached list, which the apiserver rejects (422) once a pass moments before added
+    /// it. The next pass, on a fresher cache, succeeds: worth a quick retry, not a warning.
+    pub fn is_stale_cache(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Finalizer(e) => matches!(
+                e.as_ref(),
+                F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+                    if s.code == 422 || s.code == 409
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Why a rollback found nothing to restore.
@@ -77,5 +93,27 @@ mod tests {
         assert_eq!(cleanup.metric_label(), "rollback");
         let own = Error::Finalizer(Box::new(F::UnnamedObject));
         assert_eq!(own.metric_label(), "finalizer");
+    }
+
+    #[test]
+    fn a_finalizer_patch_against_a_stale_cache_is_told_apart() {
+        let status = |code: u16| {
+            kube::Error::Api(
+                kube::core::Status::failure("the server rejected our request", "Invalid")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let add = |code| Error::Finalizer(Box::new(F::AddFinalizer(status(code))));
+        assert!(add(422).is_stale_cache());
+        assert!(add(409).is_stale_cache());
+        assert!(!add(403).is_stale_cache());
+        let remove = Error::Finalizer(Box::new(F::RemoveFinalizer(status(422))));
+        assert!(remove.is_stale_cache());
+        let applied = Error::Finalizer(Box::new(F::ApplyFailed(Error::PodsNotListed(
+            "shop".into(),
+        ))));
+        assert!(!applied.is_stale_cache());
+        assert!(!Error::Kube(status(422)).is_stale_cache());
     }
 }
