@@ -22,7 +22,7 @@ use quiesce_loadgen::{self as loadgen, LoadConfig, SlowMix, Summary, Targets};
 use serde_json::Value;
 
 mod common;
-use common::{Proc, demo_app, get, kube_proxy, prestop, serial, start, wait_until};
+use common::{Proc, demo_app, get, kube_proxy, prestop, serial, start_sidecar, wait_until};
 
 fn sidecar(app: &Proc, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiesce-sidecar"));
@@ -46,16 +46,7 @@ fn sidecar(app: &Proc, extra: &[&str]) -> Proc {
     .args(["--poll-interval", "20ms"])
     .args(extra)
     .env("RUST_LOG", "info");
-    let p = start(cmd, |l| {
-        // Every line in the shared shape (quiesce_api::log_line), the address at the top.
-        let v: Value = quiesce_api::log_line::check(l).ok()?;
-        if v["message"] != "admin server listening" {
-            return None;
-        }
-        v["addr"].as_str()?.parse().ok()
-    });
-    wait_until(Duration::from_secs(10), || get(p.addr, "/readyz").0 == 200);
-    p
+    start_sidecar(cmd)
 }
 
 /// One slow request outside the load, started now; resolves to its status (0: failed).

@@ -32,7 +32,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{Proc, demo_app, get, kube_proxy, prestop, serial, start, wait_until};
+use common::{Proc, demo_app, get, kube_proxy, prestop, serial, start_sidecar, wait_until};
 
 /// The sidecar in proxy mode in front of 127.0.0.1:`app_port`; returns it with the proxy's
 /// address (read from `/status`).
@@ -65,15 +65,7 @@ fn proxy_sidecar(app_port: u16, probe: &[&str], extra: &[&str]) -> (Proc, Socket
     .args(probe)
     .args(extra)
     .env("RUST_LOG", "info");
-    let p = start(cmd, |l| {
-        // Every line in the shared shape (quiesce_api::log_line), the address at the top.
-        let v: Value = quiesce_api::log_line::check(l).ok()?;
-        if v["message"] != "admin server listening" {
-            return None;
-        }
-        v["addr"].as_str()?.parse().ok()
-    });
-    wait_until(Duration::from_secs(10), || get(p.addr, "/readyz").0 == 200);
+    let p = start_sidecar(cmd);
     let status = status(p.addr);
     let proxy = status["proxy"]["listeners"][0]["addr"]
         .as_str()
