@@ -45,7 +45,7 @@ impl Undecodables {
         let news = now.get(&uid).map(|b| b.object.resource_version())
             != Some(bad.object.resource_version());
         if news {
-            warn!(policy = %bad.object.name_any(), namespace = ?bad.object.namespace(), error = %bad.error, "RolloutPolicy does not decode; skipped");
+            warn!(policy = %bad.object.name_any(), namespace = %bad.object.namespace().unwrap_or_default(), error = %bad.error, "RolloutPolicy does not decode; skipped");
             now.insert(uid, bad);
             self.changed.notify_one();
         }
