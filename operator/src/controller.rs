@@ -64,7 +64,7 @@ use execute::GATE_WRITES_IN_FLIGHT;
 pub use execute::action_batches;
 pub use observe::{condition, pod_condition, pod_view, sidecar_view};
 pub use pod_cache::PodCache;
-pub use policies::{Undecodable, Undecodables, already_reported, decode_event, policy_events};
+pub use policies::{Undecodable, Undecodables, decode_event, policy_events};
 pub(crate) use watches::watch_failed;
 pub use watches::{replicaset_events, run};
 

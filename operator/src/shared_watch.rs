@@ -96,25 +96,30 @@ where
         let sender = touched.clone();
         tokio::spawn(events.reflect(writer).for_each(move |event| {
             use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
-            match &event {
-                Ok(Init) => {}
+            let touched = match &event {
+                Ok(Init) => None,
                 Ok(InitDone) => {
                     listed_tx.send_replace(true);
+                    None
                 }
-                Ok(InitApply(object) | Apply(object)) => {
-                    metrics.watch_event(name);
-                    // Cloned only for a subscriber: a follower's watch keeps nothing extra.
-                    if sender.receiver_count() > 0 {
-                        let _ = sender.send(Touched::Applied(Arc::new(object.clone())));
-                    }
+                Ok(InitApply(object) | Apply(object)) => Some((object, false)),
+                Ok(Delete(object)) => Some((object, true)),
+                Err(err) => {
+                    watch_failed(&metrics, name, err);
+                    None
                 }
-                Ok(Delete(object)) => {
-                    metrics.watch_event(name);
-                    if sender.receiver_count() > 0 {
-                        let _ = sender.send(Touched::Deleted(Arc::new(object.clone())));
-                    }
+            };
+            if let Some((object, deleted)) = touched {
+                metrics.watch_event(name);
+                // Cloned only for a subscriber: a follower's watch keeps nothing extra.
+                if sender.receiver_count() > 0 {
+                    let object = Arc::new(object.clone());
+                    let _ = sender.send(if deleted {
+                        Touched::Deleted(object)
+                    } else {
+                        Touched::Applied(object)
+                    });
                 }
-                Err(err) => watch_failed(&metrics, name, err),
             }
             // The store's content changed: one object, or all of them at the end of a (re)list.
             if matches!(event, Ok(InitDone | Apply(_) | Delete(_))) {

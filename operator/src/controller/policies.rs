@@ -40,7 +40,7 @@ pub struct Undecodables {
 impl Undecodables {
     /// Records `bad` (`true` when it is news: a new object or version, logged then).
     pub fn insert(&self, bad: Undecodable) -> bool {
-        let uid = bad.object.uid().unwrap_or_else(|| bad.object.name_any());
+        let uid = cache_key(&bad.object);
         let mut now = self.now.lock().expect("undecodables lock");
         let news = now.get(&uid).map(|b| b.object.resource_version())
             != Some(bad.object.resource_version());
@@ -67,6 +67,11 @@ impl Undecodables {
         let now = self.now.lock().expect("undecodables lock");
         now.values().cloned().collect()
     }
+}
+
+/// What [`Undecodables`] keys an object by: its UID (its name before it has one).
+fn cache_key(object: &impl ResourceExt) -> String {
+    object.uid().unwrap_or_else(|| object.name_any())
 }
 
 /// A policy object left out because it does not decode.
@@ -174,7 +179,7 @@ pub(super) fn decode_tracked(
         watcher::Event::InitApply(p) | watcher::Event::Apply(p) | watcher::Event::Delete(p),
     ) = &typed
     {
-        undecodable.remove(&p.uid().unwrap_or_else(|| p.name_any()));
+        undecodable.remove(&cache_key(p));
     }
     for b in bad {
         undecodable.insert(b);
@@ -245,7 +250,7 @@ async fn report(client: &Client, recorder: &Recorder, bad: &Undecodable) {
 /// Whether `object` already carries the `Accepted=False` condition `status_patch` writes
 /// with `note`, for its current generation. Its own status write makes a new version of the
 /// object, which must not be reported again.
-pub fn already_reported(object: &DynamicObject, note: &str) -> bool {
+fn already_reported(object: &DynamicObject, note: &str) -> bool {
     let conditions = object.data["status"]["conditions"].as_array();
     conditions.into_iter().flatten().any(|c| {
         c["type"] == conditions::ACCEPTED
