@@ -22,8 +22,8 @@ where
         .finish()
 }
 
-/// `line` parsed, when it has that shape; else what is off. Each binary's test runs its own
-/// logging setup through this.
+/// `line` parsed, when it has that shape; else what is off. The shared setup's test and the
+/// sidecar's loopback tests (the real binary's lines) read through this.
 pub fn check(line: &str) -> Result<Value, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?;
     let object = v
@@ -48,6 +48,17 @@ pub fn check(line: &str) -> Result<Value, String> {
     Ok(v)
 }
 
+/// The sidecar's admin address from its start-up line (`"message":"admin server listening"`,
+/// `"addr":…`), for tests and benchmarks that start the binary on port 0. `None` for any other
+/// line, or a line not in the shape.
+pub fn sidecar_admin_address(line: &str) -> Option<std::net::SocketAddr> {
+    let v = check(line).ok()?;
+    if v["message"] != "admin server listening" {
+        return None;
+    }
+    v["addr"].as_str()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +74,20 @@ mod tests {
         let nameless = r#"{"timestamp":"t","level":"INFO","target":"x","message":"m","span":{}}"#;
         assert!(check(nameless).is_err());
         assert!(check("drain starting").is_err());
+    }
+
+    #[test]
+    fn the_sidecar_admin_address_is_read_from_its_start_up_line() {
+        let line = r#"{"timestamp":"t","level":"INFO","message":"admin server listening","addr":"127.0.0.1:4191","target":"quiesce_sidecar::run"}"#;
+        assert_eq!(
+            sidecar_admin_address(line),
+            Some("127.0.0.1:4191".parse().unwrap())
+        );
+        assert_eq!(
+            sidecar_admin_address(&line.replace("admin server", "proxy")),
+            None
+        );
+        assert_eq!(sidecar_admin_address("admin server listening"), None);
     }
 
     /// What the logging setup writes, kept for the test to read.

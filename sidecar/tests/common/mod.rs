@@ -208,13 +208,7 @@ pub async fn prestop(sidecar: SocketAddr) -> (u16, Value, Duration) {
 /// Starts the sidecar `cmd` (its admin address read from its log line, every line in the
 /// shared shape: quiesce_api::log_line) and waits until it is ready.
 pub fn start_sidecar(cmd: Command) -> Proc {
-    let p = start(cmd, |l| {
-        let v: Value = quiesce_api::log_line::check(l).ok()?;
-        if v["message"] != "admin server listening" {
-            return None;
-        }
-        v["addr"].as_str()?.parse().ok()
-    });
+    let p = start(cmd, quiesce_api::log_line::sidecar_admin_address);
     wait_until(Duration::from_secs(10), || get(p.addr, "/readyz").0 == 200);
     p
 }

@@ -155,13 +155,7 @@ pub fn start_quiesce(bin_dir: &Path, app: u16) -> Result<Target> {
     let (p, admin) = Proc::start(
         "quiesce-sidecar",
         cmd,
-        Some(|l: &str| {
-            let v = quiesce_api::log_line::check(l).ok()?;
-            if v["message"] != "admin server listening" {
-                return None;
-            }
-            v["addr"].as_str()?.parse::<SocketAddr>().ok()
-        }),
+        Some(quiesce_api::log_line::sidecar_admin_address),
     )?;
     let admin = admin.context("sidecar admin address")?;
     wait_ok(admin, "/readyz", "quiesce-sidecar")?;
